@@ -1,0 +1,160 @@
+// Package cli holds what both vmvault binaries share: global flags, opening
+// the repository, exit codes, human-readable sizes and the progress line.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/backend/local"
+)
+
+// Exit codes, documented in both binaries' --help.
+const (
+	ExitOK          = 0
+	ExitError       = 1
+	ExitUsage       = 2
+	ExitDamage      = 3 // verify found damage, or data could not be read
+	ExitNoRepo      = 10
+	ExitLocked      = 11
+	ExitInterrupted = 130
+)
+
+// ExitCodesHelp is appended to the root command's help.
+const ExitCodesHelp = `Exit codes:
+  0    success
+  1    error
+  2    wrong usage (unknown flag, missing argument)
+  3    damaged data found (verify) or a chunk could not be read
+  10   no repository at the given location
+  11   the repository is locked by another operation
+  130  interrupted (SIGINT/SIGTERM); nothing half-done is left visible`
+
+// ErrDamage marks a command result that found damaged data.
+var ErrDamage = errors.New("damaged data found")
+
+// usageError marks wrong usage.
+type usageError struct{ error }
+
+// Usagef returns an error that exits with ExitUsage.
+func Usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// Global holds flags every command shares.
+type Global struct {
+	Repo     string
+	LockWait time.Duration
+	JSON     bool
+	Quiet    bool
+}
+
+// AddFlags registers the global flags.
+func (g *Global) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository directory (env VMVAULT_REPOSITORY)")
+	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
+	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
+}
+
+// OpenRepo opens the repository named by the global flags.
+func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Repository, error) {
+	if g.Repo == "" {
+		return nil, Usagef("no repository given: use --repo PATH or set VMVAULT_REPOSITORY")
+	}
+	be, err := local.Open(g.Repo)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	return repo.Open(ctx, be, opts)
+}
+
+// Main runs root with a context cancelled on SIGINT/SIGTERM and exits with
+// the documented code.
+func Main(root *cobra.Command) {
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	root.SilenceErrors = true
+	root.SilenceUsage = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	err := root.ExecuteContext(ctx)
+	interrupted := ctx.Err() != nil
+	stop()
+	os.Exit(report(root.ErrOrStderr(), err, interrupted))
+}
+
+func report(w io.Writer, err error, interrupted bool) int {
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintf(w, "%s: %v\n", "error", err)
+	var ue usageError
+	switch {
+	case interrupted || errors.Is(err, context.Canceled):
+		return ExitInterrupted
+	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)"):
+		return ExitUsage
+	case errors.Is(err, repo.ErrNoRepository):
+		return ExitNoRepo
+	case errors.Is(err, repo.ErrLocked):
+		return ExitLocked
+	case errors.Is(err, ErrDamage) || repo.IsChunkError(err):
+		return ExitDamage
+	}
+	return ExitError
+}
+
+// PrintJSON writes v as indented JSON.
+func PrintJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// Bytes formats n in binary units.
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ParseSize parses "262144", "256K", "256KiB", "4M", "1G".
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "IB"), "B")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult, t = 1<<10, t[:n-1]
+		case 'M':
+			mult, t = 1<<20, t[:n-1]
+		case 'G':
+			mult, t = 1<<30, t[:n-1]
+		case 'T':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
+	}
+	return v * mult, nil
+}

@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmvault/vmvault/repo"
+)
+
+func TestParseSize(t *testing.T) {
+	cases := map[string]int64{"262144": 262144, "256K": 256 << 10, "256KiB": 256 << 10, "4m": 4 << 20, "1G": 1 << 30, "64KB": 64 << 10}
+	for in, want := range cases {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "K", "-1", "1.5M", "99999999999T"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	cases := []struct {
+		err  error
+		want int
+	}{
+		{nil, ExitOK},
+		{errors.New("boom"), ExitError},
+		{Usagef("bad"), ExitUsage},
+		{fmt.Errorf("open: %w", repo.ErrNoRepository), ExitNoRepo},
+		{fmt.Errorf("x: %w", repo.ErrLocked), ExitLocked},
+		{ErrDamage, ExitDamage},
+		{&repo.ChunkError{Err: errors.New("bad")}, ExitDamage},
+	}
+	for _, c := range cases {
+		if got := report(&bytes.Buffer{}, c.err, false); got != c.want {
+			t.Errorf("report(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+	if got := report(&bytes.Buffer{}, errors.New("x"), true); got != ExitInterrupted {
+		t.Errorf("interrupted: %d", got)
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	l := progressLine("capture", 512<<20, 1<<30, 2*time.Second)
+	for _, want := range []string{"512.0 MiB / 1.0 GiB", "50.0%", "256.0 MiB/s", "ETA 2s"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("progress line %q lacks %q", l, want)
+		}
+	}
+}

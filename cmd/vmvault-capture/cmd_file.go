@@ -1,0 +1,204 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cbt"
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+type fileOptions struct {
+	vm       string
+	disks    []string
+	extents  []string
+	tags     []string
+	full     bool
+	json     bool
+	workers  int
+	cacheDir string
+}
+
+func newFileCommand(g *cli.Global) *cobra.Command {
+	var o fileOptions
+	cmd := &cobra.Command{
+		Use:   "file --vm NAME --disk NAME=PATH [--disk NAME=PATH...]",
+		Short: "Capture raw image files or block devices",
+		Long: `Capture raw disk images (or block devices) of one VM as a new restore point.
+
+The first capture of a VM reads and stores everything (all-zero chunks are
+never stored). Later captures start from the VM's latest restore point:
+by default they read every disk completely and store only chunks whose
+content changed; with --changed-extents they read only the listed ranges
+and take every other chunk from the latest restore point.
+
+An extents file has one "offset<TAB>length" line (decimal bytes) per changed
+range, as produced by changed block tracking. Give it as NAME=FILE for a
+disk, or as FILE when there is a single disk. It is only used when the
+latest restore point has that disk; otherwise the disk is read completely
+and the reason is logged.`,
+		Example: `  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw
+  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw --changed-extents disk0=/tmp/changed.txt
+  vmvault-capture file --vm db --disk sda=/dev/vg0/db-snap --tag nightly --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runFile(cmd, g, &o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.vm, "vm", "", "VM name (required)")
+	f.StringArrayVar(&o.disks, "disk", nil, "disk as NAME=PATH (required, repeatable)")
+	f.StringArrayVar(&o.extents, "changed-extents", nil, "changed ranges since the latest restore point, as [NAME=]FILE")
+	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore point (repeatable)")
+	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read and hash everything")
+	f.BoolVar(&o.json, "json", false, "print a JSON summary")
+	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	return cmd
+}
+
+type captureSummary struct {
+	ID              string        `json:"id"`
+	VM              string        `json:"vm"`
+	Time            string        `json:"time"`
+	Parent          string        `json:"parent,omitempty"`
+	DurationSeconds format.Float3 `json:"duration_seconds"`
+	Disks           []diskSummary `json:"disks"`
+}
+
+type diskSummary struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	format.DiskStats
+}
+
+func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
+	if o.vm == "" || len(o.disks) == 0 {
+		return cli.Usagef("--vm and at least one --disk NAME=PATH are required")
+	}
+	if err := format.ValidName("VM", o.vm); err != nil {
+		return cli.Usagef("--vm: %v", err)
+	}
+	ctx := cmd.Context()
+	r, err := g.OpenRepo(ctx, repo.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	paths := map[string]string{}
+	var order []string
+	for _, d := range o.disks {
+		name, path, ok := strings.Cut(d, "=")
+		if !ok || name == "" || path == "" {
+			return cli.Usagef("--disk %q: want NAME=PATH", d)
+		}
+		if err := format.ValidName("disk", name); err != nil {
+			return cli.Usagef("--disk: %v", err)
+		}
+		if _, dup := paths[name]; dup {
+			return cli.Usagef("--disk %s given twice", name)
+		}
+		paths[name] = path
+		order = append(order, name)
+	}
+	extents := map[string]string{}
+	for _, e := range o.extents {
+		name, file, ok := strings.Cut(e, "=")
+		if !ok {
+			if len(order) != 1 {
+				return cli.Usagef("--changed-extents %q: with several disks, give NAME=FILE", e)
+			}
+			name, file = order[0], e
+		}
+		if _, known := paths[name]; !known {
+			return cli.Usagef("--changed-extents: no --disk named %q", name)
+		}
+		extents[name] = file
+	}
+
+	var base *repo.RestorePoint
+	if !o.full {
+		rps, bad, err := r.ListRestorePoints(ctx)
+		if err != nil {
+			return err
+		}
+		for _, b := range bad {
+			slog.Warn("restore point cannot be read", "name", b.Name, "err", b.Err)
+		}
+		base = repo.Latest(rps, o.vm)
+	}
+
+	var sources []repo.DiskSource
+	for _, name := range order {
+		f, err := cbt.OpenFile(paths[name])
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", name, err)
+		}
+		defer f.Close()
+		src := repo.DiskSource{Name: name, Reader: f, Size: f.Size()}
+		if o.full {
+			src.FullReason = "--full"
+		}
+		if file, ok := extents[name]; ok && !o.full {
+			if base == nil {
+				slog.Info("no previous restore point: reading the whole disk", "vm", o.vm, "disk", name)
+			} else if _, err := base.Disk(name); err != nil {
+				slog.Info("disk not in the previous restore point: reading all of it", "vm", o.vm, "disk", name, "previous", base.ID.Short())
+			} else {
+				ef, err := os.Open(file)
+				if err != nil {
+					return fmt.Errorf("disk %s: changed extents: %w", name, err)
+				}
+				src.Changed, err = cbt.ParseExtents(ef, f.Size())
+				ef.Close()
+				if err != nil {
+					return fmt.Errorf("disk %s: changed extents %s: %w", name, file, err)
+				}
+				if src.Changed == nil {
+					src.Changed = []repo.Range{}
+				}
+			}
+		}
+		sources = append(sources, src)
+	}
+
+	start := time.Now()
+	p := &repo.Progress{}
+	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
+	rp, err := r.Capture(ctx, repo.CaptureOptions{
+		VM: o.vm, Source: "file", Tags: o.tags, Base: base, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+	}, sources)
+	stop()
+	if err != nil {
+		if errors.Is(err, ctx.Err()) {
+			return fmt.Errorf("capture interrupted; no restore point was created: %w", err)
+		}
+		return err
+	}
+	sum := captureSummary{ID: rp.ID.String(), VM: rp.VM, Time: rp.Time.Format(time.RFC3339Nano), DurationSeconds: format.Float3(time.Since(start).Seconds())}
+	if base != nil {
+		sum.Parent = base.ID.String()
+	}
+	for _, d := range rp.Disks {
+		sum.Disks = append(sum.Disks, diskSummary{Name: d.Name, Size: d.Size, DiskStats: d.Stats})
+	}
+	if o.json {
+		return cli.PrintJSON(cmd.OutOrStdout(), sum)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "restore point %s of %s created in %.1fs\n", rp.ID.Short(), rp.VM, float64(sum.DurationSeconds))
+	for _, d := range sum.Disks {
+		mode := d.Mode
+		if d.Reason != "" {
+			mode += " (" + d.Reason + ")"
+		}
+		fmt.Fprintf(w, "  %s: %s %s, read %s, stored %s in %d new chunks\n", d.Name, cli.Bytes(d.Size), mode, cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored), d.NewChunks)
+	}
+	return nil
+}

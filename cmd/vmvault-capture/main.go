@@ -1,0 +1,31 @@
+// Command vmvault-capture captures new restore points into a vmvault
+// repository: from raw image files and block devices (file), and — as the
+// sources are added — from vSphere Changed Block Tracking and QEMU dirty
+// bitmaps. Every capture after the first of a VM is incremental.
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+)
+
+func newRootCommand() *cobra.Command {
+	g := &cli.Global{}
+	root := &cobra.Command{
+		Use:   "vmvault-capture",
+		Short: "Capture restore points of virtual-machine disks into a vmvault repository",
+		Long: `vmvault-capture reads virtual-machine disks and stores them as a new restore
+point in a vmvault repository. Only chunks whose content is new are stored;
+with a list of changed ranges (changed block tracking) only those ranges are
+read. An interrupted capture leaves no restore point and never touches the
+existing ones.
+
+` + cli.ExitCodesHelp,
+	}
+	g.AddFlags(root.PersistentFlags())
+	root.AddCommand(newFileCommand(g))
+	return root
+}
+
+func main() { cli.Main(newRootCommand()) }

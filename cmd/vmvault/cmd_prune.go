@@ -1,0 +1,42 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/repo"
+)
+
+func newPruneCommand(g *cli.Global) *cobra.Command {
+	var f policyFlags
+	var gcf gcFlags
+	cmd := &cobra.Command{
+		Use:   "prune --keep-* N",
+		Short: "Forget restore points by retention policy, then collect garbage",
+		Long: `Apply a retention policy per VM (like 'forget --keep-*') and then remove the
+data no remaining restore point references (like 'gc').`,
+		Example: "  vmvault prune --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.p.Empty() {
+				return cli.Usagef("prune needs a policy: at least one --keep-* flag")
+			}
+			r, err := g.OpenRepo(cmd.Context(), repo.Options{})
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			rps, _, err := r.ListRestorePoints(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := forget(cmd, r, f.plan(cmd.OutOrStdout(), rps), f.dryRun, g.LockWait); err != nil {
+				return err
+			}
+			return runGC(cmd, r, gcf, f.dryRun, g.LockWait)
+		},
+	}
+	f.addFlags(cmd.Flags())
+	gcf.addFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,5 @@
+package repo
+
+import "sync/atomic"
+
+type atomicInt = atomic.Int64

@@ -1,0 +1,129 @@
+// Package backend defines where a vmvault repository keeps its objects.
+//
+// A Backend stores immutable, named objects of a few types (config, lock,
+// snapshot manifest, disk index, chunk). It knows nothing about their
+// contents: framing, hashing and compression live in repo/format, and the
+// meaning of objects lives in package repo.
+//
+// Contract every implementation meets (checked by backendtest.Run):
+//   - Save is atomic and durable: when it returns nil, a crash at any later
+//     moment leaves either the whole object or, had Save not returned, no
+//     object at all under that name. Saving a name that exists replaces it
+//     atomically; callers only do that with identical bytes (content
+//     addressed objects) or for objects they own.
+//   - Load of a range returns exactly the bytes asked for or an error; a
+//     range that reaches past the end fails with an error matching
+//     ErrShortRead. A missing object fails with an error matching
+//     ErrNotFound.
+//   - Remove of a missing object is not an error (idempotent).
+//   - List calls fn on the caller's goroutine, once per complete object of
+//     the type, in no particular order; objects being written are never
+//     listed. An error from fn stops the listing and is returned.
+//   - All methods are safe for concurrent use.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// FileType is the kind of an object; each type lives in its own namespace.
+type FileType uint8
+
+// The object types of a repository.
+const (
+	ConfigFile   FileType = iota + 1 // the single repository config, named "config"
+	LockFile                         // one per running operation
+	SnapshotFile                     // restore point manifests, named by id
+	IndexFile                        // fixed disk indexes, named by content hash
+	ChunkFile                        // disk chunks, named by content hash
+)
+
+var typeNames = map[FileType]string{
+	ConfigFile:   "config",
+	LockFile:     "locks",
+	SnapshotFile: "snapshots",
+	IndexFile:    "index",
+	ChunkFile:    "chunks",
+}
+
+// String returns the type's directory-style name.
+func (t FileType) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("FileType(%d)", uint8(t))
+}
+
+// Types lists every object type, for backends that prepare storage per type.
+func Types() []FileType { return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile} }
+
+// Handle names one object.
+type Handle struct {
+	Type FileType
+	Name string
+}
+
+func (h Handle) String() string { return h.Type.String() + "/" + h.Name }
+
+// Valid reports whether h can name an object: a known type and a name of
+// lowercase letters, digits, '-' and '_' (no path separators, no dots, so a
+// name can never escape its namespace or look like a temporary file).
+func (h Handle) Valid() error {
+	if _, ok := typeNames[h.Type]; !ok {
+		return fmt.Errorf("invalid handle %v: unknown type", h)
+	}
+	if h.Name == "" || len(h.Name) > 128 {
+		return fmt.Errorf("invalid handle %v: bad name length", h)
+	}
+	if strings.IndexFunc(h.Name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) >= 0 {
+		return fmt.Errorf("invalid handle %v: bad character in name", h)
+	}
+	return nil
+}
+
+// FileInfo describes a stored object.
+type FileInfo struct {
+	Name    string
+	Size    int64
+	ModTime time.Time
+}
+
+// Errors that callers test with errors.Is.
+var (
+	ErrNotFound  = errors.New("object not found")
+	ErrShortRead = errors.New("range reaches past the end of the object")
+)
+
+// Backend stores the objects of one repository. See the package comment for
+// the contract.
+type Backend interface {
+	// Save stores data under h, atomically and durably.
+	Save(ctx context.Context, h Handle, data []byte) error
+	// Load returns length bytes of h starting at off; length < 0 means up to
+	// the end of the object.
+	Load(ctx context.Context, h Handle, off, length int64) ([]byte, error)
+	// Stat describes h.
+	Stat(ctx context.Context, h Handle) (FileInfo, error)
+	// List calls fn for every object of type t.
+	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
+	// Remove deletes h; a missing object is not an error.
+	Remove(ctx context.Context, h Handle) error
+	// Location describes the backend for messages (a path or URL, no secrets).
+	Location() string
+	// Close releases resources; the backend is unusable afterwards.
+	Close() error
+}
+
+// TempCleaner is implemented by backends that can leave temporary files
+// behind after a crash. RemoveTemp deletes those older than the cutoff and
+// reports how many it removed. Only call it under an exclusive repository
+// lock.
+type TempCleaner interface {
+	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
+}

@@ -1,0 +1,332 @@
+// Package local is the Backend for a repository in a local directory (or a
+// network filesystem mounted here).
+//
+// Layout: ROOT/config, ROOT/locks/NAME, ROOT/snapshots/NAME, ROOT/index/NAME
+// and ROOT/chunks/XX/NAME where XX is the first two characters of NAME.
+//
+// Every Save writes a temporary file beside the final name (".tmp-" prefix),
+// fsyncs it, renames it into place and fsyncs the directory, so a crash never
+// leaves a partial object under a final name. Temporary files left by a crash
+// are never listed; RemoveTemp deletes them. Stored objects are made
+// read-only (0444): they are never modified in place.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmvault/vmvault/repo/backend"
+)
+
+const tempPrefix = ".tmp-"
+
+// Backend stores objects below a root directory.
+type Backend struct {
+	root string
+}
+
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.TempCleaner = (*Backend)(nil)
+)
+
+// Create makes the directory layout at root (which may exist but must not
+// already hold a repository) and returns the backend.
+func Create(root string) (*Backend, error) {
+	if _, err := os.Stat(filepath.Join(root, "config")); err == nil {
+		return nil, fmt.Errorf("create repository at %s: a repository already exists there", root)
+	}
+	dirs := []string{root}
+	for _, t := range backend.Types() {
+		if t != backend.ConfigFile {
+			dirs = append(dirs, filepath.Join(root, t.String()))
+		}
+	}
+	for i := 0; i < 256; i++ {
+		dirs = append(dirs, filepath.Join(root, backend.ChunkFile.String(), fmt.Sprintf("%02x", i)))
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create repository at %s: %w", root, err)
+		}
+	}
+	if err := syncDir(root); err != nil {
+		return nil, fmt.Errorf("create repository at %s: %w", root, err)
+	}
+	return &Backend{root: root}, nil
+}
+
+// Open returns the backend for an existing directory layout.
+func Open(root string) (*Backend, error) {
+	fi, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("open repository at %s: %w", root, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open repository at %s: not a directory", root)
+	}
+	return &Backend{root: root}, nil
+}
+
+func (b *Backend) dir(h backend.Handle) string {
+	switch h.Type {
+	case backend.ConfigFile:
+		return b.root
+	case backend.ChunkFile:
+		prefix := h.Name
+		if len(prefix) > 2 {
+			prefix = prefix[:2]
+		}
+		return filepath.Join(b.root, h.Type.String(), prefix)
+	default:
+		return filepath.Join(b.root, h.Type.String())
+	}
+}
+
+func (b *Backend) path(h backend.Handle) string { return filepath.Join(b.dir(h), h.Name) }
+
+// Save implements backend.Backend: temp file, fsync, rename, fsync dir.
+func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) (err error) {
+	if err := h.Valid(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir := b.dir(h)
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return fmt.Errorf("save %v: %w", h, err)
+	}
+	tmp := filepath.Join(dir, tempPrefix+h.Name+"-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.ChunkFile {
+		// A chunk prefix directory is missing (e.g. names shorter than the
+		// usual hash): create it on demand.
+		if err = os.MkdirAll(dir, 0o700); err == nil {
+			f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("save %v: %w", h, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+			err = fmt.Errorf("save %v: %w", h, err)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Chmod(0o400); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, b.path(h)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func notFound(op string, h backend.Handle, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s %v: %w", op, h, backend.ErrNotFound)
+	}
+	return fmt.Errorf("%s %v: %w", op, h, err)
+}
+
+// Load implements backend.Backend.
+func (b *Backend) Load(ctx context.Context, h backend.Handle, off, length int64) ([]byte, error) {
+	if err := h.Valid(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(b.path(h))
+	if err != nil {
+		return nil, notFound("load", h, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("load %v: %w", h, err)
+	}
+	size := fi.Size()
+	if off < 0 || off > size {
+		return nil, fmt.Errorf("load %v at %d of %d bytes: %w", h, off, size, backend.ErrShortRead)
+	}
+	if length < 0 {
+		length = size - off
+	}
+	if length > size-off {
+		return nil, fmt.Errorf("load %v [%d,+%d) of %d bytes: %w", h, off, length, size, backend.ErrShortRead)
+	}
+	buf := make([]byte, length)
+	n, err := f.ReadAt(buf, off)
+	if err == io.EOF && int64(n) < length {
+		return nil, fmt.Errorf("load %v [%d,+%d): %w", h, off, length, backend.ErrShortRead)
+	}
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("load %v: %w", h, err)
+	}
+	return buf, nil
+}
+
+// Stat implements backend.Backend.
+func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
+	if err := h.Valid(); err != nil {
+		return backend.FileInfo{}, err
+	}
+	fi, err := os.Stat(b.path(h))
+	if err != nil {
+		return backend.FileInfo{}, notFound("stat", h, err)
+	}
+	return backend.FileInfo{Name: h.Name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// List implements backend.Backend.
+func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.FileInfo) error) error {
+	if t == backend.ConfigFile {
+		fi, err := b.Stat(ctx, backend.Handle{Type: t, Name: "config"})
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fn(fi)
+	}
+	base := filepath.Join(b.root, t.String())
+	dirs := []string{base}
+	if t == backend.ChunkFile {
+		ents, err := os.ReadDir(base)
+		if err != nil {
+			return fmt.Errorf("list %v: %w", t, err)
+		}
+		dirs = dirs[:0]
+		for _, e := range ents {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(base, e.Name()))
+			}
+		}
+	}
+	for _, d := range dirs {
+		if err := listDir(ctx, d, fn); err != nil {
+			return fmt.Errorf("list %v: %w", t, err)
+		}
+	}
+	return nil
+}
+
+func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(1024)
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			info, ierr := e.Info()
+			if errors.Is(ierr, fs.ErrNotExist) {
+				continue // removed while listing
+			}
+			if ierr != nil {
+				return ierr
+			}
+			if err := fn(backend.FileInfo{Name: e.Name(), Size: info.Size(), ModTime: info.ModTime()}); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// Remove implements backend.Backend.
+func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
+	if err := h.Valid(); err != nil {
+		return err
+	}
+	err := os.Remove(b.path(h))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %v: %w", h, err)
+	}
+	return nil
+}
+
+// RemoveTemp implements backend.TempCleaner.
+func (b *Backend) RemoveTemp(ctx context.Context, olderThan time.Time) (int, error) {
+	n := 0
+	err := filepath.WalkDir(b.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tempPrefix) {
+			return ctx.Err()
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if info.ModTime().Before(olderThan) {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("remove temporary files below %s: %w", b.root, err)
+	}
+	return n, nil
+}
+
+// Location implements backend.Backend.
+func (b *Backend) Location() string { return b.root }
+
+// Close implements backend.Backend.
+func (b *Backend) Close() error { return nil }

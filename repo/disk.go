@@ -1,0 +1,193 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+// Disk is one disk of one restore point, readable at any offset. It is safe
+// for concurrent ReadAt and keeps no position. Zero chunks are served
+// without I/O; other chunks come through the repository's shared cache and
+// are checked against their IDs.
+type Disk struct {
+	r    *Repository
+	rp   *RestorePoint
+	name string
+	idx  *format.Index
+}
+
+// OpenDisk opens a disk of a restore point, checking its index.
+func (r *Repository) OpenDisk(ctx context.Context, rp *RestorePoint, name string) (*Disk, error) {
+	md, err := rp.Disk(name)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := r.loadIndex(ctx, md.Index)
+	if err != nil {
+		return nil, fmt.Errorf("restore point %s disk %s: %w", rp.ID.Short(), name, err)
+	}
+	if idx.DiskSize != md.Size || idx.ChunkSize != md.ChunkSize {
+		return nil, fmt.Errorf("restore point %s disk %s: index describes %d bytes in %d-byte chunks, manifest %d in %d: %w",
+			rp.ID.Short(), name, idx.DiskSize, idx.ChunkSize, md.Size, md.ChunkSize, format.ErrCorrupt)
+	}
+	return &Disk{r: r, rp: rp, name: name, idx: idx}, nil
+}
+
+func (r *Repository) loadIndex(ctx context.Context, name string) (*format.Index, error) {
+	id, err := format.ParseID(name)
+	if err != nil {
+		return nil, err
+	}
+	b, err := r.be.Load(ctx, backend.Handle{Type: backend.IndexFile, Name: name}, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("load index %s: %w", id.Short(), err)
+	}
+	if format.Hash(b) != id {
+		return nil, fmt.Errorf("index %s: content does not match its name: %w", id.Short(), format.ErrCorrupt)
+	}
+	idx, err := format.ParseIndex(b)
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
+	}
+	return idx, nil
+}
+
+// Name returns the disk's name.
+func (d *Disk) Name() string { return d.name }
+
+// RestorePoint returns the restore point the disk belongs to.
+func (d *Disk) RestorePoint() *RestorePoint { return d.rp }
+
+// Size returns the disk size in bytes.
+func (d *Disk) Size() int64 { return d.idx.DiskSize }
+
+// ChunkSize returns the chunk size of the disk's index.
+func (d *Disk) ChunkSize() int64 { return d.idx.ChunkSize }
+
+// Index returns the disk's chunk IDs (read-only).
+func (d *Disk) Index() *format.Index { return d.idx }
+
+// Close releases the disk. Cached chunks stay in the repository cache.
+func (d *Disk) Close() error { return nil }
+
+func (d *Disk) chunkErr(i int, err error) error {
+	return &ChunkError{RestorePoint: d.rp.ID.Short(), Disk: d.name, Offset: int64(i) * d.idx.ChunkSize, Chunk: d.idx.IDs[i], Err: err}
+}
+
+// chunk returns chunk i's content through the cache (nil for a zero chunk).
+func (d *Disk) chunk(ctx context.Context, i int) ([]byte, error) {
+	id := d.idx.IDs[i]
+	if id.IsZero() {
+		return nil, nil
+	}
+	want := d.idx.ChunkLen(i)
+	data, err := d.r.cache.get(ctx, id, func() ([]byte, error) {
+		return d.r.loadChunk(context.WithoutCancel(ctx), id, make([]byte, 0, want))
+	})
+	if err == nil && int64(len(data)) != want {
+		err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(data), want, format.ErrCorrupt)
+	}
+	if err != nil {
+		return nil, d.chunkErr(i, err)
+	}
+	return data, nil
+}
+
+// ReadAt implements io.ReaderAt.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	return d.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt with a context for cancellation.
+func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read disk %s at %d: negative offset", d.name, off)
+	}
+	size := d.idx.DiskSize
+	if off >= size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	var eof error
+	if int64(len(p)) > size-off {
+		p = p[:size-off]
+		eof = io.EOF
+	}
+	cs := d.idx.ChunkSize
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		i := int(pos / cs)
+		in := pos - int64(i)*cs
+		data, err := d.chunk(ctx, i)
+		if err != nil {
+			return n, err
+		}
+		var m int
+		if data == nil {
+			m = int(min(int64(len(p)-n), d.idx.ChunkLen(i)-in))
+			clear(p[n : n+m])
+		} else {
+			m = copy(p[n:], data[in:])
+		}
+		n += m
+	}
+	return n, eof
+}
+
+// Prefetch loads the chunks covering [off, off+length) into the cache.
+func (d *Disk) Prefetch(ctx context.Context, off, length int64) error {
+	if off < 0 || length < 0 || off > d.idx.DiskSize-length {
+		return fmt.Errorf("prefetch disk %s [%d,+%d): out of range", d.name, off, length)
+	}
+	cs := d.idx.ChunkSize
+	for i := off / cs; i*cs < off+length; i++ {
+		if _, err := d.chunk(ctx, int(i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Extent is a byte range of a disk that is either all zero or data.
+type Extent struct {
+	Offset, Length int64
+	Zero           bool
+}
+
+// Extents describes [off, off+length) as maximal runs of zero and data
+// chunks, from the index alone (no chunk is read). A data chunk may still
+// contain zero bytes.
+func (d *Disk) Extents(off, length int64) ([]Extent, error) {
+	if off < 0 || length < 0 || off > d.idx.DiskSize-length {
+		return nil, fmt.Errorf("extents of disk %s [%d,+%d): out of range", d.name, off, length)
+	}
+	var out []Extent
+	cs := d.idx.ChunkSize
+	end := off + length
+	for pos := off; pos < end; {
+		i := pos / cs
+		zero := d.idx.IDs[i].IsZero()
+		next := min((i+1)*cs, end)
+		if n := len(out); n > 0 && out[n-1].Zero == zero {
+			out[n-1].Length += next - pos
+		} else {
+			out = append(out, Extent{Offset: pos, Length: next - pos, Zero: zero})
+		}
+		pos = next
+	}
+	return out, nil
+}
+
+// IsChunkError reports whether err comes from a damaged or missing chunk.
+func IsChunkError(err error) bool {
+	var ce *ChunkError
+	return errors.As(err, &ce)
+}

@@ -1,0 +1,198 @@
+package format
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Chunk frame, all integers little-endian:
+//
+//	0  [4]byte magic "VVCK"
+//	4  uint8   frame version (ChunkVersion)
+//	5  uint8   payload type: 0 raw, 1 zstd (values ≥ 0x80 reserved for encryption)
+//	6  uint16  reserved, zero
+//	8  uint32  raw length
+//	12 uint32  CRC-32C of the payload
+//	16 payload
+//
+// The CRC finds damage without decompressing; the chunk's ID (the hash of
+// the raw bytes) is checked by the reader after decoding.
+const ChunkHeaderSize = 16
+
+var chunkMagic = [4]byte{'V', 'V', 'C', 'K'}
+
+// Payload types.
+const (
+	payloadRaw  = 0
+	payloadZstd = 1
+)
+
+// Compression names accepted in the config.
+const (
+	CompressionNone        = "none"
+	CompressionZstdFastest = "zstd-fastest"
+	CompressionZstdDefault = "zstd-default"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+var (
+	encMu    sync.Mutex
+	encoders = map[string]*zstd.Encoder{}
+	decOnce  sync.Once
+	decoder  *zstd.Decoder
+)
+
+func encoderFor(compression string) (*zstd.Encoder, error) {
+	var level zstd.EncoderLevel
+	switch compression {
+	case CompressionNone:
+		return nil, nil
+	case CompressionZstdFastest:
+		level = zstd.SpeedFastest
+	case CompressionZstdDefault:
+		level = zstd.SpeedDefault
+	default:
+		return nil, fmt.Errorf("unknown compression %q", compression)
+	}
+	encMu.Lock()
+	defer encMu.Unlock()
+	if e, ok := encoders[compression]; ok {
+		return e, nil
+	}
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(1<<20))
+	if err != nil {
+		return nil, err
+	}
+	encoders[compression] = e
+	return e, nil
+}
+
+func getDecoder() *zstd.Decoder {
+	decOnce.Do(func() {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithDecoderMaxMemory(2*MaxChunkSize), zstd.IgnoreChecksum(true))
+		if err != nil {
+			panic(fmt.Sprintf("zstd decoder with constant options: %v", err)) // cannot happen
+		}
+		decoder = d
+	})
+	return decoder
+}
+
+// ValidCompression checks a compression name.
+func ValidCompression(c string) error {
+	_, err := encoderFor(c)
+	return err
+}
+
+// EncodeChunk frames raw, compressed when that saves at least 1/32 of the
+// size. It appends to dst (which may be nil) and is safe for concurrent use.
+func EncodeChunk(dst, raw []byte, compression string) ([]byte, error) {
+	enc, err := encoderFor(compression)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(raw)) > MaxChunkSize {
+		return nil, fmt.Errorf("encode chunk: %d bytes exceeds the maximum chunk size", len(raw))
+	}
+	start := len(dst)
+	var hdr [ChunkHeaderSize]byte
+	dst = append(dst, hdr[:]...)
+	typ := byte(payloadRaw)
+	if enc != nil {
+		dst = enc.EncodeAll(raw, dst)
+		if len(dst)-start-ChunkHeaderSize < len(raw)-len(raw)/32 {
+			typ = payloadZstd
+		} else {
+			dst = append(dst[:start+ChunkHeaderSize], raw...)
+		}
+	} else {
+		dst = append(dst, raw...)
+	}
+	h := dst[start : start+ChunkHeaderSize]
+	copy(h[0:4], chunkMagic[:])
+	h[4] = ChunkVersion
+	h[5] = typ
+	binary.LittleEndian.PutUint32(h[8:], uint32(len(raw)))
+	binary.LittleEndian.PutUint32(h[12:], crc32.Checksum(dst[start+ChunkHeaderSize:], castagnoli))
+	return dst, nil
+}
+
+// DecodeChunk checks a frame and returns the raw content, appended to dst.
+// It never allocates more than MaxChunkSize for the result. It does not
+// check the content against an ID; callers do (see DecodeChunkID).
+func DecodeChunk(dst, frame []byte) ([]byte, error) {
+	if len(frame) < ChunkHeaderSize {
+		return nil, fmt.Errorf("chunk frame of %d bytes: too short: %w", len(frame), ErrCorrupt)
+	}
+	if [4]byte(frame[0:4]) != chunkMagic {
+		return nil, fmt.Errorf("chunk frame: bad magic: %w", ErrCorrupt)
+	}
+	if frame[4] != ChunkVersion {
+		return nil, fmt.Errorf("chunk frame version %d: %w", frame[4], ErrUnsupportedVersion)
+	}
+	if frame[6] != 0 || frame[7] != 0 {
+		return nil, fmt.Errorf("chunk frame: reserved bytes set: %w", ErrCorrupt)
+	}
+	rawLen := binary.LittleEndian.Uint32(frame[8:])
+	if rawLen > MaxChunkSize {
+		return nil, fmt.Errorf("chunk frame: raw length %d too large: %w", rawLen, ErrCorrupt)
+	}
+	payload := frame[ChunkHeaderSize:]
+	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
+		return nil, fmt.Errorf("chunk frame: checksum mismatch: %w", ErrCorrupt)
+	}
+	start := len(dst)
+	switch frame[5] {
+	case payloadRaw:
+		if len(payload) != int(rawLen) {
+			return nil, fmt.Errorf("chunk frame: raw payload of %d bytes, header says %d: %w", len(payload), rawLen, ErrCorrupt)
+		}
+		dst = append(dst, payload...)
+	case payloadZstd:
+		if cap(dst)-start < int(rawLen) {
+			nd := make([]byte, start, start+int(rawLen))
+			copy(nd, dst)
+			dst = nd
+		}
+		out, err := getDecoder().DecodeAll(payload, dst[:start:start+int(rawLen)])
+		if err != nil {
+			return nil, fmt.Errorf("chunk frame: zstd: %v: %w", err, ErrCorrupt)
+		}
+		if len(out)-start != int(rawLen) {
+			return nil, fmt.Errorf("chunk frame: decoded %d bytes, header says %d: %w", len(out)-start, rawLen, ErrCorrupt)
+		}
+		dst = out
+	default:
+		return nil, fmt.Errorf("chunk frame: payload type %d: %w", frame[5], ErrUnsupportedVersion)
+	}
+	return dst, nil
+}
+
+// DecodeChunkID decodes a frame and checks that its content hashes to id.
+func DecodeChunkID(dst, frame []byte, id ID) ([]byte, error) {
+	start := len(dst)
+	out, err := DecodeChunk(dst, frame)
+	if err != nil {
+		return nil, err
+	}
+	if Hash(out[start:]) != id {
+		return nil, fmt.Errorf("chunk content does not match its id: %w", ErrCorrupt)
+	}
+	return out, nil
+}
+
+// ChunkRawLen returns the raw length a frame header announces, for stats.
+func ChunkRawLen(hdr []byte) (int, error) {
+	if len(hdr) < ChunkHeaderSize || [4]byte(hdr[0:4]) != chunkMagic {
+		return 0, fmt.Errorf("chunk header: %w", ErrCorrupt)
+	}
+	return int(binary.LittleEndian.Uint32(hdr[8:])), nil
+}

@@ -1,0 +1,190 @@
+package format
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func TestChunkRoundTrip(t *testing.T) {
+	text := bytes.Repeat([]byte("all work and no play makes jack a dull boy\n"), 6000)
+	cases := []struct {
+		name, compression string
+		raw               []byte
+		wantCompressed    bool
+	}{
+		{"empty", CompressionZstdFastest, nil, false},
+		{"text fastest", CompressionZstdFastest, text, true},
+		{"text default", CompressionZstdDefault, text, true},
+		{"text none", CompressionNone, text, false},
+		{"random stays raw", CompressionZstdFastest, randomBytes(MinChunkSize), false},
+		{"max size", CompressionZstdFastest, bytes.Repeat([]byte{7}, MaxChunkSize), true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			frame, err := EncodeChunk(nil, c.raw, c.compression)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if compressed := frame[5] == payloadZstd; compressed != c.wantCompressed {
+				t.Errorf("compressed = %v, want %v (frame %d bytes for %d)", compressed, c.wantCompressed, len(frame), len(c.raw))
+			}
+			got, err := DecodeChunkID(nil, frame, Hash(c.raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.raw) {
+				t.Fatal("round trip changed the content")
+			}
+			if _, err := DecodeChunkID(nil, frame, Hash(append([]byte{1}, c.raw...))); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("wrong id accepted: %v", err)
+			}
+		})
+	}
+}
+
+func TestChunkDamage(t *testing.T) {
+	raw := bytes.Repeat([]byte("abcdefgh"), 20000)
+	frame, _ := EncodeChunk(nil, raw, CompressionZstdFastest)
+	for _, pos := range []int{0, 4, 5, 6, 8, 12, ChunkHeaderSize, len(frame) / 2, len(frame) - 1} {
+		bad := append([]byte(nil), frame...)
+		bad[pos] ^= 0x40
+		if _, err := DecodeChunkID(nil, bad, Hash(raw)); err == nil {
+			t.Errorf("flipped byte at %d not detected", pos)
+		}
+	}
+	if _, err := DecodeChunk(nil, frame[:len(frame)-1]); err == nil {
+		t.Error("truncated frame accepted")
+	}
+}
+
+func TestIndexRoundTripAndDamage(t *testing.T) {
+	for _, size := range []int64{0, 1, MinChunkSize - 1, MinChunkSize, 10*MinChunkSize + 123} {
+		x, err := NewIndex(size, MinChunkSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range x.IDs {
+			if i%3 != 0 {
+				x.IDs[i] = Hash([]byte{byte(i)})
+			}
+		}
+		b := x.Marshal()
+		y, err := ParseIndex(b)
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		if y.DiskSize != size || len(y.IDs) != len(x.IDs) || y.Checksum() != x.Checksum() {
+			t.Fatalf("size %d: round trip differs", size)
+		}
+		if len(x.IDs) > 0 && x.ChunkLen(len(x.IDs)-1) != size-int64(len(x.IDs)-1)*MinChunkSize {
+			t.Errorf("size %d: last chunk length %d", size, x.ChunkLen(len(x.IDs)-1))
+		}
+		for _, pos := range []int{0, 8, 10, 12, 16, 24, 40, len(b) - 1} {
+			if pos >= len(b) {
+				continue
+			}
+			bad := append([]byte(nil), b...)
+			bad[pos] ^= 1
+			if _, err := ParseIndex(bad); err == nil {
+				t.Errorf("size %d: flipped byte at %d not detected", size, pos)
+			}
+		}
+		if _, err := ParseIndex(b[:len(b)-1]); err == nil {
+			t.Errorf("size %d: truncated index accepted", size)
+		}
+	}
+}
+
+func validManifest() *Manifest {
+	return &Manifest{
+		Version: ManifestVersion, VM: "web01", Time: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC),
+		Tags:  []string{"daily"},
+		Disks: []ManifestDisk{{Name: "disk0", Size: 1 << 30, ChunkSize: DefaultChunkSize, Index: Hash(nil).String()}},
+	}
+}
+
+func TestManifestValidation(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*Manifest)
+		ok     bool
+	}{
+		{"valid", func(*Manifest) {}, true},
+		{"newer version", func(m *Manifest) { m.Version = 99 }, false},
+		{"slash in vm", func(m *Manifest) { m.VM = "a/b" }, false},
+		{"at in vm", func(m *Manifest) { m.VM = "a@b" }, false},
+		{"dotdot vm", func(m *Manifest) { m.VM = ".." }, false},
+		{"unicode vm", func(m *Manifest) { m.VM = "サーバー 1" }, true},
+		{"no disks", func(m *Manifest) { m.Disks = nil }, false},
+		{"dup disks", func(m *Manifest) { m.Disks = append(m.Disks, m.Disks[0]) }, false},
+		{"bad index", func(m *Manifest) { m.Disks[0].Index = "xyz" }, false},
+		{"bad chunk size", func(m *Manifest) { m.Disks[0].ChunkSize = 1000 }, false},
+		{"negative size", func(m *Manifest) { m.Disks[0].Size = -1 }, false},
+		{"no time", func(m *Manifest) { m.Time = time.Time{} }, false},
+		{"control char tag", func(m *Manifest) { m.Tags = []string{"a\nb"} }, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := validManifest()
+			c.mutate(m)
+			b, err := m.Marshal()
+			if (err == nil) != c.ok {
+				t.Fatalf("Marshal err = %v, want ok=%v", err, c.ok)
+			}
+			if c.ok {
+				m2, err := ParseManifest(b)
+				if err != nil || m2.VM != m.VM || m2.Disks[0] != m.Disks[0] {
+					t.Fatalf("round trip: %v", err)
+				}
+			}
+		})
+	}
+	if _, err := ParseManifest([]byte(`{"version":7}`)); !errors.Is(err, ErrUnsupportedVersion) {
+		t.Errorf("future manifest: %v", err)
+	}
+	if _, err := ParseManifest([]byte(`{"version":1,"vm":`)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("truncated manifest: %v", err)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	c := &Config{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now()}
+	b, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseConfig(b); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`{`, `{"version":2}`, `{"version":1,"id":"x"}`, `null`, ``} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("config %q accepted", bad)
+		}
+	}
+}
+
+func TestIsZero(t *testing.T) {
+	for _, n := range []int{0, 1, 63, 64, 65, 4096} {
+		b := make([]byte, n)
+		if !IsZero(b) {
+			t.Errorf("zero buffer of %d bytes not zero", n)
+		}
+		for i := 0; i < n; i += max(1, n/7) {
+			b[i] = 1
+			if IsZero(b) {
+				t.Errorf("buffer of %d with byte %d set reported zero", n, i)
+			}
+			b[i] = 0
+		}
+	}
+}

@@ -1,0 +1,146 @@
+package format
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Manifest describes one restore point. It is JSON, stored as a snapshot
+// object named by the hash of its bytes, and written last: a restore point
+// exists exactly when its manifest does.
+type Manifest struct {
+	Version  int               `json:"version"`
+	VM       string            `json:"vm"`
+	Time     time.Time         `json:"time"`
+	Source   string            `json:"source,omitempty"`
+	Hostname string            `json:"hostname,omitempty"`
+	Tags     []string          `json:"tags,omitempty"`
+	Disks    []ManifestDisk    `json:"disks"`
+	Config   json.RawMessage   `json:"config,omitempty"` // source VM configuration, kept verbatim
+	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// ManifestDisk describes one disk of a restore point.
+type ManifestDisk struct {
+	Name        string    `json:"name"`
+	Size        int64     `json:"size"`
+	ChunkSize   int64     `json:"chunk_size"`
+	Index       string    `json:"index"`
+	ChangeToken string    `json:"change_token,omitempty"`
+	Parent      string    `json:"parent,omitempty"` // restore point id this disk was captured against
+	Stats       DiskStats `json:"stats"`
+}
+
+// DiskStats records what a capture did for one disk.
+type DiskStats struct {
+	Mode         string `json:"mode"` // "full", "dedup" or "extents"
+	Reason       string `json:"reason,omitempty"`
+	BytesRead    int64  `json:"bytes_read"`
+	Chunks       int64  `json:"chunks"`
+	ZeroChunks   int64  `json:"zero_chunks"`
+	NewChunks    int64  `json:"new_chunks"`
+	BytesStored  int64  `json:"bytes_stored"`
+	DurationSecs Float3 `json:"duration_seconds"`
+}
+
+// Float3 is a float printed with millisecond precision.
+type Float3 float64
+
+// MarshalJSON implements json.Marshaler.
+func (f Float3) MarshalJSON() ([]byte, error) { return []byte(fmt.Sprintf("%.3f", float64(f))), nil }
+
+// ValidName checks a VM, disk or tag name: 1–200 bytes of printable UTF-8
+// without '/', '\\', ':', '@' (separators in restore point paths), and not
+// "." or "..".
+func ValidName(kind, s string) error {
+	if s == "" || len(s) > 200 || !utf8.ValidString(s) || s == "." || s == ".." {
+		return fmt.Errorf("invalid %s name %q", kind, s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) || strings.ContainsRune(`/\:@`, r) {
+			return fmt.Errorf("invalid %s name %q: character %q not allowed", kind, s, r)
+		}
+	}
+	return nil
+}
+
+// Marshal encodes the manifest after validating it.
+func (m *Manifest) Marshal() ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(m, "", "  ")
+}
+
+// Validate checks the fields a reader relies on.
+func (m *Manifest) Validate() error {
+	if m.Version != ManifestVersion {
+		return fmt.Errorf("manifest version %d: %w", m.Version, ErrUnsupportedVersion)
+	}
+	if err := ValidName("VM", m.VM); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if m.Time.IsZero() {
+		return fmt.Errorf("manifest: no capture time: %w", ErrCorrupt)
+	}
+	for _, t := range m.Tags {
+		if err := ValidName("tag", t); err != nil {
+			return fmt.Errorf("manifest: %w", err)
+		}
+	}
+	if len(m.Disks) == 0 {
+		return fmt.Errorf("manifest: no disks: %w", ErrCorrupt)
+	}
+	seen := map[string]bool{}
+	for _, d := range m.Disks {
+		if err := ValidName("disk", d.Name); err != nil {
+			return fmt.Errorf("manifest: %w", err)
+		}
+		if seen[d.Name] {
+			return fmt.Errorf("manifest: disk %q twice: %w", d.Name, ErrCorrupt)
+		}
+		seen[d.Name] = true
+		if d.Size < 0 || d.Size > MaxDiskSize {
+			return fmt.Errorf("manifest: disk %q size %d out of range: %w", d.Name, d.Size, ErrCorrupt)
+		}
+		if err := ValidChunkSize(d.ChunkSize); err != nil {
+			return fmt.Errorf("manifest: disk %q: %v: %w", d.Name, err, ErrCorrupt)
+		}
+		if _, err := ParseID(d.Index); err != nil {
+			return fmt.Errorf("manifest: disk %q index: %v: %w", d.Name, err, ErrCorrupt)
+		}
+		if d.Parent != "" {
+			if _, err := ParseID(d.Parent); err != nil {
+				return fmt.Errorf("manifest: disk %q parent: %v: %w", d.Name, err, ErrCorrupt)
+			}
+		}
+	}
+	return nil
+}
+
+// ParseManifest decodes and validates a manifest.
+func ParseManifest(b []byte) (*Manifest, error) {
+	var probe struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nil, fmt.Errorf("manifest: %v: %w", err, ErrCorrupt)
+	}
+	if probe.Version != ManifestVersion {
+		return nil, fmt.Errorf("manifest version %d: %w", probe.Version, ErrUnsupportedVersion)
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest: %v: %w", err, ErrCorrupt)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}

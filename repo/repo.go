@@ -1,0 +1,177 @@
+// Package repo is vmvault's deduplicated, content-addressed store of
+// restore points of virtual-machine disks.
+//
+// Data model. A disk is cut into fixed-size chunks aligned to disk offsets
+// (chunk size chosen at init, a power of two). Each chunk is stored once,
+// named by the BLAKE3 hash of its content, zstd-compressed when that pays,
+// in a checksummed frame (repo/format). All-zero chunks are never stored.
+// A restore point is a manifest (JSON) plus one fixed index per disk that
+// lists every chunk ID of the disk. Every restore point is a full image by
+// reference: reading one never walks a chain.
+//
+// Data path: cbt → Repository.Capture (writer) → backend, and backend →
+// Disk (io.ReaderAt) → nbd | fs → mount.
+//
+// Commit order. A capture writes chunks, then index objects, then the
+// manifest; each Save is atomic and durable, so a restore point exists
+// exactly when its manifest does, and every object a manifest names was
+// durable before the manifest was written. An interrupted capture leaves
+// only unreferenced chunks and indexes, which gc removes.
+//
+// Locking (lock objects in the backend; stale when the holder's process is
+// gone on this host or it was not refreshed for StaleLockAge):
+//
+//	operation        lock       why it is safe against the others
+//	capture          shared     only adds objects; checks that its base
+//	                            restore point still exists before commit
+//	restore/read     shared     objects it reads are only removed by gc
+//	verify           shared     read only; never deletes a bad chunk
+//	forget/prune     shared     removes manifests only; a capture whose base
+//	                            was forgotten refuses to commit
+//	gc               exclusive  marks from every manifest, then sweeps
+//	                            unreferenced objects older than a grace
+//	                            period, so chunks of a capture that ignored
+//	                            or lost its lock survive
+//
+// Chunk identity is trusted only after checking: the writer reuses a chunk
+// without storing it when the base restore point's verified index lists it,
+// when this capture stored it, or when the stored object decodes and hashes
+// to its name. Readers check every chunk against its ID.
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+// ErrNoRepository means there is no repository (no config) at the location.
+var ErrNoRepository = errors.New("no repository")
+
+var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
+
+// Repository is an open repository. It is safe for concurrent use.
+type Repository struct {
+	be       backend.Backend
+	cfg      *format.Config
+	cache    *chunkCache
+	hostname string
+	now      func() time.Time
+}
+
+// Options tune an open repository.
+type Options struct {
+	// CacheSize bounds the decoded-chunk cache shared by all Disks, in bytes.
+	// Zero means DefaultCacheSize.
+	CacheSize int64
+}
+
+// DefaultCacheSize is the default chunk cache size.
+const DefaultCacheSize = 256 << 20
+
+// InitOptions choose the repository's format parameters.
+type InitOptions struct {
+	ChunkSize   int64  // zero means format.DefaultChunkSize
+	Compression string // empty means zstd-fastest
+}
+
+// Init creates a repository in an empty backend.
+func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repository, error) {
+	if _, err := be.Stat(ctx, configHandle); err == nil {
+		return nil, fmt.Errorf("init repository at %s: already initialised", be.Location())
+	}
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = format.DefaultChunkSize
+	}
+	if opts.Compression == "" {
+		opts.Compression = format.CompressionZstdFastest
+	}
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, err
+	}
+	cfg := &format.Config{
+		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
+		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(),
+	}
+	b, err := cfg.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
+	}
+	if err := be.Save(ctx, configHandle, b); err != nil {
+		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
+	}
+	return newRepository(be, cfg, Options{}), nil
+}
+
+// Open opens the repository stored in be.
+func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, error) {
+	b, err := be.Load(ctx, configHandle, 0, -1)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, fmt.Errorf("open repository at %s: %w (run 'vmvault init' first)", be.Location(), ErrNoRepository)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+	}
+	cfg, err := format.ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+	}
+	return newRepository(be, cfg, opts), nil
+}
+
+func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Repository {
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = DefaultCacheSize
+	}
+	host, _ := os.Hostname()
+	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize), hostname: host, now: time.Now}
+}
+
+// Config returns the repository config.
+func (r *Repository) Config() format.Config { return *r.cfg }
+
+// Backend returns the underlying backend.
+func (r *Repository) Backend() backend.Backend { return r.be }
+
+// Close releases the repository; open Disks become unusable.
+func (r *Repository) Close() error { return r.be.Close() }
+
+func chunkHandle(id format.ID) backend.Handle {
+	return backend.Handle{Type: backend.ChunkFile, Name: id.String()}
+}
+
+// loadChunk loads, decodes and checks one chunk, bypassing the cache.
+func (r *Repository) loadChunk(ctx context.Context, id format.ID, dst []byte) ([]byte, error) {
+	frame, err := r.be.Load(ctx, chunkHandle(id), 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	out, err := format.DecodeChunkID(dst, frame, id)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// ChunkError reports a chunk that cannot be read, naming where it is used.
+type ChunkError struct {
+	RestorePoint string
+	Disk         string
+	Offset       int64
+	Chunk        format.ID
+	Err          error
+}
+
+func (e *ChunkError) Error() string {
+	return fmt.Sprintf("restore point %s disk %s offset %d: chunk %s: %v", e.RestorePoint, e.Disk, e.Offset, e.Chunk.Short(), e.Err)
+}
+
+func (e *ChunkError) Unwrap() error { return e.Err }

@@ -1,0 +1,471 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/local"
+	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+const cs = format.MinChunkSize
+
+func newRepo(t *testing.T) *Repository {
+	t.Helper()
+	r, err := Init(context.Background(), mem.New(), InitOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func newLocalRepo(t *testing.T) (*Repository, string) {
+	t.Helper()
+	dir := t.TempDir()
+	be, err := local.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Init(context.Background(), be, InitOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, dir
+}
+
+// testImage makes a disk image with data, text and zero regions.
+func testImage(seed uint64, size int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, size)
+	for off := 0; off < size; off += cs {
+		end := min(off+cs, size)
+		switch (off / cs) % 4 {
+		case 0: // random
+			for i := off; i < end; i++ {
+				b[i] = byte(rng.Uint32())
+			}
+		case 1: // text
+			copy(b[off:end], bytes.Repeat([]byte("the quick brown fox "), cs/20+1))
+		case 2: // zero
+		case 3: // half zero
+			for i := off; i < off+(end-off)/2; i++ {
+				b[i] = byte(rng.Uint32())
+			}
+		}
+	}
+	return b
+}
+
+func restoreBytes(t *testing.T, r *Repository, rp *RestorePoint, disk string) []byte {
+	t.Helper()
+	d, err := r.OpenDisk(context.Background(), rp, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &memWriterAt{}
+	if err := d.Restore(context.Background(), out, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Also through ReadAt in odd pieces.
+	viaReadAt := make([]byte, d.Size())
+	for off := 0; off < len(viaReadAt); off += 7777 {
+		end := min(off+7777, len(viaReadAt))
+		if n, err := d.ReadAt(viaReadAt[off:end], int64(off)); n != end-off || (err != nil && !(err.Error() == "EOF" && end == len(viaReadAt))) {
+			t.Fatalf("ReadAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	got := out.bytes(d.Size())
+	if !bytes.Equal(got, viaReadAt) {
+		t.Fatal("Restore and ReadAt disagree")
+	}
+	return got
+}
+
+type memWriterAt struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (w *memWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if need := int(off) + len(p); need > len(w.buf) {
+		w.buf = append(w.buf, make([]byte, need-len(w.buf))...)
+	}
+	copy(w.buf[off:], p)
+	return len(p), nil
+}
+
+func (w *memWriterAt) bytes(size int64) []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append(w.buf, make([]byte, int(size)-len(w.buf))...)
+}
+
+func capture(t *testing.T, r *Repository, vm string, base *RestorePoint, disks ...DiskSource) *RestorePoint {
+	t.Helper()
+	rp, err := r.Capture(context.Background(), CaptureOptions{VM: vm, Base: base}, disks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rp
+}
+
+func TestCaptureRestoreSizes(t *testing.T) {
+	for _, size := range []int{0, 1, cs - 1, cs, cs + 1, 7*cs + 12345} {
+		r := newRepo(t)
+		img := testImage(uint64(size), size)
+		rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)})
+		if got := restoreBytes(t, r, rp, "disk0"); sha256.Sum256(got) != sha256.Sum256(img) {
+			t.Fatalf("size %d: restore differs", size)
+		}
+	}
+}
+
+func TestIncrementals(t *testing.T) {
+	r := newRepo(t)
+	size := 40*cs + 999
+	img := testImage(1, size)
+	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)})
+	v1 := append([]byte(nil), img...)
+
+	// Dedup incremental: change two places; only their chunks are new.
+	copy(img[3*cs+10:], []byte("changed!"))
+	copy(img[size-5:], []byte("tail!"))
+	rp2 := capture(t, r, "vm", rp1, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)})
+	st := rp2.Disks[0].Stats
+	if st.Mode != "dedup" || st.NewChunks != 2 || st.BytesRead != int64(size) {
+		t.Errorf("dedup incremental stats %+v; want mode dedup, 2 new chunks, whole disk read", st)
+	}
+	v2 := append([]byte(nil), img...)
+
+	// Extents incremental: the reader only sees the declared ranges.
+	copy(img[20*cs+100:], bytes.Repeat([]byte{0xAB}, 3*cs))
+	changed := []Range{{20*cs + 100, 3 * cs}}
+	src := &countingReader{r: bytes.NewReader(img)}
+	rp3 := capture(t, r, "vm", rp2, DiskSource{Name: "disk0", Reader: src, Size: int64(size), Changed: changed})
+	st = rp3.Disks[0].Stats
+	if st.Mode != "extents" || st.BytesRead != 4*cs || src.n.Load() != 4*cs {
+		t.Errorf("extents incremental read %d bytes (stats %+v), want %d", src.n.Load(), st, 4*cs)
+	}
+	if rp3.Disks[0].Parent != rp2.ID.String() {
+		t.Errorf("parent = %s", rp3.Disks[0].Parent)
+	}
+	for _, c := range []struct {
+		rp   *RestorePoint
+		want []byte
+	}{{rp1, v1}, {rp2, v2}, {rp3, img}} {
+		if got := restoreBytes(t, r, c.rp, "disk0"); !bytes.Equal(got, c.want) {
+			t.Errorf("restore point %s differs from the source as of its capture", c.rp.ID.Short())
+		}
+	}
+
+	// Grown disk with extents: the new tail is read too.
+	grown := append(append([]byte(nil), img...), testImage(9, 3*cs)...)
+	rp4 := capture(t, r, "vm", rp3, DiskSource{Name: "disk0", Reader: bytes.NewReader(grown), Size: int64(len(grown)), Changed: []Range{}})
+	if got := restoreBytes(t, r, rp4, "disk0"); !bytes.Equal(got, grown) {
+		t.Error("grown disk restore differs")
+	}
+	if rp4.Disks[0].Stats.Reason == "" {
+		t.Error("size change not recorded as a reason")
+	}
+}
+
+type countingReader struct {
+	r interface {
+		ReadAt([]byte, int64) (int, error)
+	}
+	n atomicInt
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func TestCorruptChunk(t *testing.T) {
+	r, dir := newLocalRepo(t)
+	size := 8 * cs
+	imgA := testImage(1, size)
+	imgB := testImage(2, size)
+	rpA := capture(t, r, "a", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(imgA), Size: int64(size)})
+	rpB := capture(t, r, "b", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(imgB), Size: int64(size)})
+
+	// Flip one byte in the chunk at offset 4*cs of A (random data, unique to A).
+	d, err := r.OpenDisk(context.Background(), rpA, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := d.Index().IDs[4]
+	p := filepath.Join(dir, "chunks", victim.String()[:2], victim.String())
+	flipByte(t, p, 100)
+
+	rep, err := r.Verify(context.Background(), VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.DamagedPoints) != 1 || rep.DamagedPoints[0].ID != rpA.ID || len(rep.Damage) != 1 || rep.Damage[0].Offset != 4*cs {
+		t.Fatalf("verify: damaged %v, damage %+v; want restore point a at offset %d", rep.DamagedPoints, rep.Damage, 4*cs)
+	}
+	buf := make([]byte, 10)
+	_, err = d.ReadAt(buf, 4*cs+5)
+	var ce *ChunkError
+	if !errors.As(err, &ce) || ce.Offset != 4*cs || ce.RestorePoint != rpA.ID.Short() || !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("read of damaged chunk: %v", err)
+	}
+	// Other chunks of A still read, and B restores.
+	if _, err := d.ReadAt(buf, 0); err != nil {
+		t.Fatalf("read of a good chunk after a bad one: %v", err)
+	}
+	if got := restoreBytes(t, r, rpB, "disk0"); !bytes.Equal(got, imgB) {
+		t.Fatal("undamaged restore point differs")
+	}
+	// A later capture of the same content repairs the store: the damaged
+	// object is not trusted for dedup.
+	rpA2 := capture(t, r, "a2", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(imgA), Size: int64(size)})
+	if got := restoreBytes(t, r, rpA2, "disk0"); !bytes.Equal(got, imgA) {
+		t.Fatal("capture after damage restores wrong data")
+	}
+}
+
+func flipByte(t *testing.T, p string, at int64) {
+	t.Helper()
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentCapturesThenGC(t *testing.T) {
+	r, _ := newLocalRepo(t)
+	size := 30*cs + 77
+	var wg sync.WaitGroup
+	imgs := map[string][]byte{}
+	rps := map[string]*RestorePoint{}
+	var mu sync.Mutex
+	for _, vm := range []string{"alpha", "beta", "gamma"} {
+		img := testImage(uint64(len(vm)), size)
+		copy(img, vm) // shares most chunks with the others
+		imgs[vm] = img
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rp, err := r.Capture(context.Background(), CaptureOptions{VM: vm}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)}})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			rps[vm] = rp
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	// An abandoned capture leaves orphans; gc with no grace removes only those.
+	ctx, cancel := context.WithCancel(context.Background())
+	orphan := testImage(77, size)
+	_, err := r.Capture(ctx, CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: &cancelAfter{r: bytes.NewReader(orphan), cancel: cancel, after: 10 * cs}, Size: int64(size)}})
+	if err == nil {
+		t.Fatal("cancelled capture succeeded")
+	}
+	rep, err := r.GC(context.Background(), GCOptions{Grace: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.RemovedChunks == 0 {
+		t.Errorf("gc removed nothing after an abandoned capture: %+v", rep)
+	}
+	for vm, rp := range rps {
+		if got := restoreBytes(t, r, rp, "disk0"); !bytes.Equal(got, imgs[vm]) {
+			t.Errorf("%s differs after gc", vm)
+		}
+	}
+	v, err := r.Verify(context.Background(), VerifyOptions{})
+	if err != nil || !v.OK() {
+		t.Fatalf("verify after gc: %v %+v", err, v)
+	}
+}
+
+type cancelAfter struct {
+	r      *bytes.Reader
+	cancel func()
+	after  int64
+	n      atomicInt
+}
+
+func (c *cancelAfter) ReadAt(p []byte, off int64) (int, error) {
+	if c.n.Add(int64(len(p))) > c.after {
+		c.cancel()
+	}
+	return c.r.ReadAt(p, off)
+}
+
+func TestForgetBaseDuringCapture(t *testing.T) {
+	r := newRepo(t)
+	img := testImage(3, 4*cs)
+	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))})
+	if err := r.Forget(context.Background(), []string{rp1.ID.String()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Capture(context.Background(), CaptureOptions{VM: "vm", Base: rp1}, []DiskSource{{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))}})
+	if err == nil {
+		t.Fatal("capture against a forgotten base committed")
+	}
+}
+
+func TestLocks(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	s1, err := r.Lock(ctx, false, "a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := r.Lock(ctx, false, "b", 0)
+	if err != nil {
+		t.Fatalf("second shared lock: %v", err)
+	}
+	if _, err := r.Lock(ctx, true, "gc", 0); !errors.Is(err, ErrLocked) {
+		t.Fatalf("exclusive while shared held: %v", err)
+	}
+	_ = s1.Unlock()
+	_ = s2.Unlock()
+	x, err := r.Lock(ctx, true, "gc", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Lock(ctx, false, "c", 0); !errors.Is(err, ErrLocked) {
+		t.Fatalf("shared while exclusive held: %v", err)
+	}
+	_ = x.Unlock()
+
+	// A lock of a dead process on this host, and one not refreshed for long, are stale.
+	for _, l := range []format.Lock{
+		{Exclusive: true, Hostname: r.hostname, PID: 1 << 22, Started: time.Now(), Refreshed: time.Now()},
+		{Exclusive: true, Hostname: "elsewhere", PID: 1, Started: time.Now(), Refreshed: time.Now().Add(-2 * StaleLockAge)},
+	} {
+		b, _ := l.Marshal()
+		if err := r.be.Save(ctx, backend.Handle{Type: backend.LockFile, Name: newLockName()}, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, err := r.Lock(ctx, true, "gc", 0); err != nil {
+		t.Fatalf("stale locks block: %v", err)
+	} else {
+		_ = l.Unlock()
+	}
+	if n, err := r.RemoveLocks(ctx, false); err != nil || n != 2 {
+		t.Fatalf("RemoveLocks = %d, %v; want 2", n, err)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	mk := func(vm string, h int, id byte) *RestorePoint {
+		var x format.ID
+		x[0], x[1] = id, id
+		return &RestorePoint{ID: x, Manifest: &format.Manifest{VM: vm, Time: t0.Add(time.Duration(h) * time.Hour)}}
+	}
+	rps := []*RestorePoint{mk("web", 0, 0xa1), mk("web", 24, 0xa2), mk("db", 5, 0xb1)}
+	cases := []struct {
+		name string
+		want int // index into rps, -1 error
+	}{
+		{"web@latest", 1},
+		{"db@latest", 2},
+		{"web@2026-11-01", -1},
+		{"web@2026-11-01T12:00", 0},
+		{"web@2026-11-02T10:00:00Z", 1},
+		{"nope@latest", -1},
+		{rps[0].ID.String(), 0},
+		{"a2a2", 1},
+		{"a", -1},
+		{"ffff", -1},
+	}
+	for _, c := range cases {
+		got, err := Resolve(rps, c.name)
+		if c.want < 0 {
+			if err == nil {
+				t.Errorf("Resolve(%q) = %s, want error", c.name, got.ID.Short())
+			}
+			continue
+		}
+		if err != nil || got != rps[c.want] {
+			t.Errorf("Resolve(%q) = %v, %v; want %d", c.name, got, err, c.want)
+		}
+	}
+}
+
+func TestApplyPolicy(t *testing.T) {
+	t0 := time.Date(2026, 11, 23, 23, 0, 0, 0, time.UTC)
+	var rps []*RestorePoint
+	// Every 6 hours for 20 days for one VM, and 3 for another.
+	for i := 0; i < 80; i++ {
+		var id format.ID
+		id[0], id[1] = byte(i), 1
+		rps = append(rps, &RestorePoint{ID: id, Manifest: &format.Manifest{VM: "web", Time: t0.Add(-time.Duration(i) * 6 * time.Hour)}})
+	}
+	for i := 0; i < 3; i++ {
+		var id format.ID
+		id[0], id[1] = byte(i), 2
+		rps = append(rps, &RestorePoint{ID: id, Manifest: &format.Manifest{VM: "db", Time: t0.Add(-time.Duration(i) * time.Hour)}})
+	}
+	cases := []struct {
+		p        Policy
+		keepWeb  int
+		keepDB   int
+		newestIn bool
+	}{
+		{Policy{Last: 3}, 3, 3, true},
+		{Policy{Daily: 7}, 7, 1, true},
+		{Policy{Last: 2, Daily: 7}, 8, 2, true}, // the two newest are on the same day
+		{Policy{Hourly: 100}, 80, 3, true},
+		{Policy{Weekly: 2}, 2, 1, true},
+		{Policy{Monthly: 12}, 1, 1, true}, // all 20 days are in November
+	}
+	for _, c := range cases {
+		ds := ApplyPolicy(rps, c.p)
+		kept := map[string]int{}
+		for _, d := range ds {
+			if d.Keep {
+				kept[d.RestorePoint.VM]++
+			}
+		}
+		if kept["web"] != c.keepWeb || kept["db"] != c.keepDB {
+			t.Errorf("policy %v: kept web %d db %d, want %d %d", c.p, kept["web"], kept["db"], c.keepWeb, c.keepDB)
+		}
+	}
+}
+
+func TestNormalizeRanges(t *testing.T) {
+	got := NormalizeRanges([]Range{{100, 10}, {0, 5}, {5, 5}, {105, 20}, {200, 0}})
+	want := []Range{{0, 10}, {100, 25}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("NormalizeRanges = %v, want %v", got, want)
+	}
+}

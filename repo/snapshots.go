@@ -1,0 +1,201 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+// RestorePoint is a committed restore point: its ID (the hash of its
+// manifest) and the manifest.
+type RestorePoint struct {
+	ID format.ID
+	*format.Manifest
+}
+
+// Disk returns the manifest entry for the named disk.
+func (rp *RestorePoint) Disk(name string) (*format.ManifestDisk, error) {
+	for i := range rp.Disks {
+		if rp.Disks[i].Name == name {
+			return &rp.Disks[i], nil
+		}
+	}
+	names := make([]string, len(rp.Disks))
+	for i, d := range rp.Disks {
+		names[i] = d.Name
+	}
+	return nil, fmt.Errorf("restore point %s has no disk %q (disks: %s)", rp.ID.Short(), name, strings.Join(names, ", "))
+}
+
+// ErrNotFoundRP means no restore point matches a name.
+var ErrNotFoundRP = errors.New("no such restore point")
+
+func snapshotHandle(id format.ID) backend.Handle {
+	return backend.Handle{Type: backend.SnapshotFile, Name: id.String()}
+}
+
+// LoadRestorePoint loads and checks one manifest.
+func (r *Repository) LoadRestorePoint(ctx context.Context, id format.ID) (*RestorePoint, error) {
+	b, err := r.be.Load(ctx, snapshotHandle(id), 0, -1)
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, fmt.Errorf("restore point %s: %w", id.Short(), ErrNotFoundRP)
+		}
+		return nil, fmt.Errorf("load restore point %s: %w", id.Short(), err)
+	}
+	if format.Hash(b) != id {
+		return nil, fmt.Errorf("restore point %s: manifest does not match its id: %w", id.Short(), format.ErrCorrupt)
+	}
+	m, err := format.ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("restore point %s: %w", id.Short(), err)
+	}
+	return &RestorePoint{ID: id, Manifest: m}, nil
+}
+
+// BadRestorePoint is a manifest that could not be loaded.
+type BadRestorePoint struct {
+	Name string
+	Err  error
+}
+
+// ListRestorePoints loads every manifest, sorted by VM then time. Manifests
+// that fail to load are returned separately, so one damaged object does not
+// hide the others.
+func (r *Repository) ListRestorePoints(ctx context.Context) ([]*RestorePoint, []BadRestorePoint, error) {
+	var names []string
+	if err := r.be.List(ctx, backend.SnapshotFile, func(fi backend.FileInfo) error {
+		names = append(names, fi.Name)
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("list restore points: %w", err)
+	}
+	var (
+		mu  sync.Mutex
+		rps []*RestorePoint
+		bad []BadRestorePoint
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, n := range names {
+		g.Go(func() error {
+			id, err := format.ParseID(n)
+			var rp *RestorePoint
+			if err == nil {
+				rp, err = r.LoadRestorePoint(gctx, id)
+			}
+			if errors.Is(err, ErrNotFoundRP) {
+				return nil // forgotten meanwhile
+			}
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				bad = append(bad, BadRestorePoint{Name: n, Err: err})
+			} else {
+				rps = append(rps, rp)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	SortRestorePoints(rps)
+	sort.Slice(bad, func(i, j int) bool { return bad[i].Name < bad[j].Name })
+	return rps, bad, nil
+}
+
+// SortRestorePoints orders by VM, then time, then ID.
+func SortRestorePoints(rps []*RestorePoint) {
+	sort.Slice(rps, func(i, j int) bool {
+		a, b := rps[i], rps[j]
+		if a.VM != b.VM {
+			return a.VM < b.VM
+		}
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		return a.ID.String() < b.ID.String()
+	})
+}
+
+// Latest returns the newest restore point of vm, or nil.
+func Latest(rps []*RestorePoint, vm string) *RestorePoint {
+	var best *RestorePoint
+	for _, rp := range rps {
+		if rp.VM == vm && (best == nil || rp.Time.After(best.Time)) {
+			best = rp
+		}
+	}
+	return best
+}
+
+var timeLayouts = []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02"}
+
+// ParseTime parses the time forms accepted in restore point names; times
+// without a zone are UTC.
+func ParseTime(s string) (time.Time, error) {
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("time %q: use RFC 3339 (2026-11-23T10:00:00Z) or 2026-11-23[T10:00[:00]] (UTC)", s)
+}
+
+// Resolve finds the restore point a user named: a full ID, a unique ID
+// prefix (at least 4 hex digits), VM@latest, or VM@TIME (the newest restore
+// point of VM taken at or before TIME).
+func Resolve(rps []*RestorePoint, name string) (*RestorePoint, error) {
+	if vm, when, ok := strings.Cut(name, "@"); ok {
+		var t time.Time
+		if when != "latest" {
+			var err error
+			if t, err = ParseTime(when); err != nil {
+				return nil, fmt.Errorf("restore point %q: %w", name, err)
+			}
+		}
+		var best *RestorePoint
+		for _, rp := range rps {
+			if rp.VM != vm || (!t.IsZero() && rp.Time.After(t)) {
+				continue
+			}
+			if best == nil || rp.Time.After(best.Time) {
+				best = rp
+			}
+		}
+		if best == nil {
+			return nil, fmt.Errorf("restore point %q: %w", name, ErrNotFoundRP)
+		}
+		return best, nil
+	}
+	if len(name) < 4 {
+		return nil, fmt.Errorf("restore point %q: give at least 4 hex digits of the id, or VM@latest", name)
+	}
+	var found []*RestorePoint
+	for _, rp := range rps {
+		if strings.HasPrefix(rp.ID.String(), strings.ToLower(name)) {
+			found = append(found, rp)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("restore point %q: %w", name, ErrNotFoundRP)
+	case 1:
+		return found[0], nil
+	default:
+		return nil, fmt.Errorf("restore point %q: prefix matches %d restore points", name, len(found))
+	}
+}

@@ -1,0 +1,434 @@
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+// Range is a byte range of a disk.
+type Range struct {
+	Offset, Length int64
+}
+
+// DiskSource is one disk to capture.
+type DiskSource struct {
+	Name   string
+	Reader io.ReaderAt
+	Size   int64
+	// Changed lists the byte ranges that changed since the base restore
+	// point's disk of the same name. Nil means "unknown": every chunk is
+	// read and only chunks whose content is new are stored.
+	Changed []Range
+	// ChangeToken is the source's change marker (e.g. a vSphere changeId)
+	// as of this capture, stored for the next incremental.
+	ChangeToken string
+	// FullReason, when set, forces a full read and is recorded as the reason.
+	FullReason string
+}
+
+// Progress counts bytes a capture has to process and has processed; safe
+// to read while the capture runs.
+type Progress struct {
+	Total atomic.Int64
+	Done  atomic.Int64
+}
+
+// CaptureOptions describe a restore point to create.
+type CaptureOptions struct {
+	VM     string
+	Source string
+	Tags   []string
+	Time   time.Time // zero means now
+	// Base is the restore point to capture against (usually the VM's
+	// latest); disks are matched by name. Nil means a full capture.
+	Base     *RestorePoint
+	Config   json.RawMessage
+	Labels   map[string]string
+	Progress *Progress
+	LockWait time.Duration
+	// Workers is the number of hashing/compression goroutines (0: GOMAXPROCS).
+	Workers int
+}
+
+type diskPlan struct {
+	src    DiskSource
+	ids    []format.ID
+	read   []int // chunk numbers to read, ascending
+	mode   string
+	reason string
+	parent string
+	total  int64
+}
+
+// Capture stores a new restore point of disks and returns it. On any error
+// (including cancellation) no restore point is created; objects already
+// stored stay unreferenced until gc.
+func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []DiskSource) (*RestorePoint, error) {
+	if err := format.ValidName("VM", opts.VM); err != nil {
+		return nil, err
+	}
+	if len(disks) == 0 {
+		return nil, errors.New("capture: no disks")
+	}
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	lock, err := r.Lock(ctx, false, "capture "+opts.VM, opts.LockWait)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+
+	plans := make([]*diskPlan, len(disks))
+	seen := map[string]bool{}
+	for i, src := range disks {
+		if err := format.ValidName("disk", src.Name); err != nil {
+			return nil, err
+		}
+		if seen[src.Name] {
+			return nil, fmt.Errorf("capture: disk %q given twice", src.Name)
+		}
+		seen[src.Name] = true
+		p, err := r.planDisk(ctx, src, opts.Base)
+		if err != nil {
+			return nil, err
+		}
+		plans[i] = p
+		opts.Progress.Total.Add(p.total)
+	}
+
+	m := &format.Manifest{
+		Version: format.ManifestVersion, VM: opts.VM, Time: opts.Time, Source: opts.Source,
+		Hostname: r.hostname, Tags: opts.Tags, Config: opts.Config, Labels: opts.Labels,
+	}
+	if m.Time.IsZero() {
+		m.Time = r.now()
+	}
+	m.Time = m.Time.UTC()
+	for _, p := range plans {
+		md, err := r.writeDisk(ctx, p, &opts)
+		if err != nil {
+			return nil, fmt.Errorf("capture %s disk %s: %w", opts.VM, p.src.Name, err)
+		}
+		m.Disks = append(m.Disks, *md)
+	}
+	if opts.Base != nil {
+		// Chunks reused from the base are only safe if it still exists.
+		if _, err := r.be.Stat(ctx, snapshotHandle(opts.Base.ID)); err != nil {
+			return nil, fmt.Errorf("capture %s: base restore point %s vanished during the capture (forgotten?); not committing: %w", opts.VM, opts.Base.ID.Short(), err)
+		}
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
+	}
+	id := format.Hash(b)
+	if err := r.be.Save(ctx, snapshotHandle(id), b); err != nil {
+		return nil, fmt.Errorf("capture %s: commit manifest: %w", opts.VM, err)
+	}
+	return &RestorePoint{ID: id, Manifest: m}, nil
+}
+
+// planDisk decides what to read for one disk.
+func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *RestorePoint) (*diskPlan, error) {
+	if src.Size < 0 || src.Size > format.MaxDiskSize {
+		return nil, fmt.Errorf("capture disk %s: size %d out of range", src.Name, src.Size)
+	}
+	cs := r.cfg.ChunkSize
+	n := int(format.ChunkCount(src.Size, cs))
+	p := &diskPlan{src: src, ids: make([]format.ID, n), mode: "full"}
+	all := func(reason string) *diskPlan {
+		p.read = make([]int, n)
+		for i := range p.read {
+			p.read[i] = i
+		}
+		p.total = src.Size
+		if p.reason == "" {
+			p.reason = reason
+		}
+		return p
+	}
+	for _, c := range src.Changed {
+		if c.Offset < 0 || c.Length < 0 || c.Offset > src.Size-c.Length {
+			return nil, fmt.Errorf("capture disk %s: changed range [%d,+%d) outside the disk (%d bytes)", src.Name, c.Offset, c.Length, src.Size)
+		}
+	}
+	if src.FullReason != "" {
+		return all(src.FullReason), nil
+	}
+	if base == nil {
+		return all("no previous restore point"), nil
+	}
+	bd, err := base.Disk(src.Name)
+	if err != nil {
+		return all("disk not in the previous restore point"), nil
+	}
+	p.parent = base.ID.String()
+	bidx, err := r.loadIndex(ctx, bd.Index)
+	if err != nil {
+		return nil, fmt.Errorf("capture disk %s: base restore point %s: %w", src.Name, base.ID.Short(), err)
+	}
+	if bidx.ChunkSize != cs {
+		return all(fmt.Sprintf("previous restore point uses %d-byte chunks", bidx.ChunkSize)), nil
+	}
+	if src.Changed == nil {
+		// Read everything; chunks already in the base are not stored again.
+		p.mode = "dedup"
+		p.ids = append(p.ids[:0], bidx.IDs[:min(n, len(bidx.IDs))]...)
+		p.ids = p.ids[:n]
+		return all(""), nil
+	}
+	// Incremental from changed ranges: reuse every base chunk the ranges do
+	// not touch and that lies entirely within both disk sizes.
+	p.mode = "extents"
+	keep := min(src.Size, bidx.DiskSize) / cs // chunks fully inside both
+	if src.Size == bidx.DiskSize {
+		keep = int64(n) // the short last chunk too
+	}
+	copy(p.ids, bidx.IDs[:keep])
+	mark := make([]bool, n)
+	for i := int(keep); i < n; i++ {
+		mark[i] = true
+	}
+	for _, c := range src.Changed {
+		if c.Length == 0 {
+			continue
+		}
+		for i := c.Offset / cs; i <= (c.Offset+c.Length-1)/cs; i++ {
+			mark[i] = true
+		}
+	}
+	for i, m := range mark {
+		if m {
+			p.read = append(p.read, i)
+			p.total += min(cs, src.Size-int64(i)*cs)
+		}
+	}
+	if src.Size != bidx.DiskSize {
+		p.reason = fmt.Sprintf("disk size changed from %d to %d bytes", bidx.DiskSize, src.Size)
+	}
+	return p, nil
+}
+
+// knownSet holds chunk IDs known to be stored and valid.
+type knownSet struct {
+	mu sync.Mutex
+	m  map[format.ID]struct{}
+}
+
+// claim adds id and reports whether it was absent.
+func (k *knownSet) claim(id format.ID) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.m[id]; ok {
+		return false
+	}
+	k.m[id] = struct{}{}
+	return true
+}
+
+type readJob struct {
+	i   int
+	buf []byte
+}
+
+type saveJob struct {
+	id    format.ID
+	frame []byte
+}
+
+// writeDisk runs the read → hash/compress → store pipeline for one disk and
+// stores its index. Memory is bounded by the fixed number of buffers.
+func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOptions) (*format.ManifestDisk, error) {
+	start := time.Now()
+	cs := r.cfg.ChunkSize
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	const savers = 8
+	known := &knownSet{m: make(map[format.ID]struct{}, len(p.ids))}
+	if p.mode != "full" {
+		for _, id := range p.ids {
+			known.m[id] = struct{}{}
+		}
+	}
+	var (
+		bytesRead, zero, newChunks, stored atomic.Int64
+	)
+	rawFree := make(chan []byte, 2*workers+2)
+	for range cap(rawFree) {
+		rawFree <- make([]byte, cs)
+	}
+	frameFree := make(chan []byte, 2*savers+workers)
+	for range cap(frameFree) {
+		frameFree <- make([]byte, 0, cs+format.ChunkHeaderSize+cs/16)
+	}
+	reads := make(chan readJob, workers)
+	saves := make(chan saveJob, savers)
+	g, gctx := errgroup.WithContext(ctx)
+
+	g.Go(func() error { // reader
+		defer close(reads)
+		for _, i := range p.read {
+			var buf []byte
+			select {
+			case buf = <-rawFree:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			off := int64(i) * cs
+			buf = buf[:min(cs, p.src.Size-off)]
+			n, err := p.src.Reader.ReadAt(buf, off)
+			if n < len(buf) {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("read source at offset %d: %w", off, err)
+			}
+			bytesRead.Add(int64(n))
+			select {
+			case reads <- readJob{i: i, buf: buf}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		g.Go(func() error {
+			defer wg.Done()
+			for job := range reads {
+				if err := r.processChunk(gctx, job, p, known, &zero, saves, frameFree); err != nil {
+					return err
+				}
+				opts.Progress.Done.Add(int64(len(job.buf)))
+				rawFree <- job.buf[:cap(job.buf)]
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		wg.Wait()
+		close(saves)
+		return nil
+	})
+	for range savers {
+		g.Go(func() error {
+			for s := range saves {
+				if err := r.be.Save(gctx, chunkHandle(s.id), s.frame); err != nil {
+					return err
+				}
+				newChunks.Add(1)
+				stored.Add(int64(len(s.frame)))
+				frameFree <- s.frame[:0]
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	idx := &format.Index{DiskSize: p.src.Size, ChunkSize: cs, IDs: p.ids}
+	b := idx.Marshal()
+	idxID := format.Hash(b)
+	if err := r.be.Save(ctx, backend.Handle{Type: backend.IndexFile, Name: idxID.String()}, b); err != nil {
+		return nil, fmt.Errorf("store index: %w", err)
+	}
+	return &format.ManifestDisk{
+		Name: p.src.Name, Size: p.src.Size, ChunkSize: cs, Index: idxID.String(),
+		ChangeToken: p.src.ChangeToken, Parent: p.parent,
+		Stats: format.DiskStats{
+			Mode: p.mode, Reason: p.reason, BytesRead: bytesRead.Load(), Chunks: int64(len(p.ids)),
+			ZeroChunks: countZero(p.ids), NewChunks: newChunks.Load(), BytesStored: stored.Load(),
+			DurationSecs: format.Float3(time.Since(start).Seconds()),
+		},
+	}, nil
+}
+
+func countZero(ids []format.ID) int64 {
+	n := int64(0)
+	for _, id := range ids {
+		if id.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
+// processChunk hashes one chunk, decides whether it must be stored and, if
+// so, frames it and hands it to the savers.
+func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan, known *knownSet, zero *atomic.Int64,
+	saves chan<- saveJob, frameFree chan []byte) error {
+	if format.IsZero(job.buf) {
+		p.ids[job.i] = format.ZeroID
+		zero.Add(1)
+		return nil
+	}
+	id := format.Hash(job.buf)
+	p.ids[job.i] = id
+	if !known.claim(id) {
+		return nil // in the base, or stored (or being stored) by this capture
+	}
+	// Not known: trust a stored object only after decoding and hashing it.
+	if _, err := r.be.Stat(ctx, chunkHandle(id)); err == nil {
+		if _, err := r.loadChunk(ctx, id, nil); err == nil {
+			return nil
+		}
+	} else if !errors.Is(err, backend.ErrNotFound) {
+		return err
+	}
+	var frame []byte
+	select {
+	case frame = <-frameFree:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	frame, err := format.EncodeChunk(frame, job.buf, r.cfg.Compression)
+	if err != nil {
+		return err
+	}
+	select {
+	case saves <- saveJob{id: id, frame: frame}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// NormalizeRanges sorts ranges and merges overlapping or adjacent ones.
+func NormalizeRanges(rs []Range) []Range {
+	out := make([]Range, 0, len(rs))
+	for _, r := range rs {
+		if r.Length > 0 {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Offset < out[j].Offset })
+	merged := out[:0]
+	for _, r := range out {
+		if n := len(merged); n > 0 && r.Offset <= merged[n-1].Offset+merged[n-1].Length {
+			merged[n-1].Length = max(merged[n-1].Length, r.Offset+r.Length-merged[n-1].Offset)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged
+}
