@@ -21,6 +21,9 @@ type GCOptions struct {
 	Grace    time.Duration
 	DryRun   bool
 	LockWait time.Duration
+	// Ignore lists restore points to treat as already forgotten, so a
+	// dry run of prune can show what the sweep after forgetting would do.
+	Ignore []format.ID
 }
 
 // GCReport is what GC did (or would do, with DryRun).
@@ -53,6 +56,17 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("gc: manifest %s cannot be read (%v); refusing to sweep: remove it with 'vmvault forget %s' if it is beyond repair", bad[0].Name, bad[0].Err, bad[0].Name)
 	}
+	ignore := map[format.ID]bool{}
+	for _, id := range opts.Ignore {
+		ignore[id] = true
+	}
+	kept := rps[:0]
+	for _, rp := range rps {
+		if !ignore[rp.ID] {
+			kept = append(kept, rp)
+		}
+	}
+	rps = kept
 	rep := &GCReport{RestorePoints: len(rps)}
 	liveChunks := map[format.ID]struct{}{}
 	liveIndexes := map[string]struct{}{}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 type gcFlags struct {
@@ -37,7 +38,7 @@ the chunks it references would then be unknown.`,
 				return err
 			}
 			defer r.Close()
-			return runGC(cmd, r, f, dryRun, g.LockWait)
+			return runGC(cmd, r, f, dryRun, g.LockWait, nil)
 		},
 	}
 	f.addFlags(cmd.Flags())
@@ -45,8 +46,8 @@ the chunks it references would then be unknown.`,
 	return cmd
 }
 
-func runGC(cmd *cobra.Command, r *repo.Repository, f gcFlags, dryRun bool, wait time.Duration) error {
-	rep, err := r.GC(cmd.Context(), repo.GCOptions{Grace: f.grace, DryRun: dryRun, LockWait: wait})
+func runGC(cmd *cobra.Command, r *repo.Repository, f gcFlags, dryRun bool, wait time.Duration, ignore []format.ID) error {
+	rep, err := r.GC(cmd.Context(), repo.GCOptions{Grace: f.grace, DryRun: dryRun, LockWait: wait, Ignore: ignore})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 func newPruneCommand(g *cli.Global) *cobra.Command {
@@ -30,10 +31,18 @@ data no remaining restore point references (like 'gc').`,
 			if err != nil {
 				return err
 			}
-			if err := forget(cmd, r, f.plan(cmd.OutOrStdout(), rps), f.dryRun, g.LockWait); err != nil {
+			names := f.plan(cmd.OutOrStdout(), rps)
+			if err := forget(cmd, r, names, f.dryRun, g.LockWait); err != nil {
 				return err
 			}
-			return runGC(cmd, r, gcf, f.dryRun, g.LockWait)
+			var ignore []format.ID
+			if f.dryRun {
+				for _, n := range names {
+					id, _ := format.ParseID(n)
+					ignore = append(ignore, id)
+				}
+			}
+			return runGC(cmd, r, gcf, f.dryRun, g.LockWait, ignore)
 		},
 	}
 	f.addFlags(cmd.Flags())

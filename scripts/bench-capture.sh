@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Capture benchmark: vmvault against restic 0.18.1 and borg 1.2 on one
+# deterministic 4 GiB VM-disk workload, in one run.
+#
+# Workload: MBR + one ext4 partition at 1 MiB (mke2fs -d) holding ~2.2 GiB of
+# /usr, a 300 MB pseudo-random file and a 300 MB text file; the rest zero.
+# Then 640 seeded 64 KiB guest writes inside those two files' data blocks.
+#
+# Measured per repetition, tools alternating: full backup, second backup
+# after the writes (vmvault: from the changed-extents list, and again by
+# deduplication), and restore of the second backup. Reported: medians of
+# wall time, MB/s (of the 4 GiB disk), CPU seconds, peak RSS, repository
+# size and growth; ratios against the best peer. Inputs are re-read (warm
+# page cache) before each timed step.
+#
+# Usage: scripts/bench-capture.sh [REPS]     (default 5)
+# Env:   BENCH_DIR (default /var/tmp/vmvault-bench), VMVAULT_INIT_FLAGS
+#        (e.g. "--chunk-size 128KiB"), BENCH_TOOLS (default "vmvault restic borg-lz4 borg-zstd")
+set -euo pipefail
+REPS=${1:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=${BENCH_DIR:-/var/tmp/vmvault-bench}
+TOOLS=${BENCH_TOOLS:-vmvault restic borg-lz4 borg-zstd}
+BIN=$W/bin
+mkdir -p "$W" "$BIN"
+export PATH=$BIN:$PATH
+
+need() { command -v "$1" >/dev/null || { echo "bench-capture: missing $1 ($2)" >&2; exit 1; }; }
+need mke2fs "apt-get install e2fsprogs"
+need debugfs "apt-get install e2fsprogs"
+need sfdisk "apt-get install fdisk"
+need borg "apt-get install borgbackup"
+[ -x /usr/bin/time ] || { echo "bench-capture: missing /usr/bin/time (apt-get install time)" >&2; exit 1; }
+
+echo "== building vmvault and the workload tool"
+(cd "$ROOT" && go build -o "$BIN/" ./cmd/vmvault ./cmd/vmvault-capture && go build -o "$BIN/workload" ./scripts/workload)
+if ! [ -x "$BIN/restic" ]; then
+	echo "== building restic 0.18.1 from the Go module proxy"
+	dir=$(go mod download -json github.com/restic/restic@v0.18.1 | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+	(cd "$dir" && go build -o "$BIN/restic" ./cmd/restic)
+fi
+
+IMG=$W/base.img CHG=$W/changed.img
+if ! [ -f "$W/workload.done" ]; then
+	echo "== building the 4 GiB workload image"
+	rm -rf "$W/tree" && mkdir -p "$W/tree/usr"
+	# ~2.2 GiB of /usr regular files in path order.
+	(cd / && find usr -xdev -type f -size +0 -printf '%s %p\n' 2>/dev/null | sort -k2 |
+		awk -v lim=$((2200*1024*1024)) '!done { if (s + $1 > lim) { done = 1; next } s += $1; print $2 }') >"$W/usr.list"
+	# Files that vanish or change while copied are skipped (tar exits 1 then).
+	tar -C / --ignore-failed-read -cf - -T "$W/usr.list" 2>/dev/null | tar -C "$W/tree" -xf - || true
+	echo "copied $(du -sh "$W/tree/usr" | cut -f1) of /usr"
+	workload files "$W/tree"
+	rm -f "$W/fs.img"
+	truncate -s $(( (4096 - 1) * 1024 * 1024 )) "$W/fs.img"
+	E2FSPROGS_FAKE_TIME=1763900000 mke2fs -q -t ext4 -b 4096 -U 6f1d9a0e-7c1b-4d3e-9a55-0b1a2c3d4e5f -E hash_seed=2c1a4b3e-1d2f-4a5b-8c9d-0e1f2a3b4c5d,lazy_itable_init=0,lazy_journal_init=0 -d "$W/tree" "$W/fs.img"
+	rm -f "$IMG" && truncate -s 4G "$IMG"
+	echo 'start=2048, type=83' | sfdisk -q "$IMG"
+	dd if="$W/fs.img" of="$IMG" bs=1M seek=1 conv=notrunc,sparse status=none
+	workload plan "$W/fs.img" $((1024 * 1024)) "$W/guest"
+	rm -f "$CHG" && cp --sparse=always "$IMG" "$CHG"
+	workload apply "$W/guest.writes" "$CHG"
+	rm -rf "$W/tree" "$W/fs.img"
+	sync
+	touch "$W/workload.done"
+fi
+SIZE=$(stat -c %s "$IMG")
+echo "workload: $(du -h --apparent-size "$IMG" | cut -f1) image, $(du -h "$IMG" | cut -f1) allocated; $(wc -l <"$W/guest.extents") writes of 64 KiB"
+
+export RESTIC_PASSWORD=bench-only-not-a-secret RESTIC_CACHE_DIR=$W/restic-cache BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_BASE_DIR=$W/borg-base
+R=$W/results.tsv
+: >"$R"
+warm() { cat "$1" >/dev/null; }
+# timed TOOL STEP CMD... : appends "tool step wall user sys rss_kb" to results
+timed() {
+	local tool=$1 step=$2; shift 2
+	/usr/bin/time -f "%e %U %S %M" -o "$W/time.out" "$@" >"$W/cmd.out" 2>&1 || { cat "$W/cmd.out" >&2; echo "bench-capture: $tool $step failed" >&2; exit 1; }
+	echo "$tool $step $(cat "$W/time.out")" >>"$R"
+}
+size_of() { du -sb "$1" | cut -f1; }
+record() { echo "$1 $2 $3" >>"$R"; }
+
+run_tool() {
+	local tool=$1 repo=$W/repo-$1 out=$W/restore.out
+	rm -rf "$repo" "$out" "$W/restic-cache" "$W/borg-base"
+	ln -f "$IMG" "$W/work.img"
+	case $tool in
+	vmvault)
+		vmvault init --repo "$repo" ${VMVAULT_INIT_FLAGS:-} >/dev/null
+		warm "$IMG"; timed $tool full vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
+		record $tool size_full "$(size_of "$repo")"
+		ln -f "$CHG" "$W/work.img"; warm "$CHG"
+		timed $tool incr vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img" --changed-extents "$W/guest.extents"
+		record $tool size_incr "$(size_of "$repo")"
+		timed $tool incr_dedup vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
+		sync; timed $tool restore vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
+		if [ "${CHECKED:-}" != 1 ]; then
+			cmp "$out" "$CHG" || { echo "bench-capture: vmvault restore differs from the source" >&2; exit 1; }
+			CHECKED=1
+		fi
+		;;
+	restic)
+		restic init -q --repo "$repo" >/dev/null
+		warm "$IMG"; timed $tool full restic -q --repo "$repo" backup "$W/work.img"
+		record $tool size_full "$(size_of "$repo")"
+		ln -f "$CHG" "$W/work.img"; warm "$CHG"
+		timed $tool incr restic -q --repo "$repo" backup "$W/work.img"
+		record $tool size_incr "$(size_of "$repo")"
+		sync; mkdir -p "$out"
+		timed $tool restore restic -q --repo "$repo" restore latest --sparse --target "$out"
+		;;
+	borg-lz4 | borg-zstd)
+		local comp=lz4; [ $tool = borg-zstd ] && comp=zstd,3
+		borg init -e none "$repo"
+		warm "$IMG"; timed $tool full borg create --compression $comp "$repo::a" "$W/work.img"
+		record $tool size_full "$(size_of "$repo")"
+		ln -f "$CHG" "$W/work.img"; warm "$CHG"
+		timed $tool incr borg create --compression $comp "$repo::b" "$W/work.img"
+		record $tool size_incr "$(size_of "$repo")"
+		;;
+	esac
+	rm -rf "$repo" "$out"
+}
+
+for rep in $(seq 1 "$REPS"); do
+	set -- $TOOLS
+	[ $((rep % 2)) = 0 ] && set -- $(printf '%s\n' $TOOLS | tac)
+	for tool in "$@"; do
+		echo "== repetition $rep/$REPS: $tool (load $(cut -d' ' -f1 /proc/loadavg))"
+		run_tool "$tool"
+	done
+done
+
+python3 - "$R" "$SIZE" "$TOOLS" <<'PY'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+size = int(sys.argv[2]); tools = sys.argv[3].split()
+def vals(tool, step, col):
+    return [float(r[col]) for r in rows if r[0] == tool and r[1] == step]
+def med(tool, step, col=2):
+    v = vals(tool, step, col)
+    return st.median(v) if v else None
+peers = [t for t in tools if t != "vmvault"]
+metrics = []
+for step in ["full", "incr", "incr_dedup", "restore"]:
+    metrics += [(f"{step} wall s", lambda t, s=step: med(t, s), "min"),
+                (f"{step} MB/s", lambda t, s=step: (size / 1e6 / med(t, s)) if med(t, s) else None, "max"),
+                (f"{step} CPU s", lambda t, s=step: (med(t, s, 3) + med(t, s, 4)) if med(t, s) else None, "min"),
+                (f"{step} peak RSS MiB", lambda t, s=step: (med(t, s, 5) / 1024) if med(t, s) else None, "min")]
+metrics += [("repo after full MiB", lambda t: (med(t, "size_full") or 0) / 2**20 or None, "min"),
+            ("repo growth MiB", lambda t: ((med(t, "size_incr") or 0) - (med(t, "size_full") or 0)) / 2**20 if med(t, "size_incr") else None, "min")]
+def fmt(v): return "-" if v is None else (f"{v:.1f}" if v < 1000 else f"{v:.0f}")
+print(f"\nmedians of {len(vals('vmvault','full',2)) or len(vals(tools[0],'full',2))} repetitions, {size/2**30:.0f} GiB disk image (warm page cache)")
+print(f"{'metric':24}" + "".join(f"{t:>12}" for t in tools) + f"{'vmvault/best peer':>20}")
+for name, f, better in metrics:
+    vs = {t: f(t) for t in tools}
+    pv = [vs[t] for t in peers if vs[t] is not None]
+    ratio = "-"
+    if vs.get("vmvault") is not None and pv:
+        best = max(pv) if better == "max" else min(pv)
+        ratio = f"{vs['vmvault'] / best:.2f}" if best else "-"
+    print(f"{name:24}" + "".join(f"{fmt(vs[t]):>12}" for t in tools) + f"{ratio:>20}")
+inc = med("vmvault", "incr"); full = med("vmvault", "full")
+if inc and full:
+    print(f"\nvmvault extents incremental / full capture time: {100*inc/full:.1f}%")
+PY

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): formatting, vet, every test with
+# the race detector, and a short run of every fuzz target on top of its
+# seed corpus in testdata/.
+#
+# Usage: scripts/test.sh             FUZZTIME=10s scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-5s}
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== go test -race"
+go test -race -count=1 ./...
+echo "== fuzzing each target for $FUZZTIME"
+for pkg in ./repo/format ./cbt; do
+	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/vmvault-fuzz.log 2>&1 ||
+			{ cat /tmp/vmvault-fuzz.log; echo "fuzz $pkg $target failed"; exit 1; }
+		echo "fuzz $pkg $target: ok"
+	done
+done
