@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmvault/vmvault/repo"
 )
 
@@ -45,6 +47,34 @@ func OpenFile(path string) (*File, error) {
 
 // Size returns the disk size in bytes.
 func (f *File) Size() int64 { return f.size }
+
+// DataRanges returns the ranges of a sparse file that hold data, from
+// SEEK_DATA/SEEK_HOLE; everything else reads as zeros. It returns nil when
+// the file or filesystem cannot tell (block devices, some filesystems), and
+// then every byte must be read.
+func (f *File) DataRanges() []repo.Range {
+	var out []repo.Range
+	for off := int64(0); off < f.size; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // no data after off
+		}
+		if err != nil {
+			return nil
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil || hole <= data {
+			return nil
+		}
+		hole = min(hole, f.size)
+		out = append(out, repo.Range{Offset: data, Length: hole - data})
+		off = hole
+	}
+	if out == nil {
+		out = []repo.Range{}
+	}
+	return out
+}
 
 // MaxExtents bounds the number of lines an extents list may have.
 const MaxExtents = 16 << 20

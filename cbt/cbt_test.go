@@ -1,6 +1,7 @@
 package cbt
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -71,4 +72,37 @@ func FuzzParseExtents(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestDataRanges(t *testing.T) {
+	p := t.TempDir() + "/sparse.img"
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const mib = 1 << 20
+	f.Truncate(16 * mib)
+	f.WriteAt([]byte("x"), 3*mib+5)
+	f.WriteAt(make([]byte, 8192), 10*mib) // written zeros are data too
+	f.Close()
+	src, err := OpenFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	rs := src.DataRanges()
+	if rs == nil {
+		t.Skip("filesystem does not report holes")
+	}
+	covered := func(off int64) bool {
+		for _, r := range rs {
+			if off >= r.Offset && off < r.Offset+r.Length {
+				return true
+			}
+		}
+		return false
+	}
+	if !covered(3*mib+5) || !covered(10*mib) || covered(8*mib) || covered(15*mib) {
+		t.Fatalf("data ranges %v", rs)
+	}
 }

@@ -469,3 +469,60 @@ func TestNormalizeRanges(t *testing.T) {
 		t.Fatalf("NormalizeRanges = %v, want %v", got, want)
 	}
 }
+
+func TestWriteChunkSparse(t *testing.T) {
+	data := make([]byte, 5*holeBlock+100)
+	copy(data[holeBlock+7:], "x")             // block 1
+	copy(data[3*holeBlock:], "yy")            // block 3
+	copy(data[5*holeBlock+50:], "tail bytes") // short last block
+	for _, sparse := range []bool{false, true} {
+		w := &recordingWriter{}
+		if err := writeChunk(w, data, 1000, sparse); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(data))
+		written := 0
+		for _, wr := range w.writes {
+			copy(got[wr.off-1000:], wr.p)
+			written += len(wr.p)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("sparse=%v: content differs", sparse)
+		}
+		if want := map[bool]int{false: len(data), true: 2*holeBlock + 100}[sparse]; written != want {
+			t.Errorf("sparse=%v: wrote %d bytes, want %d", sparse, written, want)
+		}
+	}
+}
+
+type recordingWriter struct {
+	writes []struct {
+		p   []byte
+		off int64
+	}
+}
+
+func (w *recordingWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.writes = append(w.writes, struct {
+		p   []byte
+		off int64
+	}{append([]byte(nil), p...), off})
+	return len(p), nil
+}
+
+func TestSparseSourceSkipsHoles(t *testing.T) {
+	r := newRepo(t)
+	size := 10 * cs
+	img := make([]byte, size)
+	copy(img[2*cs+5:], "data in chunk two")
+	copy(img[7*cs:], bytes.Repeat([]byte{9}, cs+10)) // chunks 7 and 8
+	src := &countingReader{r: bytes.NewReader(img)}
+	rp := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: src, Size: int64(size),
+		Data: []Range{{Offset: 2 * cs, Length: 100}, {Offset: 7 * cs, Length: cs + 10}}})
+	if got := src.n.Load(); got != 3*cs {
+		t.Errorf("read %d bytes, want only the 3 chunks with data (%d)", got, 3*cs)
+	}
+	if got := restoreBytes(t, r, rp, "d"); !bytes.Equal(got, img) {
+		t.Fatal("restore differs")
+	}
+}

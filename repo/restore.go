@@ -6,6 +6,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 // RestoreOptions tune Disk.Restore.
@@ -64,7 +66,7 @@ func (d *Disk) Restore(ctx context.Context, w io.WriterAt, opts RestoreOptions) 
 						return d.chunkErr(i, io.ErrUnexpectedEOF)
 					}
 				}
-				if _, err := w.WriteAt(data, int64(i)*cs); err != nil {
+				if err := writeChunk(w, data, int64(i)*cs, opts.Sparse); err != nil {
 					return err
 				}
 				opts.Progress.Done.Add(n)
@@ -73,4 +75,36 @@ func (d *Disk) Restore(ctx context.Context, w io.WriterAt, opts RestoreOptions) 
 		})
 	}
 	return g.Wait()
+}
+
+// holeBlock is the granularity at which a sparse restore leaves zero runs
+// inside data chunks unwritten: the filesystem block size.
+const holeBlock = 4096
+
+// writeChunk writes data at off; when sparse, runs of all-zero blocks are
+// skipped so they stay holes in the (freshly truncated) target.
+func writeChunk(w io.WriterAt, data []byte, off int64, sparse bool) error {
+	if !sparse {
+		_, err := w.WriteAt(data, off)
+		return err
+	}
+	start := -1 // start of the current run of data blocks
+	for pos := 0; pos < len(data); pos += holeBlock {
+		end := min(pos+holeBlock, len(data))
+		zero := format.IsZero(data[pos:end])
+		if !zero && start < 0 {
+			start = pos
+		}
+		if zero && start >= 0 {
+			if _, err := w.WriteAt(data[start:pos], off+int64(start)); err != nil {
+				return err
+			}
+			start = -1
+		}
+	}
+	if start >= 0 {
+		_, err := w.WriteAt(data[start:], off+int64(start))
+		return err
+	}
+	return nil
 }

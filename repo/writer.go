@@ -18,6 +18,9 @@ import (
 	"github.com/vmvault/vmvault/repo/format"
 )
 
+// writeBehind bounds the memory of compressed chunks queued for saving.
+const writeBehind = 64 << 20
+
 // Range is a byte range of a disk.
 type Range struct {
 	Offset, Length int64
@@ -37,6 +40,10 @@ type DiskSource struct {
 	ChangeToken string
 	// FullReason, when set, forces a full read and is recorded as the reason.
 	FullReason string
+	// Data, when not nil, lists the only ranges that may hold non-zero
+	// bytes (a sparse file's allocated extents): chunks outside them are
+	// recorded as zero without being read.
+	Data []Range
 }
 
 // Progress counts bytes a capture has to process and has processed; safe
@@ -259,7 +266,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	const savers = 8
+	const savers = 8 // concurrent Saves; more did not help on local disks
 	known := &knownSet{m: make(map[format.ID]struct{}, len(p.ids))}
 	if p.mode != "full" {
 		for _, id := range p.ids {
@@ -269,21 +276,36 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	var (
 		bytesRead, zero, newChunks, stored atomic.Int64
 	)
-	rawFree := make(chan []byte, 2*workers+2)
+	// The reader runs up to readAhead chunks ahead, so cheap stretches
+	// (zero or incompressible chunks) are covered by what it read while the
+	// workers compressed expensive ones.
+	const readAhead = 32
+	rawFree := make(chan []byte, readAhead+2*workers)
 	for range cap(rawFree) {
 		rawFree <- make([]byte, cs)
 	}
-	frameFree := make(chan []byte, 2*savers+workers)
-	for range cap(frameFree) {
-		frameFree <- make([]byte, 0, cs+format.ChunkHeaderSize+cs/16)
+	// Frames waiting for the savers: saving is bursty (incompressible
+	// stretches produce data faster than the disk takes it, compressible
+	// ones slower), so a write-behind queue of writeBehind bytes lets the
+	// workers keep compressing. Frames are allocated on demand up to that.
+	nframes := max(2*savers+workers, int(writeBehind/cs))
+	frameFree := make(chan []byte, nframes)
+	for range nframes {
+		frameFree <- nil
 	}
-	reads := make(chan readJob, workers)
-	saves := make(chan saveJob, savers)
+	reads := make(chan readJob, readAhead)
+	saves := make(chan saveJob, nframes)
 	g, gctx := errgroup.WithContext(ctx)
 
+	hasData := dataMap(p.src.Data, cs, len(p.ids))
 	g.Go(func() error { // reader
 		defer close(reads)
 		for _, i := range p.read {
+			if hasData != nil && !hasData[i] {
+				p.ids[i] = format.ZeroID
+				opts.Progress.Done.Add(min(cs, p.src.Size-int64(i)*cs))
+				continue
+			}
 			var buf []byte
 			select {
 			case buf = <-rawFree:
@@ -345,6 +367,11 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	if fl, ok := r.be.(backend.Flusher); ok {
+		if err := fl.Flush(ctx); err != nil {
+			return nil, fmt.Errorf("make chunks durable: %w", err)
+		}
+	}
 
 	idx := &format.Index{DiskSize: p.src.Size, ChunkSize: cs, IDs: p.ids}
 	b := idx.Marshal()
@@ -361,6 +388,23 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 			DurationSecs: format.Float3(time.Since(start).Seconds()),
 		},
 	}, nil
+}
+
+// dataMap marks the chunks that overlap a data range; nil means all may.
+func dataMap(data []Range, cs int64, n int) []bool {
+	if data == nil {
+		return nil
+	}
+	m := make([]bool, n)
+	for _, r := range data {
+		if r.Length <= 0 {
+			continue
+		}
+		for i := r.Offset / cs; i <= (r.Offset+r.Length-1)/cs && i < int64(n); i++ {
+			m[i] = true
+		}
+	}
+	return m
 }
 
 func countZero(ids []format.ID) int64 {
@@ -400,6 +444,9 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	case frame = <-frameFree:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if frame == nil {
+		frame = make([]byte, 0, format.ChunkHeaderSize+len(job.buf)+len(job.buf)/8)
 	}
 	frame, err := format.EncodeChunk(frame, job.buf, r.cfg.Compression)
 	if err != nil {

@@ -84,6 +84,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	if err := format.ValidName("VM", o.vm); err != nil {
 		return cli.Usagef("--vm: %v", err)
 	}
+	stopProfile, err := g.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{})
 	if err != nil {
@@ -141,7 +146,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
 		defer f.Close()
-		src := repo.DiskSource{Name: name, Reader: f, Size: f.Size()}
+		src := repo.DiskSource{Name: name, Reader: f, Size: f.Size(), Data: f.DataRanges()}
 		if o.full {
 			src.FullReason = "--full"
 		}

@@ -37,6 +37,11 @@ An existing regular file is only replaced with --overwrite.`,
 			if o.to == "" {
 				return cli.Usagef("--to FILE is required")
 			}
+			stopProfile, err := g.StartProfile()
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			ctx := cmd.Context()
 			r, err := g.OpenRepo(ctx, repo.Options{})
 			if err != nil {
@@ -70,7 +75,7 @@ An existing regular file is only replaced with --overwrite.`,
 			start := time.Now()
 			p := &repo.Progress{}
 			stop := cli.ShowProgress("restore", p, g.Quiet)
-			err = d.Restore(ctx, f, repo.RestoreOptions{Sparse: sparse && !o.noSparse, Progress: p})
+			err = d.Restore(ctx, cli.NewStreamFile(f, 64<<20), repo.RestoreOptions{Sparse: sparse && !o.noSparse, Progress: p})
 			stop()
 			if err == nil {
 				err = f.Sync()

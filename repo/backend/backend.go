@@ -10,7 +10,10 @@
 //     moment leaves either the whole object or, had Save not returned, no
 //     object at all under that name. Saving a name that exists replaces it
 //     atomically; callers only do that with identical bytes (content
-//     addressed objects) or for objects they own.
+//     addressed objects) or for objects they own. Exception: a backend that
+//     implements Flusher may defer the durability of a ChunkFile's *name*
+//     (never of its content) until Flush; a crash before that can only lose
+//     the whole chunk, never leave a partial one.
 //   - Load of a range returns exactly the bytes asked for or an error; a
 //     range that reaches past the end fails with an error matching
 //     ErrShortRead. A missing object fails with an error matching
@@ -118,6 +121,14 @@ type Backend interface {
 	Location() string
 	// Close releases resources; the backend is unusable afterwards.
 	Close() error
+}
+
+// Flusher is implemented by backends that batch the durability of chunk
+// names. Flush returns once every ChunkFile saved before the call is
+// durable. Writers call it before saving anything that references those
+// chunks.
+type Flusher interface {
+	Flush(ctx context.Context) error
 }
 
 // TempCleaner is implemented by backends that can leave temporary files

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,10 +56,11 @@ func Usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 // Global holds flags every command shares.
 type Global struct {
-	Repo     string
-	LockWait time.Duration
-	JSON     bool
-	Quiet    bool
+	Repo       string
+	LockWait   time.Duration
+	JSON       bool
+	Quiet      bool
+	CPUProfile string
 }
 
 // AddFlags registers the global flags.
@@ -66,6 +68,24 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository directory (env VMVAULT_REPOSITORY)")
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
+	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
+	_ = fs.MarkHidden("cpu-profile")
+}
+
+// StartProfile starts CPU profiling when asked; the returned function stops it.
+func (g *Global) StartProfile() (func(), error) {
+	if g.CPUProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(g.CPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // OpenRepo opens the repository named by the global flags.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,5 +56,38 @@ func TestProgressLine(t *testing.T) {
 		if !strings.Contains(l, want) {
 			t.Errorf("progress line %q lacks %q", l, want)
 		}
+	}
+}
+
+func TestStreamFile(t *testing.T) {
+	p := t.TempDir() + "/out"
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewStreamFile(f, 64<<10)
+	want := make([]byte, 1<<20)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := w * 16384; off < len(want); off += 4 * 16384 {
+				if _, err := s.WriteAt(want[off:off+16384], int64(off)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(p)
+	if !bytes.Equal(got, want) {
+		t.Fatal("content differs")
 	}
 }
