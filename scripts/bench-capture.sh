@@ -80,9 +80,14 @@ timed() {
 size_of() { du -sb "$1" | cut -f1; }
 record() { echo "$1 $2 $3" >>"$R"; }
 
+# Repositories are kept until the end of the run: deleting thousands of
+# files right before another tool creates thousands makes ext4's inode
+# allocator skip the recently freed inodes and skews the next measurement.
+rm -rf "$W"/repo-* "$W/restore.out"
+trap 'rm -rf "$W"/repo-* "$W/restore.out"' EXIT
 run_tool() {
-	local tool=$1 repo=$W/repo-$1 out=$W/restore.out
-	rm -rf "$repo" "$out" "$W/restic-cache" "$W/borg-base"
+	local tool=$1 repo=$W/repo-$1-$2 out=$W/restore.out
+	rm -rf "$out" "$W/restic-cache" "$W/borg-base"
 	ln -f "$IMG" "$W/work.img"
 	case $tool in
 	vmvault)
@@ -119,7 +124,7 @@ run_tool() {
 		record $tool size_incr "$(size_of "$repo")"
 		;;
 	esac
-	rm -rf "$repo" "$out"
+	rm -rf "$out"
 }
 
 for rep in $(seq 1 "$REPS"); do
@@ -127,7 +132,7 @@ for rep in $(seq 1 "$REPS"); do
 	[ $((rep % 2)) = 0 ] && set -- $(printf '%s\n' $TOOLS | tac)
 	for tool in "$@"; do
 		echo "== repetition $rep/$REPS: $tool (load $(cut -d' ' -f1 /proc/loadavg))"
-		run_tool "$tool"
+		run_tool "$tool" "$rep"
 	done
 done
 
