@@ -287,12 +287,14 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// An abandoned capture leaves orphans; gc with no grace removes only those.
-	ctx, cancel := context.WithCancel(context.Background())
+	// A capture that fails part-way (the 5th chunk save fails) leaves
+	// orphans; gc with no grace removes only those.
+	faulty := &faultyBackend{Backend: r.be, failAfter: 4}
+	fr := newRepository(faulty, r.cfg, Options{})
 	orphan := testImage(77, size)
-	_, err := r.Capture(ctx, CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: &cancelAfter{r: bytes.NewReader(orphan), cancel: cancel, after: 10 * cs}, Size: int64(size)}})
-	if err == nil {
-		t.Fatal("cancelled capture succeeded")
+	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
+	if !errors.Is(err, errInjected) {
+		t.Fatalf("capture with failing saves: %v", err)
 	}
 	rep, err := r.GC(context.Background(), GCOptions{Grace: 0})
 	if err != nil {
@@ -310,6 +312,28 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if err != nil || !v.OK() {
 		t.Fatalf("verify after gc: %v %+v", err, v)
 	}
+}
+
+var errInjected = errors.New("injected save failure")
+
+// faultyBackend fails every chunk save after the first failAfter.
+type faultyBackend struct {
+	backend.Backend
+	mu        sync.Mutex
+	failAfter int
+}
+
+func (f *faultyBackend) Save(ctx context.Context, h backend.Handle, data []byte) error {
+	if h.Type == backend.ChunkFile {
+		f.mu.Lock()
+		f.failAfter--
+		fail := f.failAfter < 0
+		f.mu.Unlock()
+		if fail {
+			return errInjected
+		}
+	}
+	return f.Backend.Save(ctx, h, data)
 }
 
 type cancelAfter struct {
@@ -524,5 +548,28 @@ func TestSparseSourceSkipsHoles(t *testing.T) {
 	}
 	if got := restoreBytes(t, r, rp, "d"); !bytes.Equal(got, img) {
 		t.Fatal("restore differs")
+	}
+}
+
+func TestCancelledCaptureCreatesNothing(t *testing.T) {
+	r := newRepo(t)
+	size := 40 * cs
+	first := testImage(5, size)
+	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(first), Size: int64(size)})
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := r.Capture(ctx, CaptureOptions{VM: "vm", Base: rp1}, []DiskSource{{Name: "d",
+		Reader: &cancelAfter{r: bytes.NewReader(testImage(6, size)), cancel: cancel, after: 10 * cs}, Size: int64(size)}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled capture: %v", err)
+	}
+	rps, bad, err := r.ListRestorePoints(context.Background())
+	if err != nil || len(bad) != 0 || len(rps) != 1 || rps[0].ID != rp1.ID {
+		t.Fatalf("after a cancelled capture: %v %v %d restore points", err, bad, len(rps))
+	}
+	if got := restoreBytes(t, r, rp1, "d"); !bytes.Equal(got, first) {
+		t.Fatal("earlier restore point changed")
+	}
+	if locks, _ := r.Locks(context.Background()); len(locks) != 0 {
+		t.Fatalf("cancelled capture left %d locks", len(locks))
 	}
 }
