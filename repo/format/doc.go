@@ -18,6 +18,7 @@
 package format
 
 import (
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -96,24 +97,18 @@ func ChunkCount(size, chunkSize int64) int64 {
 	return (size + chunkSize - 1) / chunkSize
 }
 
-// IsZero reports whether every byte of b is zero.
+var zeroBlock [64 << 10]byte
+
+// IsZero reports whether every byte of b is zero. It runs on every chunk a
+// capture reads, so it compares against a static zero block with the
+// vectorised bytes.Equal.
 func IsZero(b []byte) bool {
-	// Compare eight bytes at a time; this runs on every chunk read.
-	for len(b) >= 64 {
-		x := uint64(0)
-		for i := 0; i < 64; i += 8 {
-			x |= uint64(b[i]) | uint64(b[i+1])<<8 | uint64(b[i+2])<<16 | uint64(b[i+3])<<24 |
-				uint64(b[i+4])<<32 | uint64(b[i+5])<<40 | uint64(b[i+6])<<48 | uint64(b[i+7])<<56
-		}
-		if x != 0 {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
 			return false
 		}
-		b = b[64:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
+		b = b[n:]
 	}
 	return true
 }

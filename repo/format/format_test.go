@@ -188,3 +188,13 @@ func TestIsZero(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkIsZero(b *testing.B) {
+	buf := make([]byte, DefaultChunkSize)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if !IsZero(buf) {
+			b.Fatal("not zero")
+		}
+	}
+}
