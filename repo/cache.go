@@ -70,14 +70,6 @@ func (c *chunkCache) get(ctx context.Context, id format.ID, load func() ([]byte,
 	return call.data, call.err
 }
 
-// contains reports whether id is cached, without changing the LRU order.
-func (c *chunkCache) contains(id format.ID) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.entries[id]
-	return ok
-}
-
 func (c *chunkCache) add(id format.ID, data []byte) {
 	if int64(len(data)) > c.max {
 		return

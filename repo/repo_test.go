@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -629,5 +630,52 @@ func TestDamagedMetadata(t *testing.T) {
 	// Nothing was deleted.
 	if n, _ := filepath.Glob(filepath.Join(dir, "chunks", "*", "*")); len(n) == 0 {
 		t.Fatal("chunks gone")
+	}
+}
+
+func TestDiskExtentsAndPrefetch(t *testing.T) {
+	r := newRepo(t)
+	// Chunks: 0 data, 1-2 zero, 3 data, 4 short zero tail.
+	size := 4*cs + 100
+	img := make([]byte, size)
+	img[10] = 1
+	img[3*cs+7] = 1
+	rp := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(size)})
+	d, err := r.OpenDisk(context.Background(), rp, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		off, n int64
+		want   []Extent
+	}{
+		{0, int64(size), []Extent{{0, cs, false}, {cs, 2 * cs, true}, {3 * cs, cs, false}, {4 * cs, 100, true}}},
+		{cs / 2, cs, []Extent{{cs / 2, cs / 2, false}, {cs, cs / 2, true}}},
+		{2*cs + 1, 10, []Extent{{2*cs + 1, 10, true}}},
+		{int64(size), 0, nil},
+	}
+	for _, c := range cases {
+		got, err := d.Extents(c.off, c.n)
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("Extents(%d, %d) = %v, %v; want %v", c.off, c.n, got, err, c.want)
+		}
+	}
+	if _, err := d.Extents(int64(size)-5, 10); err == nil {
+		t.Error("Extents past the end accepted")
+	}
+	// Prefetch loads data chunks into the shared cache: a later read needs
+	// no backend access even when the backend has lost the chunk.
+	if err := d.Prefetch(context.Background(), 0, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.be.Remove(context.Background(), chunkHandle(d.Index().IDs[3])); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 10)
+	if _, err := d.ReadAt(buf, 3*cs); err != nil || buf[7] != 1 {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if err := d.Prefetch(context.Background(), int64(size)-1, 2); err == nil {
+		t.Error("Prefetch past the end accepted")
 	}
 }

@@ -46,7 +46,6 @@ type VerifyReport struct {
 	BadChunks      map[format.ID]error
 	Damage         []Damage
 	DamagedPoints  []*RestorePoint
-	IndexFailures  int
 	CheckedAllData bool
 }
 

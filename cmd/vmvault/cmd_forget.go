@@ -11,7 +11,6 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/format"
 )
 
 // policyFlags are the --keep-* flags shared by forget and prune.
@@ -103,14 +102,13 @@ A restore point whose manifest is damaged can be forgotten by its full id.`,
 	return cmd
 }
 
+// damagedName returns name when it is the full id of a restore point whose
+// manifest cannot be read (so Resolve cannot find it), else "".
 func damagedName(bad []repo.BadRestorePoint, name string) string {
 	for _, b := range bad {
 		if b.Name == name {
 			return name
 		}
-	}
-	if _, err := format.ParseID(name); err == nil {
-		return name // not listed at all: removing is a harmless no-op
 	}
 	return ""
 }

@@ -330,6 +330,9 @@ func TestExitCodes(t *testing.T) {
 	if _, errs, code := e2.run("vmvault", "show", "nope@latest"); code != 1 || !strings.Contains(errs, "no such restore point") {
 		t.Errorf("show of a missing restore point: %d %s", code, errs)
 	}
+	if _, errs, code := e2.run("vmvault", "forget", strings.Repeat("ab", 32)); code == 0 || !strings.Contains(errs, "no such restore point") {
+		t.Errorf("forget of an unknown id: exit %d: %s", code, errs)
+	}
 	if _, _, code := e2.run("vmvault-capture", "file", "--vm", "a/b", "--disk", "d=/dev/null"); code != 2 {
 		t.Errorf("bad VM name: exit %d", code)
 	}

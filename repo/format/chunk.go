@@ -188,11 +188,3 @@ func DecodeChunkID(dst, frame []byte, id ID) ([]byte, error) {
 	}
 	return out, nil
 }
-
-// ChunkRawLen returns the raw length a frame header announces, for stats.
-func ChunkRawLen(hdr []byte) (int, error) {
-	if len(hdr) < ChunkHeaderSize || [4]byte(hdr[0:4]) != chunkMagic {
-		return 0, fmt.Errorf("chunk header: %w", ErrCorrupt)
-	}
-	return int(binary.LittleEndian.Uint32(hdr[8:])), nil
-}

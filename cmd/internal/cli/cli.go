@@ -58,7 +58,6 @@ func Usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 type Global struct {
 	Repo       string
 	LockWait   time.Duration
-	JSON       bool
 	Quiet      bool
 	CPUProfile string
 }
