@@ -210,14 +210,7 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 	for i := int(keep); i < n; i++ {
 		mark[i] = true
 	}
-	for _, c := range src.Changed {
-		if c.Length == 0 {
-			continue
-		}
-		for i := c.Offset / cs; i <= (c.Offset+c.Length-1)/cs; i++ {
-			mark[i] = true
-		}
-	}
+	markChunks(mark, src.Changed, cs)
 	for i, m := range mark {
 		if m {
 			p.read = append(p.read, i)
@@ -390,20 +383,26 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	}, nil
 }
 
+// markChunks sets mark[i] for every chunk i that a non-empty range touches
+// (ranges rounded out to chunk boundaries; chunks past len(mark) ignored).
+func markChunks(mark []bool, rs []Range, cs int64) {
+	for _, r := range rs {
+		if r.Length <= 0 {
+			continue
+		}
+		for i := r.Offset / cs; i <= (r.Offset+r.Length-1)/cs && i < int64(len(mark)); i++ {
+			mark[i] = true
+		}
+	}
+}
+
 // dataMap marks the chunks that overlap a data range; nil means all may.
 func dataMap(data []Range, cs int64, n int) []bool {
 	if data == nil {
 		return nil
 	}
 	m := make([]bool, n)
-	for _, r := range data {
-		if r.Length <= 0 {
-			continue
-		}
-		for i := r.Offset / cs; i <= (r.Offset+r.Length-1)/cs && i < int64(n); i++ {
-			m[i] = true
-		}
-	}
+	markChunks(m, data, cs)
 	return m
 }
 

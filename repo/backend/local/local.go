@@ -8,9 +8,10 @@
 // fsyncs it, renames it into place and fsyncs the directory, so a crash never
 // leaves a partial object under a final name. For chunks the directory fsync
 // is batched: Flush fsyncs every chunk directory touched since the last
-// Flush (one journal commit for thousands of chunks instead of one each). Temporary files left by a crash
-// are never listed; RemoveTemp deletes them. Stored objects are made
-// read-only (0444): they are never modified in place.
+// Flush (one journal commit for thousands of chunks instead of one each).
+// Temporary files left by a crash are never listed; RemoveTemp deletes them.
+// Stored objects are created read-only (0400): they are never modified in
+// place.
 package local
 
 import (
