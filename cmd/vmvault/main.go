@@ -1,5 +1,6 @@
 // Command vmvault reads and manages the restore points in a vmvault
-// repository: list, show, restore, verify, forget, prune, gc, stats.
+// repository: list, show, restore, verify, forget, prune, gc, stats, and
+// serve them as NBD exports (serve, overlay).
 // New restore points are captured by the companion vmvault-capture.
 package main
 
@@ -34,7 +35,7 @@ web01@2026-11-23T10:00 in UTC).
 	root.AddCommand(
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
 		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g),
-		newStatsCommand(g), newUnlockCommand(g),
+		newStatsCommand(g), newUnlockCommand(g), newServeCommand(g), newOverlayCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,393 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/nbd"
+	"github.com/vmvault/vmvault/repo"
+)
+
+func newOverlayCommand(g *cli.Global) *cobra.Command {
+	var overlayDir string
+	cmd := &cobra.Command{
+		Use:   "overlay",
+		Short: "List, discard or commit the write overlays of 'vmvault serve --writable'",
+		Long: `A writable export keeps the writes of its clients (e.g. a VM booted
+from a backup) in an overlay: one per restore point and disk, below the
+overlay directory. The restore point itself never changes.
+
+  list     shows every overlay, its size and whether a server has it open
+  discard  deletes the overlays of a restore point
+  commit   stores restore point + overlay as a new restore point whose
+           parent is the booted one, writing only the changed chunks:
+           the instantly recovered VM joins the backup chain again.`,
+	}
+	cmd.PersistentFlags().StringVar(&overlayDir, "overlay-dir", os.Getenv("VMVAULT_OVERLAY_DIR"), "overlay directory (env VMVAULT_OVERLAY_DIR; default ~/.local/state/vmvault/overlays/REPO-ID)")
+	cmd.AddCommand(newOverlayListCommand(g, &overlayDir), newOverlayDiscardCommand(g, &overlayDir), newOverlayCommitCommand(g, &overlayDir))
+	return cmd
+}
+
+// overlayRoot opens the repository and finds the overlay directory.
+func overlayRoot(cmd *cobra.Command, g *cli.Global, flag string) (*repo.Repository, string, error) {
+	r, err := g.OpenRepo(cmd.Context(), repo.Options{})
+	if err != nil {
+		return nil, "", err
+	}
+	if flag != "" {
+		return r, flag, nil
+	}
+	dir, err := defaultOverlayDir(r.Config().ID)
+	if err != nil {
+		r.Close()
+		return nil, "", err
+	}
+	return r, dir, nil
+}
+
+// overlayEntry is one overlay found on disk.
+type overlayEntry struct {
+	VM           string    `json:"vm"`
+	RestorePoint string    `json:"restore_point"`
+	Disk         string    `json:"disk"`
+	Size         int64     `json:"size"`
+	Allocated    int64     `json:"allocated"`
+	InUse        bool      `json:"in_use"`
+	Created      time.Time `json:"created"`
+	Dir          string    `json:"dir"`
+}
+
+// findOverlays lists the overlays below root (rp/disk directories).
+func findOverlays(root string) ([]overlayEntry, error) {
+	rpDirs, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list overlays: %w", err)
+	}
+	var out []overlayEntry
+	for _, rd := range rpDirs {
+		if !rd.IsDir() {
+			continue
+		}
+		disks, err := os.ReadDir(filepath.Join(root, rd.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("list overlays: %w", err)
+		}
+		for _, dd := range disks {
+			dir := filepath.Join(root, rd.Name(), dd.Name())
+			m, err := nbd.ReadOverlayMeta(dir)
+			if err != nil {
+				if !errors.Is(err, os.ErrNotExist) {
+					fmt.Fprintf(os.Stderr, "warning: %v\n", err)
+				}
+				continue
+			}
+			e := overlayEntry{VM: m.VM, RestorePoint: m.RestorePoint, Disk: m.Disk, Size: m.Size, Created: m.Created, Dir: dir, InUse: nbd.OverlayInUse(dir)}
+			e.Allocated, _ = bitmapBytes(filepath.Join(dir, "bitmap"), m.BlockSize, m.Size)
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].VM != out[j].VM {
+			return out[i].VM < out[j].VM
+		}
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return out[i].Dir < out[j].Dir
+	})
+	return out, nil
+}
+
+// bitmapBytes counts the bytes an overlay's persisted bitmap marks as
+// written (what the last flush recorded), capped at the disk size.
+func bitmapBytes(path string, blockSize, size int64) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	n := int64(0)
+	for i := 0; i+8 <= len(b); i += 8 {
+		n += int64(bits.OnesCount64(binary.LittleEndian.Uint64(b[i:])))
+	}
+	return min(n*blockSize, size), nil
+}
+
+func newOverlayListCommand(g *cli.Global, dirFlag *string) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List overlays",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, root, err := overlayRoot(cmd, g, *dirFlag)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			list, err := findOverlays(root)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if list == nil {
+					list = []overlayEntry{}
+				}
+				return cli.PrintJSON(cmd.OutOrStdout(), list)
+			}
+			if len(list) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "no overlays in %s\n", root)
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "VM\tRESTORE POINT\tDISK\tSIZE\tWRITTEN\tIN USE\tCREATED")
+			for _, e := range list {
+				rp := e.RestorePoint
+				if len(rp) > 8 {
+					rp = rp[:8]
+				}
+				inUse := "no"
+				if e.InUse {
+					inUse = "yes"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.VM, rp, e.Disk, cli.Bytes(e.Size), cli.Bytes(e.Allocated), inUse, e.Created.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// overlaysOf returns the overlays of restore point id (full hex).
+func overlaysOf(root, id string, disk string) ([]overlayEntry, error) {
+	all, err := findOverlays(root)
+	if err != nil {
+		return nil, err
+	}
+	var out []overlayEntry
+	for _, e := range all {
+		if e.RestorePoint == id && (disk == "" || e.Disk == disk) {
+			out = append(out, e)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no overlay for restore point %s in %s", id[:min(len(id), 8)], root)
+	}
+	return out, nil
+}
+
+// resolveOverlayRP finds the restore point an overlay command names: in the
+// repository, or (for discard) only among overlays, so overlays of
+// forgotten restore points can still be removed.
+func resolveOverlayRP(cmd *cobra.Command, r *repo.Repository, root, name string, needRepo bool) (string, *repo.RestorePoint, error) {
+	rp, err := resolveOne(cmd, r, name)
+	if err == nil {
+		return rp.ID.String(), rp, nil
+	}
+	if needRepo {
+		return "", nil, err
+	}
+	all, lerr := findOverlays(root)
+	if lerr != nil {
+		return "", nil, lerr
+	}
+	match := map[string]bool{}
+	for _, e := range all {
+		if len(name) >= 4 && len(e.RestorePoint) >= len(name) && e.RestorePoint[:len(name)] == name {
+			match[e.RestorePoint] = true
+		}
+	}
+	if len(match) == 1 {
+		for id := range match {
+			return id, nil, nil
+		}
+	}
+	return "", nil, err
+}
+
+func newOverlayDiscardCommand(g *cli.Global, dirFlag *string) *cobra.Command {
+	var disk string
+	cmd := &cobra.Command{
+		Use:   "discard RESTORE_POINT",
+		Short: "Delete the overlays of a restore point (all disks, or --disk)",
+		Long: `Delete the overlays of a restore point: the writes made through
+'vmvault serve --writable' are lost; the restore point is unchanged.
+An overlay a running server has open is not touched.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, root, err := overlayRoot(cmd, g, *dirFlag)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			id, _, err := resolveOverlayRP(cmd, r, root, args[0], false)
+			if err != nil {
+				return err
+			}
+			list, err := overlaysOf(root, id, disk)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, e := range list {
+				if err := nbd.DiscardOverlay(e.Dir); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Disk, cli.Bytes(e.Allocated))
+			}
+			os.Remove(filepath.Join(root, id))
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().StringVar(&disk, "disk", "", "only this disk's overlay")
+	return cmd
+}
+
+// overlayReader is an io.ReaderAt over an overlay (for the repository writer).
+type overlayReader struct {
+	ctx context.Context
+	ov  *nbd.Overlay
+}
+
+func (o overlayReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= o.ov.Size() {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), o.ov.Size()-off)
+	if err := o.ov.ReadAt(o.ctx, p[:n], off); err != nil {
+		return 0, err
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
+
+func newOverlayCommitCommand(g *cli.Global, dirFlag *string) *cobra.Command {
+	var (
+		tags    []string
+		discard bool
+		asJSON  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "commit RESTORE_POINT",
+		Short: "Store a restore point plus its overlays as a new restore point",
+		Long: `Store what the clients of a writable export saw — the restore point with
+its overlays applied — as a new restore point of the same VM whose parent
+is the booted restore point. Only chunks that overlay writes touch are
+read and stored; every other chunk is shared with the parent. Disks
+without an overlay are carried over unchanged.
+
+The overlays must not be in use (stop the server or disconnect first).
+They are kept unless --discard is given.`,
+		Example: "  vmvault overlay commit web01/3fa4b2c1 --tag recovered\n  vmvault overlay commit 3fa4b2c1 --discard",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, root, err := overlayRoot(cmd, g, *dirFlag)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			name := args[0]
+			if _, rest, ok := strings.Cut(name, "/"); ok {
+				name, _, _ = strings.Cut(rest, "/") // an export name VM/ID[/DISK]
+			}
+			id, rp, err := resolveOverlayRP(cmd, r, root, name, true)
+			if err != nil {
+				return err
+			}
+			list, err := overlaysOf(root, id, "")
+			if err != nil {
+				return err
+			}
+			byDisk := map[string]*nbd.Overlay{}
+			defer func() {
+				for _, ov := range byDisk {
+					ov.Close()
+				}
+			}()
+			for _, e := range list {
+				d, err := r.OpenDisk(ctx, rp, e.Disk)
+				if err != nil {
+					return err
+				}
+				ov, err := nbd.OpenOverlay(e.Dir, nbd.OverlayMeta{VM: rp.VM, RestorePoint: id, Disk: e.Disk}, nbd.DiskDevice{D: d})
+				if err != nil {
+					return err
+				}
+				byDisk[e.Disk] = ov
+			}
+			var sources []repo.DiskSource
+			changedBytes := int64(0)
+			for _, md := range rp.Disks {
+				d, err := r.OpenDisk(ctx, rp, md.Name)
+				if err != nil {
+					return err
+				}
+				src := repo.DiskSource{Name: md.Name, Reader: d, Size: d.Size(), Changed: []repo.Range{}}
+				if ov := byDisk[md.Name]; ov != nil {
+					src.Reader = overlayReader{ctx, ov}
+					for _, e := range ov.Allocated() {
+						src.Changed = append(src.Changed, repo.Range{Offset: e.Offset, Length: e.Length})
+						changedBytes += e.Length
+					}
+				}
+				sources = append(sources, src)
+			}
+			start := time.Now()
+			p := &repo.Progress{}
+			stop := cli.ShowProgress("commit", p, g.Quiet)
+			newRP, err := r.Capture(ctx, repo.CaptureOptions{
+				VM: rp.VM, Source: "overlay commit of restore point " + rp.ID.String(),
+				Tags: append(append([]string{}, rp.Tags...), tags...), Base: rp,
+				Config: rp.Config, Labels: rp.Labels, Progress: p, LockWait: g.LockWait,
+			}, sources)
+			stop()
+			if err != nil {
+				return err
+			}
+			if discard {
+				for disk, ov := range byDisk {
+					dir := ov.Dir()
+					ov.Close()
+					delete(byDisk, disk)
+					if err := nbd.DiscardOverlay(dir); err != nil {
+						return fmt.Errorf("restore point %s committed, but: %w", newRP.ID.Short(), err)
+					}
+				}
+				os.Remove(filepath.Join(root, id))
+			}
+			if asJSON {
+				return cli.PrintJSON(cmd.OutOrStdout(), map[string]any{
+					"id": newRP.ID.String(), "parent": rp.ID.String(), "vm": rp.VM, "changed_bytes": changedBytes,
+					"duration_seconds": time.Since(start).Seconds(), "overlays_discarded": discard,
+				})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restore point %s of %s committed from %s + %s of overlay writes in %s\n",
+				newRP.ID.Short(), rp.VM, rp.ID.Short(), cli.Bytes(changedBytes), time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&tags, "tag", nil, "add a tag to the new restore point (repeatable)")
+	cmd.Flags().BoolVar(&discard, "discard", false, "delete the overlays after a successful commit")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}

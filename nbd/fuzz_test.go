@@ -1,0 +1,104 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+)
+
+type fuzzCatalog struct{ dev Device }
+
+func (c fuzzCatalog) List(context.Context) ([]ExportInfo, error) {
+	return []ExportInfo{{Name: "d", Description: "fuzz"}}, nil
+}
+
+func (c fuzzCatalog) Open(_ context.Context, name string) (*Export, error) {
+	if name != "" && name != "d" {
+		return nil, ErrUnknownExport
+	}
+	return &Export{Name: "d", Device: c.dev, Close: func() error { return nil }}, nil
+}
+
+// fuzzSeed builds a client stream: flags, options, then requests.
+func fuzzSeed(opts [][]byte, reqs ...[]byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZeroes)
+	for _, o := range opts {
+		b = append(b, o...)
+	}
+	for _, r := range reqs {
+		b = append(b, r...)
+	}
+	return b
+}
+
+func fuzzOpt(opt uint32, data []byte) []byte {
+	h := binary.BigEndian.AppendUint64(nil, magicOpt)
+	h = binary.BigEndian.AppendUint32(h, opt)
+	h = binary.BigEndian.AppendUint32(h, uint32(len(data)))
+	return append(h, data...)
+}
+
+func fuzzReq(typ, flags uint16, off uint64, n uint32, payload []byte) []byte {
+	h := binary.BigEndian.AppendUint32(nil, magicRequest)
+	h = binary.BigEndian.AppendUint16(h, flags)
+	h = binary.BigEndian.AppendUint16(h, typ)
+	h = binary.BigEndian.AppendUint64(h, 1)
+	h = binary.BigEndian.AppendUint64(h, off)
+	h = binary.BigEndian.AppendUint32(h, n)
+	return append(h, payload...)
+}
+
+// FuzzServe feeds arbitrary client bytes to a server connection: the
+// handshake and request parsers must never panic, hang or allocate what a
+// length field asks for.
+func FuzzServe(f *testing.F) {
+	goStructured := [][]byte{fuzzOpt(optStructured, nil), fuzzOpt(optSetMetaCtx, metaReq("d", baseAllocation)), fuzzOpt(optGo, nameReq("d", 0, 0))}
+	f.Add(fuzzSeed(nil))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(optList, nil), fuzzOpt(optInfo, nameReq("d", 0, 2, 0, 1, 0, 2)), fuzzOpt(optAbort, nil)}))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(optExportName, []byte("d"))}, fuzzReq(cmdRead, 0, 0, 4096, nil), fuzzReq(cmdDisc, 0, 0, 0, nil)))
+	f.Add(fuzzSeed(goStructured, fuzzReq(cmdRead, 0, 100, 70000, nil), fuzzReq(cmdBlockStatus, cmdFlagReqOne, 0, 1<<20, nil)))
+	f.Add(fuzzSeed(goStructured, fuzzReq(cmdWrite, cmdFlagFUA, 0, 16, make([]byte, 16)), fuzzReq(cmdWriteZeroes, cmdFlagFastZero, 0, 1<<20, nil),
+		fuzzReq(cmdTrim, 0, 5, 9000, nil), fuzzReq(cmdFlush, 0, 0, 0, nil), fuzzReq(cmdCache, 0, 0, 1, nil)))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(optListMetaCtx, []byte{0, 0, 0, 1, 'd', 0xff, 0xff, 0xff, 0xff})}))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(optGo, nameReq("d", 0, 0))}, fuzzReq(cmdWrite, 0, 0, 0xffffffff, nil)))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		base := make([]byte, 1<<20)
+		var dev Device = ReaderDevice{R: bytes.NewReader(base), N: int64(len(base))}
+		if len(in) > 0 && in[len(in)-1]&1 == 1 {
+			ov, err := OpenOverlay(t.TempDir(), OverlayMeta{VM: "v", RestorePoint: "r", Disk: "d"}, dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ov.Close()
+			dev = ov
+		}
+		srv := &Server{Catalog: fuzzCatalog{dev}}
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			srv.ServeConn(server)
+			close(done)
+		}()
+		go func() {
+			client.Write(in)
+			client.Close()
+		}()
+		go func() {
+			// Drain replies so the server never blocks on writing.
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := client.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("server did not finish the connection")
+		}
+	})
+}

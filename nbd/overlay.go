@@ -1,0 +1,616 @@
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// OverlayBlockSize is the overlay's allocation granularity: a write of
+// part of a block first copies the rest of that block from the base.
+const OverlayBlockSize = 4096
+
+// OverlayVersion is the on-disk format version of an overlay directory.
+const OverlayVersion = 1
+
+// Files of an overlay directory. The data file is sparse and as large as
+// the disk; the bitmap file holds one bit per block (little-endian uint64
+// words), set when the block's content lives in the data file; meta.json
+// names the base. The lock file is flock'ed by whoever has it open.
+const (
+	overlayMeta   = "meta.json"
+	overlayData   = "data"
+	overlayBitmap = "bitmap"
+	overlayLock   = "lock"
+)
+
+// OverlayMeta describes an overlay and the base it applies to.
+type OverlayMeta struct {
+	Version      int       `json:"version"`
+	VM           string    `json:"vm"`
+	RestorePoint string    `json:"restore_point"` // full id of the base
+	Disk         string    `json:"disk"`
+	Size         int64     `json:"size"`
+	BlockSize    int64     `json:"block_size"`
+	Created      time.Time `json:"created"`
+}
+
+// ErrOverlayBusy means another process has the overlay open.
+var ErrOverlayBusy = errors.New("overlay is in use by another process")
+
+// Overlay is a copy-on-write layer over a read-only base Device: writes go
+// to a sparse local file, reads take each block from the file if it was
+// written and from the base otherwise. The base is never written.
+//
+// Durability: Flush syncs the data file before the bitmap pages that mark
+// new blocks, and bits are only ever set, so after a crash every set bit
+// has its data; writes after the last Flush may be lost (NBD semantics).
+// Concurrent use is safe; a directory is opened by one process at a time.
+type Overlay struct {
+	dir  string
+	meta OverlayMeta
+	base Device
+	data *os.File
+	bmf  *os.File
+	lock *os.File
+
+	mu    sync.Mutex
+	bits  []uint64
+	dirty map[int64]struct{} // bitmap pages (4 KiB) changed since Flush
+
+	flushMu sync.Mutex
+	stripes [64]sync.Mutex // serialise read-modify-write of a block
+}
+
+const bitmapPage = 4096
+
+// OpenOverlay opens the overlay in dir for base, creating it if dir holds
+// none. An existing overlay must describe the same base (meta's VM,
+// restore point, disk and size).
+func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
+	meta.Version, meta.BlockSize, meta.Size = OverlayVersion, OverlayBlockSize, base.Size()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("overlay %s: %w", dir, err)
+	}
+	lock, err := lockOverlay(dir)
+	if err != nil {
+		return nil, err
+	}
+	o := &Overlay{dir: dir, base: base, lock: lock, dirty: map[int64]struct{}{}}
+	ok := false
+	defer func() {
+		if !ok {
+			o.closeFiles()
+		}
+	}()
+	old, err := ReadOverlayMeta(dir)
+	switch {
+	case err == nil:
+		if old.Version != OverlayVersion || old.BlockSize != OverlayBlockSize {
+			return nil, fmt.Errorf("overlay %s: format version %d with %d-byte blocks is not supported", dir, old.Version, old.BlockSize)
+		}
+		if old.RestorePoint != meta.RestorePoint || old.Disk != meta.Disk || old.Size != meta.Size {
+			return nil, fmt.Errorf("overlay %s belongs to restore point %s disk %s (%d bytes), not %s disk %s (%d bytes)",
+				dir, old.RestorePoint, old.Disk, old.Size, meta.RestorePoint, meta.Disk, meta.Size)
+		}
+		o.meta = *old
+	case errors.Is(err, os.ErrNotExist):
+		o.meta = meta
+		o.meta.Created = time.Now().UTC()
+	default:
+		return nil, err
+	}
+	words := (blockCount(o.meta.Size) + 63) / 64
+	if o.data, err = os.OpenFile(filepath.Join(dir, overlayData), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return nil, fmt.Errorf("overlay %s: %w", dir, err)
+	}
+	if o.bmf, err = os.OpenFile(filepath.Join(dir, overlayBitmap), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return nil, fmt.Errorf("overlay %s: %w", dir, err)
+	}
+	if old == nil {
+		// New overlay (or one whose creation crashed before meta.json):
+		// start from an empty bitmap and a hole-only data file.
+		for _, f := range []*os.File{o.data, o.bmf} {
+			if err := f.Truncate(0); err != nil {
+				return nil, fmt.Errorf("overlay %s: %w", dir, err)
+			}
+		}
+	}
+	if err := o.data.Truncate(o.meta.Size); err != nil {
+		return nil, fmt.Errorf("overlay %s: size data file: %w", dir, err)
+	}
+	if err := o.bmf.Truncate(words * 8); err != nil {
+		return nil, fmt.Errorf("overlay %s: size bitmap: %w", dir, err)
+	}
+	raw := make([]byte, words*8)
+	if _, err := o.bmf.ReadAt(raw, 0); err != nil {
+		return nil, fmt.Errorf("overlay %s: read bitmap: %w", dir, err)
+	}
+	o.bits = make([]uint64, words)
+	for i := range o.bits {
+		o.bits[i] = binary.LittleEndian.Uint64(raw[i*8:])
+	}
+	if old == nil {
+		if err := syncFiles(o.data, o.bmf); err != nil {
+			return nil, fmt.Errorf("overlay %s: %w", dir, err)
+		}
+		if err := writeFileAtomic(filepath.Join(dir, overlayMeta), o.meta); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return o, nil
+}
+
+func lockOverlay(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, overlayLock), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("overlay %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("overlay %s: %w", dir, ErrOverlayBusy)
+		}
+		return nil, fmt.Errorf("overlay %s: lock: %w", dir, err)
+	}
+	return f, nil
+}
+
+// OverlayInUse reports whether a process has the overlay in dir open.
+func OverlayInUse(dir string) bool {
+	f, err := lockOverlay(dir)
+	if err != nil {
+		return errors.Is(err, ErrOverlayBusy)
+	}
+	f.Close()
+	return false
+}
+
+// ReadOverlayMeta reads dir's meta.json.
+func ReadOverlayMeta(dir string) (*OverlayMeta, error) {
+	b, err := os.ReadFile(filepath.Join(dir, overlayMeta))
+	if err != nil {
+		return nil, err
+	}
+	var m OverlayMeta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("overlay %s: %s: %w", dir, overlayMeta, err)
+	}
+	if m.Size < 0 || m.BlockSize <= 0 {
+		return nil, fmt.Errorf("overlay %s: %s: invalid size or block size", dir, overlayMeta)
+	}
+	return &m, nil
+}
+
+func writeFileAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(filepath.Dir(path)); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncFiles(fs ...*os.File) error {
+	for _, f := range fs {
+		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			return fmt.Errorf("sync %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+func blockCount(size int64) int64 { return (size + OverlayBlockSize - 1) / OverlayBlockSize }
+
+// Meta returns the overlay's description.
+func (o *Overlay) Meta() OverlayMeta { return o.meta }
+
+// Dir returns the overlay's directory.
+func (o *Overlay) Dir() string { return o.dir }
+
+// Size implements Device.
+func (o *Overlay) Size() int64 { return o.meta.Size }
+
+func (o *Overlay) isSet(b int64) bool { return o.bits[b/64]&(1<<(b%64)) != 0 }
+
+// setBits marks blocks [first, last] as living in the data file.
+func (o *Overlay) setBits(first, last int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for b := first; b <= last; b++ {
+		w := b / 64
+		if o.bits[w]&(1<<(b%64)) == 0 {
+			o.bits[w] |= 1 << (b % 64)
+			o.dirty[w*8/bitmapPage] = struct{}{}
+		}
+	}
+}
+
+// run is a maximal range of blocks with one allocation state.
+type run struct {
+	off, length int64
+	set         bool
+}
+
+// runs splits [off, off+length) by allocation state.
+func (o *Overlay) runs(off, length int64) []run {
+	var out []run
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	end := off + length
+	for pos := off; pos < end; {
+		b := pos / OverlayBlockSize
+		set := o.isSet(b)
+		// Skip whole words of one state quickly.
+		next := (b + 1) * OverlayBlockSize
+		for next < end {
+			nb := next / OverlayBlockSize
+			if nb%64 == 0 && nb/64 < int64(len(o.bits)) {
+				w := o.bits[nb/64]
+				if (set && w == ^uint64(0)) || (!set && w == 0) {
+					next += 64 * OverlayBlockSize
+					continue
+				}
+			}
+			if o.isSet(nb) != set {
+				break
+			}
+			next += OverlayBlockSize
+		}
+		next = min(next, end)
+		out = append(out, run{off: pos, length: next - pos, set: set})
+		pos = next
+	}
+	return out
+}
+
+// ReadAt implements Device.
+func (o *Overlay) ReadAt(ctx context.Context, p []byte, off int64) error {
+	for _, r := range o.runs(off, int64(len(p))) {
+		q := p[r.off-off : r.off-off+r.length]
+		if r.set {
+			if _, err := o.data.ReadAt(q, r.off); err != nil {
+				return fmt.Errorf("overlay %s: read at %d: %w", o.dir, r.off, err)
+			}
+		} else if err := o.base.ReadAt(ctx, q, r.off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Extents implements Device: written blocks are data, the rest is the
+// base's extents.
+func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	var out []Extent
+	add := func(e Extent) {
+		if n := len(out); n > 0 && out[n-1].Zero == e.Zero && out[n-1].Offset+out[n-1].Length == e.Offset {
+			out[n-1].Length += e.Length
+			return
+		}
+		out = append(out, e)
+	}
+	for _, r := range o.runs(off, length) {
+		if r.set {
+			add(Extent{Offset: r.off, Length: r.length})
+			continue
+		}
+		es, err := o.base.Extents(ctx, r.off, r.length)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			add(e)
+		}
+	}
+	return out, nil
+}
+
+// Prefetch implements Device (the base's blocks only).
+func (o *Overlay) Prefetch(ctx context.Context, off, length int64) error {
+	return o.base.Prefetch(ctx, off, length)
+}
+
+// lockBlocks locks the stripes of blocks [first, last] in a fixed order.
+func (o *Overlay) lockBlocks(first, last int64) func() {
+	var idx []int
+	if last-first+1 >= int64(len(o.stripes)) {
+		for i := range o.stripes {
+			idx = append(idx, i)
+		}
+	} else {
+		seen := map[int]bool{}
+		for b := first; b <= last; b++ {
+			if i := int(b % int64(len(o.stripes))); !seen[i] {
+				seen[i] = true
+				idx = append(idx, i)
+			}
+		}
+		sort.Ints(idx)
+	}
+	for _, i := range idx {
+		o.stripes[i].Lock()
+	}
+	return func() {
+		for _, i := range idx {
+			o.stripes[i].Unlock()
+		}
+	}
+}
+
+// fillBlock copies block b from the base into the data file unless it is
+// already there or fully overwritten by [off, end).
+func (o *Overlay) fillBlock(ctx context.Context, b, off, end int64) error {
+	bs := b * OverlayBlockSize
+	be := min(bs+OverlayBlockSize, o.meta.Size)
+	if off <= bs && end >= be {
+		return nil
+	}
+	o.mu.Lock()
+	set := o.isSet(b)
+	o.mu.Unlock()
+	if set {
+		return nil
+	}
+	buf := make([]byte, be-bs)
+	if err := o.base.ReadAt(ctx, buf, bs); err != nil {
+		return err
+	}
+	if _, err := o.data.WriteAt(buf, bs); err != nil {
+		return fmt.Errorf("overlay %s: write at %d: %w", o.dir, bs, err)
+	}
+	return nil
+}
+
+// WriteAt implements WritableDevice.
+func (o *Overlay) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	end := off + int64(len(p))
+	first, last := off/OverlayBlockSize, (end-1)/OverlayBlockSize
+	unlock := o.lockBlocks(first, last)
+	defer unlock()
+	if err := o.fillBlock(ctx, first, off, end); err != nil {
+		return err
+	}
+	if last != first {
+		if err := o.fillBlock(ctx, last, off, end); err != nil {
+			return err
+		}
+	}
+	if _, err := o.data.WriteAt(p, off); err != nil {
+		return fmt.Errorf("overlay %s: write at %d: %w", o.dir, off, err)
+	}
+	o.setBits(first, last)
+	return nil
+}
+
+// WriteZeroes implements WritableDevice: whole blocks become holes in the
+// data file; partial blocks are written.
+func (o *Overlay) WriteZeroes(ctx context.Context, off, length int64, fast bool) error {
+	if length == 0 {
+		return nil
+	}
+	end := off + length
+	first, last := off/OverlayBlockSize, (end-1)/OverlayBlockSize
+	unlock := o.lockBlocks(first, last)
+	defer unlock()
+	if fast {
+		for _, b := range []int64{first, last} {
+			bs := b * OverlayBlockSize
+			whole := off <= bs && end >= min(bs+OverlayBlockSize, o.meta.Size)
+			o.mu.Lock()
+			set := o.isSet(b)
+			o.mu.Unlock()
+			if !whole && !set {
+				return ErrNotFast
+			}
+		}
+	}
+	if err := o.fillBlock(ctx, first, off, end); err != nil {
+		return err
+	}
+	if last != first {
+		if err := o.fillBlock(ctx, last, off, end); err != nil {
+			return err
+		}
+	}
+	if err := o.zeroRange(off, end); err != nil {
+		return err
+	}
+	o.setBits(first, last)
+	return nil
+}
+
+// zeroRange zeroes [off, end) of the data file, punching whole pages.
+func (o *Overlay) zeroRange(off, end int64) error {
+	err := unix.Fallocate(int(o.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, end-off)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("overlay %s: punch [%d,+%d): %w", o.dir, off, end-off, err)
+	}
+	zero := make([]byte, min(end-off, 1<<20))
+	for pos := off; pos < end; pos += int64(len(zero)) {
+		n := min(int64(len(zero)), end-pos)
+		if _, err := o.data.WriteAt(zero[:n], pos); err != nil {
+			return fmt.Errorf("overlay %s: zero at %d: %w", o.dir, pos, err)
+		}
+	}
+	return nil
+}
+
+// Trim implements WritableDevice: whole blocks inside the range read as
+// zeroes afterwards; partial blocks at the edges are left alone (allowed:
+// a trim may be rounded inwards).
+func (o *Overlay) Trim(ctx context.Context, off, length int64) error {
+	first := (off + OverlayBlockSize - 1) / OverlayBlockSize
+	end := off + length
+	last := end/OverlayBlockSize - 1
+	if end == o.meta.Size {
+		last = blockCount(o.meta.Size) - 1
+	}
+	if last < first {
+		return nil
+	}
+	unlock := o.lockBlocks(first, last)
+	defer unlock()
+	if err := o.zeroRange(first*OverlayBlockSize, min((last+1)*OverlayBlockSize, o.meta.Size)); err != nil {
+		return err
+	}
+	o.setBits(first, last)
+	return nil
+}
+
+// Flush implements WritableDevice. The bitmap pages are captured before
+// the data file is synced: every bit they hold was set after its block's
+// data was written, so the data is durable before the bit is.
+func (o *Overlay) Flush(context.Context) error {
+	o.flushMu.Lock()
+	defer o.flushMu.Unlock()
+	o.mu.Lock()
+	pages := make([]int64, 0, len(o.dirty))
+	for p := range o.dirty {
+		pages = append(pages, p)
+	}
+	clear(o.dirty)
+	sort.Slice(pages, func(i, j int) bool { return pages[i] < pages[j] })
+	bufs := make([][]byte, len(pages))
+	for i, p := range pages {
+		w0 := p * bitmapPage / 8
+		w1 := min(w0+bitmapPage/8, int64(len(o.bits)))
+		b := make([]byte, (w1-w0)*8)
+		for w := w0; w < w1; w++ {
+			binary.LittleEndian.PutUint64(b[(w-w0)*8:], o.bits[w])
+		}
+		bufs[i] = b
+	}
+	o.mu.Unlock()
+	redirty := func() {
+		o.mu.Lock()
+		for _, p := range pages {
+			o.dirty[p] = struct{}{}
+		}
+		o.mu.Unlock()
+	}
+	if err := syncFiles(o.data); err != nil {
+		redirty()
+		return err
+	}
+	for i, p := range pages {
+		if _, err := o.bmf.WriteAt(bufs[i], p*bitmapPage); err != nil {
+			redirty()
+			return fmt.Errorf("overlay %s: write bitmap: %w", o.dir, err)
+		}
+	}
+	if len(pages) > 0 {
+		if err := syncFiles(o.bmf); err != nil {
+			redirty()
+			return err
+		}
+	}
+	return nil
+}
+
+// Allocated returns the byte ranges written through the overlay (and so
+// differing from the base), in order.
+func (o *Overlay) Allocated() []Extent {
+	var out []Extent
+	for _, r := range o.runs(0, o.meta.Size) {
+		if r.set {
+			out = append(out, Extent{Offset: r.off, Length: r.length})
+		}
+	}
+	return out
+}
+
+// AllocatedBytes counts the bytes held by the overlay.
+func (o *Overlay) AllocatedBytes() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := int64(0)
+	for _, w := range o.bits {
+		n += int64(bits.OnesCount64(w))
+	}
+	total := n * OverlayBlockSize
+	if last := blockCount(o.meta.Size) - 1; last >= 0 && o.isSet(last) {
+		total -= last*OverlayBlockSize + OverlayBlockSize - o.meta.Size
+	}
+	return total
+}
+
+// Close flushes the overlay and releases it.
+func (o *Overlay) Close() error {
+	err := o.Flush(context.Background())
+	if cerr := o.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (o *Overlay) closeFiles() error {
+	var err error
+	for _, f := range []*os.File{o.data, o.bmf, o.lock} {
+		if f != nil {
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	return err
+}
+
+// DiscardOverlay deletes the overlay in dir unless it is in use.
+func DiscardOverlay(dir string) error {
+	lock, err := lockOverlay(dir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	for _, n := range []string{overlayMeta, overlayData, overlayBitmap, overlayMeta + ".tmp"} {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("discard overlay %s: %w", dir, err)
+		}
+	}
+	os.Remove(filepath.Join(dir, overlayLock))
+	os.Remove(dir)
+	return nil
+}

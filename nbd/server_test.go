@@ -1,0 +1,529 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+const testChunk = 64 << 10
+
+// corruptingBackend flips a byte of every load of one chunk.
+type corruptingBackend struct {
+	backend.Backend
+	bad atomic.Value // string: chunk name
+}
+
+func (b *corruptingBackend) Load(ctx context.Context, h backend.Handle, off, length int64) ([]byte, error) {
+	data, err := b.Backend.Load(ctx, h, off, length)
+	if err == nil && h.Type == backend.ChunkFile {
+		if bad, _ := b.bad.Load().(string); bad == h.Name && len(data) > 20 {
+			data = bytes.Clone(data)
+			data[len(data)-1] ^= 0xff
+		}
+	}
+	return data, err
+}
+
+// testImage is 2 MiB + 12345 bytes: random data, with chunks 3, 4 and 10
+// all zero and a partial last chunk.
+func testImage() []byte {
+	rng := rand.New(rand.NewPCG(7, 7))
+	b := make([]byte, 2<<20+12345)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	for _, c := range []int{3, 4, 10} {
+		clear(b[c*testChunk : (c+1)*testChunk])
+	}
+	return b
+}
+
+type fixture struct {
+	img  []byte
+	be   *corruptingBackend
+	r    *repo.Repository
+	rp   *repo.RestorePoint
+	srv  *Server
+	sock string
+	cat  *RepoCatalog
+}
+
+func newFixture(t *testing.T, overlayDir string) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &fixture{img: testImage(), be: &corruptingBackend{Backend: mem.New()}}
+	if _, err := repo.Init(ctx, f.be, repo.InitOptions{ChunkSize: testChunk}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, f.be, repo.Options{CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r = r
+	f.rp, err = r.Capture(ctx, repo.CaptureOptions{VM: "web01"}, []repo.DiskSource{{Name: "disk0", Reader: bytes.NewReader(f.img), Size: int64(len(f.img))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cat = &RepoCatalog{Repo: r, OverlayDir: overlayDir}
+	f.srv = &Server{Catalog: f.cat}
+	f.sock = filepath.Join(t.TempDir(), "nbd.sock")
+	ln, err := net.Listen("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := f.srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return f
+}
+
+func (f *fixture) name() string { return ExportName(f.rp, "disk0") }
+
+func TestHandshakeOptions(t *testing.T) {
+	f := newFixture(t, "")
+	tc := dialTest(t, f.sock)
+
+	r := tc.option(optList, nil)
+	var names []string
+	for _, x := range r[:len(r)-1] {
+		n := binary.BigEndian.Uint32(x.data)
+		names = append(names, string(x.data[4:4+n]))
+	}
+	want := []string{f.name(), "web01@latest/disk0"}
+	if r[len(r)-1].typ != repAck || len(names) != 2 || names[0] != want[0] || names[1] != want[1] {
+		t.Fatalf("LIST = %q (final %#x), want %q", names, r[len(r)-1].typ, want)
+	}
+	tests := []struct {
+		name string
+		opt  uint32
+		data []byte
+		want uint32
+	}{
+		{"list with data", optList, []byte{1}, repErrInvalid},
+		{"info unknown export", optInfo, nameReq("web01/nope/disk0", 0, 0), repErrUnknown},
+		{"info unknown disk", optInfo, nameReq("web01@latest/disk9", 0, 0), repErrUnknown},
+		{"info truncated", optInfo, []byte{0, 0, 0, 9, 'a'}, repErrInvalid},
+		{"info name too long", optInfo, []byte{0xff, 0xff, 0xff, 0xff}, repErrInvalid},
+		{"meta context before structured", optSetMetaCtx, metaReq(f.name(), baseAllocation), repErrInvalid},
+		{"starttls without config", optStartTLS, nil, repErrUnsup},
+		{"extended headers", optExtendedHeader, nil, repErrUnsup},
+		{"unknown option", 77, nil, repErrUnsup},
+		{"info by id prefix", optInfo, nameReq("web01/"+f.rp.ID.String()[:12]+"/disk0", 0, 0), repAck},
+		{"info latest", optInfo, nameReq("web01@latest/disk0", 0, 0), repAck},
+		{"default export (only one disk? no: two names)", optInfo, nameReq("", 0, 0), repErrUnknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tc.option(tt.opt, tt.data)
+			if got := r[len(r)-1].typ; got != tt.want {
+				t.Fatalf("final reply %#x (%s), want %#x", got, r[len(r)-1].data, tt.want)
+			}
+		})
+	}
+	// LIST_META_CONTEXT after structured replies lists base:allocation.
+	tc.option(optStructured, nil)
+	r = tc.option(optListMetaCtx, metaReq(f.name()))
+	if len(r) != 2 || string(r[0].data[4:]) != baseAllocation {
+		t.Fatalf("LIST_META_CONTEXT: %+v", r)
+	}
+	// A too-long option is drained and refused; the session goes on.
+	tc.option(optList, make([]byte, maxOptionLen+1))
+	tc.goExport(f.name(), true)
+	if tc.size != int64(len(f.img)) || tc.flags&tfReadOnly == 0 || tc.flags&tfSendTrim != 0 || tc.flags&tfCanMultiConn == 0 {
+		t.Fatalf("size %d flags %#x", tc.size, tc.flags)
+	}
+}
+
+func TestRequireTLS(t *testing.T) {
+	f := newFixture(t, "")
+	f.srv.RequireTLS = true
+	tc := dialTest(t, f.sock)
+	for _, opt := range []uint32{optList, optInfo, optGo, optStructured} {
+		if r := tc.option(opt, nameReq(f.name(), 0, 0)); r[0].typ != repErrTLSReqd {
+			t.Fatalf("option %d without TLS: %#x", opt, r[0].typ)
+		}
+	}
+}
+
+func TestRequests(t *testing.T) {
+	f := newFixture(t, "")
+	for _, structured := range []bool{false, true} {
+		tc := dialTest(t, f.sock)
+		tc.goExport(f.name(), structured)
+		size := uint64(len(f.img))
+		refused := []struct {
+			name   string
+			typ    uint16
+			flags  uint16
+			off    uint64
+			length uint32
+			data   []byte
+			want   uint32
+		}{
+			{"read past end", cmdRead, 0, size - 10, 11, nil, errInval},
+			{"read offset overflow", cmdRead, 0, ^uint64(0) - 5, 10, nil, errInval},
+			{"read too large", cmdRead, 0, 0, MaxBlockSize + 1, nil, errInval},
+			{"read unknown flag", cmdRead, 1 << 9, 0, 10, nil, errInval},
+			{"read FUA on read-only", cmdRead, cmdFlagFUA, 0, 10, nil, errInval},
+			{"write read-only", cmdWrite, 0, 0, 100, make([]byte, 100), errPerm},
+			{"write too large", cmdWrite, 0, 0, MaxBlockSize + 1, make([]byte, MaxBlockSize+1), errInval},
+			{"trim read-only", cmdTrim, 0, 0, 100, nil, errPerm},
+			{"zeroes read-only", cmdWriteZeroes, 0, 0, 100, nil, errPerm},
+			{"flush read-only", cmdFlush, 0, 0, 0, nil, errInval},
+			{"cache past end", cmdCache, 0, size, 1, nil, errInval},
+			{"unknown command", 42, 0, 0, 0, nil, errInval},
+		}
+		if !structured {
+			refused = append(refused, struct {
+				name   string
+				typ    uint16
+				flags  uint16
+				off    uint64
+				length uint32
+				data   []byte
+				want   uint32
+			}{"block status without context", cmdBlockStatus, 0, 0, 100, nil, errInval})
+		}
+		for _, tt := range refused {
+			var got uint32
+			if tt.typ == cmdRead {
+				_, got, _ = tc.readAt(int64(tt.off), int(tt.length), tt.flags)
+			} else {
+				got = tc.simple(tt.typ, tt.flags, tt.off, tt.length, tt.data)
+			}
+			if got != tt.want {
+				t.Errorf("structured=%v %s: errno %d, want %d", structured, tt.name, got, tt.want)
+			}
+			// The connection stays usable after every refusal.
+			if b, e, _ := tc.readAt(1000, 100, 0); e != 0 || !bytes.Equal(b, f.img[1000:1100]) {
+				t.Fatalf("structured=%v after %s: read errno %d", structured, tt.name, e)
+			}
+		}
+		// Misaligned, tail and zero-length reads return exactly the bytes.
+		for _, rg := range [][2]int64{{1, 1}, {testChunk - 3, 7}, {3*testChunk - 100, 2*testChunk + 200}, {int64(size) - 12345, 12345}, {int64(size) - 1, 1}, {0, 0}} {
+			b, e, _ := tc.readAt(rg[0], int(rg[1]), 0)
+			if e != 0 || !bytes.Equal(b, f.img[rg[0]:rg[0]+rg[1]]) {
+				t.Errorf("structured=%v read [%d,+%d): errno %d, data equal %v", structured, rg[0], rg[1], e, bytes.Equal(b, f.img[rg[0]:rg[0]+rg[1]]))
+			}
+		}
+		if e := tc.simple(cmdCache, 0, 0, uint32(size), nil); e != 0 {
+			t.Errorf("cache: errno %d", e)
+		}
+		tc.send(cmdDisc, 0, 0, 0, nil)
+	}
+}
+
+func TestStructuredReadsAndBlockStatus(t *testing.T) {
+	f := newFixture(t, "")
+	tc := dialTest(t, f.sock)
+	tc.goExport(f.name(), true)
+	// Chunks 2..5: data, zero, zero, data.
+	off, n := int64(2*testChunk+100), 3*testChunk
+	b, e, chunks := tc.readAt(off, n, 0)
+	if e != 0 || !bytes.Equal(b, f.img[off:off+int64(n)]) {
+		t.Fatalf("read: errno %d", e)
+	}
+	var types []uint16
+	for _, c := range chunks {
+		types = append(types, c.typ)
+	}
+	if len(types) != 3 || types[0] != replyOffsetData || types[1] != replyOffsetHole || types[2] != replyOffsetData {
+		t.Fatalf("chunk types %v, want data, hole, data", types)
+	}
+	if h := chunks[1].data; binary.BigEndian.Uint64(h) != 3*testChunk || binary.BigEndian.Uint32(h[8:]) != 2*testChunk {
+		t.Fatalf("hole chunk %x", h)
+	}
+	// DF: exactly one data chunk with the zeroes inside.
+	b, e, chunks = tc.readAt(off, n, cmdFlagDF)
+	if e != 0 || !bytes.Equal(b, f.img[off:off+int64(n)]) || len(chunks) != 1 || chunks[0].typ != replyOffsetData {
+		t.Fatalf("DF read: errno %d, %d chunks", e, len(chunks))
+	}
+
+	status := func(off, n uint64, flags uint16) [][2]uint32 {
+		cookie := tc.send(cmdBlockStatus, flags, off, uint32(n), nil)
+		c := tc.reply(0)
+		if c.cookie != cookie || c.typ != replyBlockStatus || c.flags&replyFlagDone == 0 {
+			t.Fatalf("block status reply %+v", c)
+		}
+		if binary.BigEndian.Uint32(c.data) != baseAllocationID {
+			t.Fatalf("context id %d", binary.BigEndian.Uint32(c.data))
+		}
+		var out [][2]uint32
+		for p := c.data[4:]; len(p) >= 8; p = p[8:] {
+			out = append(out, [2]uint32{binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])})
+		}
+		return out
+	}
+	size := uint64(len(f.img))
+	got := status(0, size, 0)
+	want := [][2]uint32{{3 * testChunk, 0}, {2 * testChunk, 3}, {5 * testChunk, 0}, {testChunk, 3}, {uint32(size) - 11*testChunk, 0}}
+	if len(got) != len(want) {
+		t.Fatalf("block status %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("block status %v, want %v", got, want)
+		}
+	}
+	if got := status(100, size-100, cmdFlagReqOne); len(got) != 1 || got[0] != [2]uint32{3*testChunk - 100, 0} {
+		t.Fatalf("REQ_ONE: %v", got)
+	}
+	if got := status(3*testChunk+5, 10, 0); len(got) != 1 || got[0] != [2]uint32{10, 3} {
+		t.Fatalf("small range: %v", got)
+	}
+	if e := tc.simple(cmdBlockStatus, 0, size, 1, nil); e != errInval {
+		t.Fatalf("block status past end: errno %d", e)
+	}
+}
+
+// A damaged chunk fails the requests that touch it with EIO (naming the
+// restore point and offset); the connection and other reads go on.
+func TestCorruptChunkIsEIO(t *testing.T) {
+	f := newFixture(t, "")
+	idx := func() *format.Index {
+		d, err := f.r.OpenDisk(context.Background(), f.rp, "disk0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Index()
+	}()
+	f.be.bad.Store(idx.IDs[6].String())
+	for _, structured := range []bool{false, true} {
+		tc := dialTest(t, f.sock)
+		tc.goExport(f.name(), structured)
+		_, e, chunks := tc.readAt(6*testChunk-10, 20, 0)
+		if e != errIO {
+			t.Fatalf("structured=%v: read over the bad chunk: errno %d", structured, e)
+		}
+		if structured && !bytes.Contains(chunks[len(chunks)-1].data, []byte("offset 393216")) {
+			t.Errorf("error message %q does not name the offset", chunks[len(chunks)-1].data[6:])
+		}
+		if b, e, _ := tc.readAt(7*testChunk, 100, 0); e != 0 || !bytes.Equal(b, f.img[7*testChunk:7*testChunk+100]) {
+			t.Fatalf("read after the error: errno %d", e)
+		}
+		if e := tc.simple(cmdCache, 0, 6*testChunk, 1, nil); e != errIO {
+			t.Fatalf("cache of the bad chunk: errno %d", e)
+		}
+	}
+}
+
+// A client vanishing mid-request (half a write payload, or before reading
+// its replies) costs the server nothing; others are served.
+func TestDisconnectMidRequest(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	tc := dialTest(t, f.sock)
+	tc.goExport(f.name(), false)
+	h := binary.BigEndian.AppendUint32(nil, magicRequest)
+	h = binary.BigEndian.AppendUint16(h, 0)
+	h = binary.BigEndian.AppendUint16(h, cmdWrite)
+	h = binary.BigEndian.AppendUint64(h, 1)
+	h = binary.BigEndian.AppendUint64(h, 0)
+	h = binary.BigEndian.AppendUint32(h, 1<<20)
+	tc.write(append(h, make([]byte, 1000)...))
+	tc.c.Close()
+
+	tc2 := dialTest(t, f.sock)
+	tc2.goExport(f.name(), true)
+	for range 20 {
+		tc2.send(cmdRead, 0, 0, 1<<20, nil)
+	}
+	tc2.c.Close() // without reading the replies
+
+	tc3 := dialTest(t, f.sock)
+	tc3.goExport(f.name(), true)
+	if b, e, _ := tc3.readAt(0, 4096, 0); e != 0 || !bytes.Equal(b, f.img[:4096]) {
+		t.Fatalf("third client: errno %d", e)
+	}
+	// The half-written block never reached the overlay.
+	if b, e, _ := tc3.readAt(0, 1000, 0); e != 0 || !bytes.Equal(b, f.img[:1000]) {
+		t.Fatalf("half-sent write was applied")
+	}
+}
+
+// Sixteen clients reading random ranges concurrently (run under -race).
+func TestConcurrentClients(t *testing.T) {
+	f := newFixture(t, "")
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tc := dialTest(t, f.sock)
+			tc.goExport("web01@latest/disk0", i%2 == 0)
+			rng := rand.New(rand.NewPCG(uint64(i), 1))
+			// Pipeline 8 requests, then collect their (out-of-order) replies.
+			for round := 0; round < 10; round++ {
+				want := map[uint64][2]int{}
+				for range 8 {
+					off := rng.IntN(len(f.img) - 1)
+					n := 1 + rng.IntN(min(len(f.img)-off, 300_000))
+					flags := uint16(0)
+					if i%2 == 0 {
+						flags = cmdFlagDF
+					}
+					want[tc.send(cmdRead, flags, uint64(off), uint32(n), nil)] = [2]int{off, n}
+				}
+				for len(want) > 0 {
+					var c chunk
+					if i%2 == 0 {
+						c = tc.reply(0) // structured, DF: one data chunk + done
+					} else {
+						// Simple replies: the cookie tells the length.
+						var m [16]byte
+						tc.read(m[:])
+						c = chunk{cookie: binary.BigEndian.Uint64(m[8:]), errno: binary.BigEndian.Uint32(m[4:])}
+						c.data = make([]byte, want[c.cookie][1])
+						tc.read(c.data)
+						c.data = append(make([]byte, 8), c.data...)
+					}
+					w, ok := want[c.cookie]
+					if !ok || c.errno != 0 {
+						t.Errorf("client %d: unexpected reply cookie %d errno %d", i, c.cookie, c.errno)
+						return
+					}
+					if !bytes.Equal(c.data[8:], f.img[w[0]:w[0]+w[1]]) {
+						t.Errorf("client %d: wrong data for [%d,+%d)", i, w[0], w[1])
+						return
+					}
+					delete(want, c.cookie)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// slowCatalog serves one device whose reads wait for a signal.
+type slowCatalog struct {
+	dev *slowDevice
+}
+
+type slowDevice struct {
+	ReaderDevice
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d *slowDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	close(d.started)
+	<-d.release
+	return d.ReaderDevice.ReadAt(ctx, p, off)
+}
+
+func (c slowCatalog) List(context.Context) ([]ExportInfo, error) {
+	return []ExportInfo{{Name: "slow"}}, nil
+}
+
+func (c slowCatalog) Open(_ context.Context, name string) (*Export, error) {
+	return &Export{Name: "slow", Device: c.dev, Close: func() error { return nil }}, nil
+}
+
+// Shutdown lets in-flight requests finish and reply.
+func TestShutdownFinishesInflight(t *testing.T) {
+	img := testImage()
+	dev := &slowDevice{ReaderDevice: ReaderDevice{R: bytes.NewReader(img), N: int64(len(img))}, started: make(chan struct{}), release: make(chan struct{})}
+	srv := &Server{Catalog: slowCatalog{dev}}
+	sock := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	tc := dialTest(t, sock)
+	tc.goExport("", false)
+	cookie := tc.send(cmdRead, 0, 4096, 4096, nil)
+	<-dev.started
+	done := make(chan error)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	time.Sleep(50 * time.Millisecond)
+	close(dev.release)
+	c := tc.reply(4096)
+	if c.cookie != cookie || c.errno != 0 || !bytes.Equal(c.data, img[4096:8192]) {
+		t.Fatalf("in-flight read: cookie %d errno %d", c.cookie, c.errno)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.Dial("unix", sock); err == nil {
+		t.Fatal("still accepting after shutdown")
+	}
+}
+
+func TestWritableRequests(t *testing.T) {
+	f := newFixture(t, t.TempDir())
+	tc := dialTest(t, f.sock)
+	tc.goExport(f.name(), true)
+	want := tfSendFlush | tfSendFUA | tfSendTrim | tfWriteZeroes | tfFastZero | tfCanMultiConn
+	if tc.flags&want != want || tc.flags&tfReadOnly != 0 {
+		t.Fatalf("flags %#x", tc.flags)
+	}
+	size := uint64(len(f.img))
+	model := bytes.Clone(f.img)
+	p := bytes.Repeat([]byte{0xab}, 5000)
+	steps := []struct {
+		name   string
+		typ    uint16
+		flags  uint16
+		off    uint64
+		length uint32
+		data   []byte
+		want   uint32
+		apply  func()
+	}{
+		{"write", cmdWrite, 0, 1000, 5000, p, 0, func() { copy(model[1000:], p) }},
+		{"write FUA", cmdWrite, cmdFlagFUA, size - 10, 10, p[:10], 0, func() { copy(model[size-10:], p[:10]) }},
+		{"write past end", cmdWrite, 0, size - 10, 11, p[:11], errNoSpc, nil},
+		{"fast zero of a partial unwritten block", cmdWriteZeroes, cmdFlagFastZero, 20000, 100, nil, errNotSup, nil},
+		{"fast zero of whole blocks", cmdWriteZeroes, cmdFlagFastZero | cmdFlagNoHole, 8192, 8192, nil, 0, func() { clear(model[8192:16384]) }},
+		{"zero partial", cmdWriteZeroes, 0, 20000, 100, nil, 0, func() { clear(model[20000:20100]) }},
+		{"trim", cmdTrim, 0, 65536, 65536, nil, 0, func() { clear(model[65536:131072]) }},
+		{"zero past end", cmdWriteZeroes, 0, size, 1, nil, errNoSpc, nil},
+		{"flush", cmdFlush, 0, 0, 0, nil, 0, nil},
+		{"flush with offset", cmdFlush, 0, 1, 0, nil, errInval, nil},
+	}
+	for _, s := range steps {
+		if got := tc.simple(s.typ, s.flags, s.off, s.length, s.data); got != s.want {
+			t.Fatalf("%s: errno %d, want %d", s.name, got, s.want)
+		}
+		if s.apply != nil {
+			s.apply()
+		}
+		b, e, _ := tc.readAt(0, len(model), 0)
+		if e != 0 || !bytes.Equal(b, model) {
+			t.Fatalf("after %s: content differs (errno %d)", s.name, e)
+		}
+	}
+	// A second connection sees the same overlay (multi-conn).
+	tc2 := dialTest(t, f.sock)
+	tc2.goExport("web01@latest/disk0", false)
+	if b, e, _ := tc2.readAt(0, len(model), 0); e != 0 || !bytes.Equal(b, model) {
+		t.Fatal("second connection does not see the writes")
+	}
+	// The restore point itself is unchanged.
+	d, err := f.r.OpenDisk(context.Background(), f.rp, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(f.img))
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, f.img) {
+		t.Fatalf("restore point changed: %v", err)
+	}
+}
