@@ -18,7 +18,7 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== fuzzing each target for $FUZZTIME"
-for pkg in ./repo/format ./cbt; do
+for pkg in ./repo/format ./cbt ./nbd; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
 		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/vmvault-fuzz.log 2>&1 ||
 			{ cat /tmp/vmvault-fuzz.log; echo "fuzz $pkg $target failed"; exit 1; }
