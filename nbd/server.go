@@ -227,6 +227,10 @@ var errStopped = errors.New("server shutting down")
 
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
+	client := nc.RemoteAddr().String()
+	if client == "" || client == "@" { // unix socket peers have no address
+		client = "unix:" + nc.LocalAddr().String()
+	}
 	return &conn{
 		s: s, nc: nc, raw: nc, br: bufio.NewReaderSize(nc, 64<<10), bw: bufio.NewWriterSize(nc, 64<<10),
 		ctx: ctx, cancel: cancel, sem: make(chan struct{}, s.MaxInflight), start: time.Now(),

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# NBD benchmark: 'vmvault serve' of a restore point of the 4 GiB workload
+# image (see bench-workload.sh) against qemu-nbd --read-only and nbdkit's
+# file plugin serving the raw image file, in one run.
+#
+# Per repetition, servers alternating:
+#   seq      nbdcopy EXPORT null: (whole export; every server reports holes)
+#   qd1/qd16 fio --ioengine=nbd randread 4 KiB, 10 s, iodepth 1 and 16
+# over a unix socket and over TCP (127.0.0.1). vmvault is measured with a
+# cold chunk cache (server just restarted; the repository files are in the
+# page cache, like the peers' image) and warm (cache big enough for the
+# disk, filled by a first pass). Then: server RSS with 8 clients reading
+# at once (default 256 MiB cache), and boot-to-marker of the tiny boot disk
+# (scripts/make-boot-disk.sh) from vmvault and from qemu-nbd.
+# Medians and ratios are printed at the end.
+#
+# Usage: scripts/bench-nbd.sh [REPS]     (default 3)
+# Env:   BENCH_DIR (default /var/tmp/vmvault-bench)
+set -euo pipefail
+REPS=${1:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=${BENCH_DIR:-/var/tmp/vmvault-bench}
+BIN=$W/bin
+mkdir -p "$W" "$BIN"
+export PATH=$BIN:/usr/sbin:/sbin:$PATH
+need() { command -v "$1" >/dev/null || { echo "bench-nbd: missing $1 ($2)" >&2; exit 1; }; }
+need nbdcopy "apt-get install libnbd-bin"
+need fio "apt-get install fio"
+need qemu-nbd "apt-get install qemu-utils"
+need nbdkit "apt-get install nbdkit"
+need qemu-system-x86_64 "apt-get install qemu-system-x86"
+need sfdisk "apt-get install fdisk"
+
+echo "== building vmvault and the workload tool"
+(cd "$ROOT" && go build -o "$BIN/" ./cmd/vmvault ./cmd/vmvault-capture && go build -o "$BIN/workload" ./scripts/workload)
+IMG=$W/base.img CHG=$W/changed.img
+. "$ROOT/scripts/bench-workload.sh"
+SIZE=$(stat -c %s "$IMG")
+
+export VMVAULT_REPOSITORY=$W/nbd-repo
+if ! [ -f "$W/nbd-repo.done" ]; then
+	echo "== capturing the workload image"
+	rm -rf "$VMVAULT_REPOSITORY"
+	vmvault init -q >/dev/null
+	vmvault-capture -q file --vm bench --disk disk0="$IMG" >/dev/null
+	touch "$W/nbd-repo.done"
+fi
+BOOT=$W/boot.raw
+if ! [ -f "$BOOT" ]; then
+	"$ROOT/scripts/make-boot-disk.sh" "$BOOT" >/dev/null
+	vmvault-capture -q file --vm tiny --disk disk0="$BOOT" >/dev/null
+fi
+warm() { find "$VMVAULT_REPOSITORY" -type f -print0 | xargs -0 cat >/dev/null; cat "$IMG" "$BOOT" >/dev/null; }
+
+S=$W/sock
+mkdir -p "$S"
+PORT_V=10911 PORT_Q=10912 PORT_K=10913
+VPID=""
+start_vmvault() { # CACHE
+	stop_vmvault
+	vmvault serve --socket "$S/vmvault" --listen 127.0.0.1:$PORT_V --cache-size "$1" 2>"$W/serve.log" &
+	VPID=$!
+	for _ in $(seq 200); do [ -S "$S/vmvault" ] && nbdinfo --size "nbd+unix:///bench@latest/disk0?socket=$S/vmvault" >/dev/null 2>&1 && return; sleep 0.05; done
+	echo "vmvault serve did not start" >&2; cat "$W/serve.log" >&2; exit 1
+}
+stop_vmvault() { if [ -n "$VPID" ]; then kill -TERM "$VPID" 2>/dev/null || true; wait "$VPID" 2>/dev/null || true; VPID=""; fi; }
+QPIDS=()
+cleanup() { stop_vmvault; for p in "${QPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$S"; }
+trap cleanup EXIT
+qemu-nbd --read-only --format=raw --persistent --shared=32 --socket="$S/qemu" "$IMG" & QPIDS+=($!)
+qemu-nbd --read-only --format=raw --persistent --shared=32 --bind=127.0.0.1 --port=$PORT_Q "$IMG" & QPIDS+=($!)
+nbdkit -f -r -U "$S/nbdkit" file file="$IMG" & QPIDS+=($!)
+nbdkit -f -r -i 127.0.0.1 -p $PORT_K file file="$IMG" & QPIDS+=($!)
+sleep 1
+
+uri() { # SERVER TRANSPORT
+	local exp=""
+	[ "$1" = vmvault ] && exp=bench@latest/disk0
+	case "$2" in
+	unix) echo "nbd+unix:///$exp?socket=$S/$1" ;;
+	tcp) case "$1" in vmvault) echo "nbd://127.0.0.1:$PORT_V/$exp" ;; qemu) echo "nbd://127.0.0.1:$PORT_Q/" ;; nbdkit) echo "nbd://127.0.0.1:$PORT_K/" ;; esac ;;
+	esac
+}
+R=$W/nbd-results.tsv
+: >"$R"
+seq_read() { # LABEL URI
+	local t0 t1
+	t0=$(date +%s.%N)
+	nbdcopy "$2" null:
+	t1=$(date +%s.%N)
+	echo "$1 seq $(echo "$SIZE / ($t1 - $t0) / 1000000" | bc -l)" >>"$R"
+}
+rand_read() { # LABEL URI QD
+	local iops
+	iops=$(fio --name=r --ioengine=nbd --uri="$2" --rw=randread --bs=4k --iodepth="$3" --runtime=10 --time_based \
+		--size="$SIZE" --output-format=json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["iops"])')
+	echo "$1 qd$3 $iops" >>"$R"
+}
+
+for rep in $(seq "$REPS"); do
+	echo "== repetition $rep/$REPS (load $(cut -d' ' -f1 /proc/loadavg))"
+	warm
+	for tr in unix tcp; do
+		for srv in vmvault-cold qemu nbdkit vmvault-warm; do
+			case $srv in
+			vmvault-cold) start_vmvault 256MiB; u=$(uri vmvault $tr) ;;
+			vmvault-warm) start_vmvault 5GiB; nbdcopy "$(uri vmvault $tr)" null:; u=$(uri vmvault $tr) ;;
+			*) u=$(uri $srv $tr) ;;
+			esac
+			seq_read "$srv-$tr" "$u"
+			[ $srv = vmvault-cold ] && start_vmvault 256MiB # random reads cold too
+			rand_read "$srv-$tr" "$u" 1
+			rand_read "$srv-$tr" "$u" 16
+		done
+	done
+done
+
+echo "== server RSS with 8 clients (256 MiB cache)"
+start_vmvault 256MiB
+pids=()
+for i in $(seq 8); do nbdcopy "$(uri vmvault unix)" null: & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
+RSS=$(awk '/VmHWM/ {print $2}' /proc/$VPID/status)
+echo "vmvault rss8 $((RSS / 1024))" >>"$R"
+
+echo "== boot to marker"
+boot() { # URI
+	local t0 t1
+	t0=$(date +%s.%N)
+	timeout 300 qemu-system-x86_64 -machine pc,accel=tcg -m 256 -smp 1 -display none -no-reboot -monitor none -nodefaults \
+		-serial stdio -drive "file=$1,format=raw,if=virtio,snapshot=on" | grep -q VMVAULT-BOOT-OK
+	t1=$(date +%s.%N)
+	echo "$t1 - $t0" | bc -l
+}
+qemu-nbd --read-only --format=raw --persistent --shared=8 --socket="$S/qemu-boot" "$BOOT" & QPIDS+=($!)
+sleep 0.5
+for rep in $(seq "$REPS"); do
+	start_vmvault 256MiB
+	echo "boot vmvault $(boot "nbd+unix:///tiny@latest/disk0?socket=$S/vmvault")" >>"$R"
+	echo "boot qemu $(boot "nbd+unix:///?socket=$S/qemu-boot")" >>"$R"
+done
+stop_vmvault
+
+python3 - "$R" <<'EOF'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = {}
+for k1, k2, v in rows:
+    med.setdefault((k1, k2), []).append(float(v))
+m = {k: st.median(v) for k, v in med.items()}
+n = {k: len(v) for k, v in med.items()}
+def g(a, b): return m.get((a, b))
+print("\nmedians of %d repetitions (unix socket and TCP to 127.0.0.1)\n" % max(n.values()))
+print("%-9s %-14s %12s %12s %12s" % ("transport", "server", "seq MB/s", "QD1 IOPS", "QD16 IOPS"))
+for tr in ("unix", "tcp"):
+    for srv in ("vmvault-cold", "vmvault-warm", "qemu", "nbdkit"):
+        k = srv + "-" + tr
+        print("%-9s %-14s %12.0f %12.0f %12.0f" % (tr, srv, g(k, "seq"), g(k, "qd1"), g(k, "qd16")))
+print()
+for tr in ("unix", "tcp"):
+    q, k, c, w = "qemu-" + tr, "nbdkit-" + tr, "vmvault-cold-" + tr, "vmvault-warm-" + tr
+    print("%s: seq cold/qemu-nbd %.2f (target >= 0.70), warm/qemu-nbd %.2f (>= 0.90); QD16 warm/qemu-nbd %.2f (>= 1), warm/nbdkit %.2f (>= 0.40); QD1 warm/qemu-nbd %.2f"
+          % (tr, g(c, "seq") / g(q, "seq"), g(w, "seq") / g(q, "seq"), g(w, "qd16") / g(q, "qd16"), g(w, "qd16") / g(k, "qd16"), g(w, "qd1") / g(q, "qd1")))
+print("server RSS with 8 clients, 256 MiB cache: %.0f MiB (target <= 320)" % g("vmvault", "rss8"))
+print("boot to marker: vmvault %.2f s, qemu-nbd %.2f s, ratio %.2f (target <= 1.2)" % (g("boot", "vmvault"), g("boot", "qemu"), g("boot", "vmvault") / g("boot", "qemu")))
+EOF
