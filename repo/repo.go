@@ -46,6 +46,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
@@ -148,9 +149,26 @@ func chunkHandle(id format.ID) backend.Handle {
 	return backend.Handle{Type: backend.ChunkFile, Name: id.String()}
 }
 
+// framePool recycles the compressed frames of chunk loads (they are dead
+// once decoded), when the backend can load into a buffer.
+var framePool sync.Pool
+
 // loadChunk loads, decodes and checks one chunk, bypassing the cache.
 func (r *Repository) loadChunk(ctx context.Context, id format.ID, dst []byte) ([]byte, error) {
-	frame, err := r.be.Load(ctx, chunkHandle(id), 0, -1)
+	var frame []byte
+	var err error
+	if bl, ok := r.be.(backend.BufferLoader); ok {
+		var buf []byte
+		if p, ok := framePool.Get().(*[]byte); ok {
+			buf = *p
+		}
+		frame, err = bl.LoadInto(ctx, chunkHandle(id), buf[:0])
+		if err == nil {
+			defer framePool.Put(&frame)
+		}
+	} else {
+		frame, err = r.be.Load(ctx, chunkHandle(id), 0, -1)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -93,7 +93,7 @@ seq_read() { # LABEL URI
 rand_read() { # LABEL URI QD
 	local iops
 	iops=$(fio --name=r --ioengine=nbd --uri="$2" --rw=randread --bs=4k --iodepth="$3" --runtime=10 --time_based \
-		--size="$SIZE" --output-format=json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["iops"])')
+		--size="$SIZE" --output-format=json 2>/dev/null | python3 -c 'import json,sys; s=sys.stdin.read(); print(json.loads(s[s.index("{"):])["jobs"][0]["read"]["iops"])')
 	echo "$1 qd$3 $iops" >>"$R"
 }
 

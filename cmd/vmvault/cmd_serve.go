@@ -165,10 +165,16 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		return cli.Usagef("nothing to listen on: give --listen or --socket")
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		// Keep the heap near what the cache and request buffers need.
-		debug.SetMemoryLimit(cacheSize + 48<<20)
+		// Hold RSS near the cache plus request buffers (32 MiB budget) and
+		// the runtime; tighter limits make the GC thrash (measured).
+		debug.SetMemoryLimit(cacheSize + 60<<20)
 	}
 
+	stopProfile, err := g.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cacheSize})
 	if err != nil {

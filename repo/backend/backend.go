@@ -138,3 +138,11 @@ type Flusher interface {
 type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
 }
+
+// BufferLoader is implemented by backends that can load a whole object into
+// a caller's buffer, so hot read paths can recycle buffers instead of
+// allocating one per load. LoadInto returns the object in buf[:size] when
+// cap(buf) suffices, else in a new slice.
+type BufferLoader interface {
+	LoadInto(ctx context.Context, h Handle, buf []byte) ([]byte, error)
+}

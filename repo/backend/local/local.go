@@ -208,6 +208,15 @@ func notFound(op string, h backend.Handle, err error) error {
 
 // Load implements backend.Backend.
 func (b *Backend) Load(ctx context.Context, h backend.Handle, off, length int64) ([]byte, error) {
+	return b.load(ctx, h, off, length, nil)
+}
+
+// LoadInto implements backend.BufferLoader.
+func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([]byte, error) {
+	return b.load(ctx, h, 0, -1, buf)
+}
+
+func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
 	if err := h.Valid(); err != nil {
 		return nil, err
 	}
@@ -233,7 +242,11 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, off, length int64)
 	if length > size-off {
 		return nil, fmt.Errorf("load %v [%d,+%d) of %d bytes: %w", h, off, length, size, backend.ErrShortRead)
 	}
-	buf := make([]byte, length)
+	if int64(cap(buf)) >= length {
+		buf = buf[:length]
+	} else {
+		buf = make([]byte, length)
+	}
 	n, err := f.ReadAt(buf, off)
 	if err == io.EOF && int64(n) < length {
 		return nil, fmt.Errorf("load %v [%d,+%d): %w", h, off, length, backend.ErrShortRead)
