@@ -52,7 +52,9 @@ func (m *memDevice) WriteZeroes(_ context.Context, off, n int64, _ bool) error {
 	return nil
 }
 
-func (m *memDevice) Trim(ctx context.Context, off, n int64) error { return m.WriteZeroes(ctx, off, n, false) }
+func (m *memDevice) Trim(ctx context.Context, off, n int64) error {
+	return m.WriteZeroes(ctx, off, n, false)
+}
 
 func (m *memDevice) Flush(context.Context) error { return nil }
 
