@@ -228,14 +228,14 @@ var errStopped = errors.New("server shutting down")
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	client := nc.RemoteAddr().String()
-	if client == "" || client == "@" { // unix socket peers have no address
+	if nc.LocalAddr().Network() == "unix" { // unix socket peers have no useful address
 		client = "unix:" + nc.LocalAddr().String()
 	}
 	return &conn{
 		s: s, nc: nc, raw: nc, br: bufio.NewReaderSize(nc, 64<<10), bw: bufio.NewWriterSize(nc, 64<<10),
 		ctx: ctx, cancel: cancel, sem: make(chan struct{}, s.MaxInflight), start: time.Now(),
 		budget: semaphore.NewWeighted(MaxBlockSize),
-		log:    s.Logger.With("client", nc.RemoteAddr().String()),
+		log:    s.Logger.With("client", client),
 	}
 }
 
