@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path"
 	"path/filepath"
@@ -28,13 +27,7 @@ func (d DiskDevice) Size() int64 { return d.D.Size() }
 // ReadAt implements Device.
 func (d DiskDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n, err := d.D.ReadAtContext(ctx, p, off)
-	if n == len(p) {
-		return nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
+	return fullRead(n, len(p), err)
 }
 
 // Extents implements Device from the index's zero chunks.
@@ -185,6 +178,11 @@ func (c *RepoCatalog) List(ctx context.Context) ([]ExportInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.exports(rps), nil
+}
+
+// exports names the allowed exports of rps (sorted by VM, then time).
+func (c *RepoCatalog) exports(rps []*repo.RestorePoint) []ExportInfo {
 	var out []ExportInfo
 	latest := map[string]*repo.RestorePoint{}
 	for _, rp := range rps {
@@ -208,16 +206,17 @@ func (c *RepoCatalog) List(ctx context.Context) ([]ExportInfo, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // resolve maps an export name to a restore point and disk.
 func (c *RepoCatalog) resolve(ctx context.Context, name string) (*repo.RestorePoint, string, error) {
+	rps, err := c.refresh(ctx)
+	if err != nil {
+		return nil, "", err
+	}
 	if name == "" {
-		list, err := c.List(ctx)
-		if err != nil {
-			return nil, "", err
-		}
+		list := c.exports(rps)
 		if len(list) != 1 {
 			return nil, "", fmt.Errorf("no default export: %d exports are offered, name one (nbdinfo --list): %w", len(list), ErrUnknownExport)
 		}
@@ -227,10 +226,6 @@ func (c *RepoCatalog) resolve(ctx context.Context, name string) (*repo.RestorePo
 		return nil, "", fmt.Errorf("export %q is not offered by this server: %w", name, ErrUnknownExport)
 	}
 	parts := strings.Split(name, "/")
-	rps, err := c.refresh(ctx)
-	if err != nil {
-		return nil, "", err
-	}
 	var rp *repo.RestorePoint
 	var disk string
 	switch {

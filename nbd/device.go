@@ -87,7 +87,13 @@ func (d ReaderDevice) Size() int64 { return d.N }
 // ReadAt implements Device.
 func (d ReaderDevice) ReadAt(_ context.Context, p []byte, off int64) error {
 	n, err := d.R.ReadAt(p, off)
-	if n == len(p) {
+	return fullRead(n, len(p), err)
+}
+
+// fullRead turns an io.ReaderAt result into Device.ReadAt's: nil only when
+// all want bytes were read.
+func fullRead(n, want int, err error) error {
+	if n == want {
 		return nil
 	}
 	if err == nil || err == io.EOF {

@@ -562,19 +562,19 @@ func (o *Overlay) Allocated() []Extent {
 	return out
 }
 
-// AllocatedBytes counts the bytes held by the overlay.
-func (o *Overlay) AllocatedBytes() int64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+// OverlayWrittenBytes counts the bytes the persisted bitmap in dir marks as
+// written (as of the last flush), capped at the disk size. It works on an
+// overlay another process has open.
+func OverlayWrittenBytes(dir string, meta *OverlayMeta) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, overlayBitmap))
+	if err != nil {
+		return 0, err
+	}
 	n := int64(0)
-	for _, w := range o.bits {
-		n += int64(bits.OnesCount64(w))
+	for i := 0; i+8 <= len(b); i += 8 {
+		n += int64(bits.OnesCount64(binary.LittleEndian.Uint64(b[i:])))
 	}
-	total := n * OverlayBlockSize
-	if last := blockCount(o.meta.Size) - 1; last >= 0 && o.isSet(last) {
-		total -= last*OverlayBlockSize + OverlayBlockSize - o.meta.Size
-	}
-	return total
+	return min(n*meta.BlockSize, meta.Size), nil
 }
 
 // Close flushes the overlay and releases it.

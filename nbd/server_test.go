@@ -163,21 +163,24 @@ func TestRequireTLS(t *testing.T) {
 	}
 }
 
+// requestCase is one request and the NBD error it must get (0: success).
+type requestCase struct {
+	name   string
+	typ    uint16
+	flags  uint16
+	off    uint64
+	length uint32
+	data   []byte
+	want   uint32
+}
+
 func TestRequests(t *testing.T) {
 	f := newFixture(t, "")
 	for _, structured := range []bool{false, true} {
 		tc := dialTest(t, f.sock)
 		tc.goExport(f.name(), structured)
 		size := uint64(len(f.img))
-		refused := []struct {
-			name   string
-			typ    uint16
-			flags  uint16
-			off    uint64
-			length uint32
-			data   []byte
-			want   uint32
-		}{
+		refused := []requestCase{
 			{"read past end", cmdRead, 0, size - 10, 11, nil, errInval},
 			{"read offset overflow", cmdRead, 0, ^uint64(0) - 5, 10, nil, errInval},
 			{"read too large", cmdRead, 0, 0, MaxBlockSize + 1, nil, errInval},
@@ -192,15 +195,7 @@ func TestRequests(t *testing.T) {
 			{"unknown command", 42, 0, 0, 0, nil, errInval},
 		}
 		if !structured {
-			refused = append(refused, struct {
-				name   string
-				typ    uint16
-				flags  uint16
-				off    uint64
-				length uint32
-				data   []byte
-				want   uint32
-			}{"block status without context", cmdBlockStatus, 0, 0, 100, nil, errInval})
+			refused = append(refused, requestCase{"block status without context", cmdBlockStatus, 0, 0, 100, nil, errInval})
 		}
 		for _, tt := range refused {
 			var got uint32
@@ -479,25 +474,19 @@ func TestWritableRequests(t *testing.T) {
 	model := bytes.Clone(f.img)
 	p := bytes.Repeat([]byte{0xab}, 5000)
 	steps := []struct {
-		name   string
-		typ    uint16
-		flags  uint16
-		off    uint64
-		length uint32
-		data   []byte
-		want   uint32
-		apply  func()
+		requestCase
+		apply func() // the change to the model on success
 	}{
-		{"write", cmdWrite, 0, 1000, 5000, p, 0, func() { copy(model[1000:], p) }},
-		{"write FUA", cmdWrite, cmdFlagFUA, size - 10, 10, p[:10], 0, func() { copy(model[size-10:], p[:10]) }},
-		{"write past end", cmdWrite, 0, size - 10, 11, p[:11], errNoSpc, nil},
-		{"fast zero of a partial unwritten block", cmdWriteZeroes, cmdFlagFastZero, 20000, 100, nil, errNotSup, nil},
-		{"fast zero of whole blocks", cmdWriteZeroes, cmdFlagFastZero | cmdFlagNoHole, 8192, 8192, nil, 0, func() { clear(model[8192:16384]) }},
-		{"zero partial", cmdWriteZeroes, 0, 20000, 100, nil, 0, func() { clear(model[20000:20100]) }},
-		{"trim", cmdTrim, 0, 65536, 65536, nil, 0, func() { clear(model[65536:131072]) }},
-		{"zero past end", cmdWriteZeroes, 0, size, 1, nil, errNoSpc, nil},
-		{"flush", cmdFlush, 0, 0, 0, nil, 0, nil},
-		{"flush with offset", cmdFlush, 0, 1, 0, nil, errInval, nil},
+		{requestCase{"write", cmdWrite, 0, 1000, 5000, p, 0}, func() { copy(model[1000:], p) }},
+		{requestCase{"write FUA", cmdWrite, cmdFlagFUA, size - 10, 10, p[:10], 0}, func() { copy(model[size-10:], p[:10]) }},
+		{requestCase{"write past end", cmdWrite, 0, size - 10, 11, p[:11], errNoSpc}, nil},
+		{requestCase{"fast zero of a partial unwritten block", cmdWriteZeroes, cmdFlagFastZero, 20000, 100, nil, errNotSup}, nil},
+		{requestCase{"fast zero of whole blocks", cmdWriteZeroes, cmdFlagFastZero | cmdFlagNoHole, 8192, 8192, nil, 0}, func() { clear(model[8192:16384]) }},
+		{requestCase{"zero partial", cmdWriteZeroes, 0, 20000, 100, nil, 0}, func() { clear(model[20000:20100]) }},
+		{requestCase{"trim", cmdTrim, 0, 65536, 65536, nil, 0}, func() { clear(model[65536:131072]) }},
+		{requestCase{"zero past end", cmdWriteZeroes, 0, size, 1, nil, errNoSpc}, nil},
+		{requestCase{"flush", cmdFlush, 0, 0, 0, nil, 0}, nil},
+		{requestCase{"flush with offset", cmdFlush, 0, 1, 0, nil, errInval}, nil},
 	}
 	for _, s := range steps {
 		if got := tc.simple(s.typ, s.flags, s.off, s.length, s.data); got != s.want {

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"os"
 	"path/filepath"
 	"sort"
@@ -98,7 +96,7 @@ func findOverlays(root string) ([]overlayEntry, error) {
 				continue
 			}
 			e := overlayEntry{VM: m.VM, RestorePoint: m.RestorePoint, Disk: m.Disk, Size: m.Size, Created: m.Created, Dir: dir, InUse: nbd.OverlayInUse(dir)}
-			e.Allocated, _ = bitmapBytes(filepath.Join(dir, "bitmap"), m.BlockSize, m.Size)
+			e.Allocated, _ = nbd.OverlayWrittenBytes(dir, m)
 			out = append(out, e)
 		}
 	}
@@ -112,20 +110,6 @@ func findOverlays(root string) ([]overlayEntry, error) {
 		return out[i].Dir < out[j].Dir
 	})
 	return out, nil
-}
-
-// bitmapBytes counts the bytes an overlay's persisted bitmap marks as
-// written (what the last flush recorded), capped at the disk size.
-func bitmapBytes(path string, blockSize, size int64) (int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	n := int64(0)
-	for i := 0; i+8 <= len(b); i += 8 {
-		n += int64(bits.OnesCount64(binary.LittleEndian.Uint64(b[i:])))
-	}
-	return min(n*blockSize, size), nil
 }
 
 func newOverlayListCommand(g *cli.Global, dirFlag *string) *cobra.Command {
@@ -318,6 +302,14 @@ They are kept unless --discard is given.`,
 			if err != nil {
 				return err
 			}
+			disks := map[string]*repo.Disk{}
+			for _, md := range rp.Disks {
+				d, err := r.OpenDisk(ctx, rp, md.Name)
+				if err != nil {
+					return err
+				}
+				disks[md.Name] = d
+			}
 			byDisk := map[string]*nbd.Overlay{}
 			defer func() {
 				for _, ov := range byDisk {
@@ -325,9 +317,9 @@ They are kept unless --discard is given.`,
 				}
 			}()
 			for _, e := range list {
-				d, err := r.OpenDisk(ctx, rp, e.Disk)
-				if err != nil {
-					return err
+				d := disks[e.Disk]
+				if d == nil {
+					return fmt.Errorf("overlay %s is for disk %s, which restore point %s does not have", e.Dir, e.Disk, rp.ID.Short())
 				}
 				ov, err := nbd.OpenOverlay(e.Dir, nbd.OverlayMeta{VM: rp.VM, RestorePoint: id, Disk: e.Disk}, nbd.DiskDevice{D: d})
 				if err != nil {
@@ -338,10 +330,7 @@ They are kept unless --discard is given.`,
 			var sources []repo.DiskSource
 			changedBytes := int64(0)
 			for _, md := range rp.Disks {
-				d, err := r.OpenDisk(ctx, rp, md.Name)
-				if err != nil {
-					return err
-				}
+				d := disks[md.Name]
 				src := repo.DiskSource{Name: md.Name, Reader: d, Size: d.Size(), Changed: []repo.Range{}}
 				if ov := byDisk[md.Name]; ov != nil {
 					src.Reader = overlayReader{ctx, ov}
