@@ -81,7 +81,7 @@ func (e *env) ok(bin string, args ...string) string {
 }
 
 // image writes a deterministic disk image mixing random, text and zero data.
-func image(t *testing.T, path string, size int, seed uint64) []byte {
+func makeImage(t *testing.T, path string, size int, seed uint64) []byte {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 3))
 	b := make([]byte, size)
@@ -146,7 +146,7 @@ func TestCaptureRestoreRoundTrips(t *testing.T) {
 	e := newEnv(t, "--chunk-size", "64KiB")
 	img := filepath.Join(e.dir, "disk.img")
 	const size = 5*1024*1024 + 12345 // not a multiple of the chunk size
-	v1 := image(t, img, size, 1)
+	v1 := makeImage(t, img, size, 1)
 	c1 := e.capture("--vm", "web01", "--disk", "disk0="+img, "--tag", "first")
 	if c1.Disks[0].Mode != "full" {
 		t.Errorf("first capture mode %q", c1.Disks[0].Mode)
@@ -219,8 +219,8 @@ func TestCaptureRestoreRoundTrips(t *testing.T) {
 func TestCorruptionIsNamed(t *testing.T) {
 	e := newEnv(t, "--chunk-size", "64KiB")
 	imgA, imgB := filepath.Join(e.dir, "a.img"), filepath.Join(e.dir, "b.img")
-	image(t, imgA, 2<<20, 10)
-	vb := image(t, imgB, 2<<20, 20)
+	makeImage(t, imgA, 2<<20, 10)
+	vb := makeImage(t, imgB, 2<<20, 20)
 	ca := e.capture("--vm", "a", "--disk", "disk0="+imgA)
 	e.capture("--vm", "b", "--disk", "disk0="+imgB)
 	// Corrupt one chunk only A has: find the largest chunk file of A's index.
@@ -276,7 +276,7 @@ func TestRetentionAndGC(t *testing.T) {
 	img := filepath.Join(e.dir, "d.img")
 	var ids []string
 	for i := 0; i < 4; i++ {
-		image(t, img, 1<<20, uint64(100+i))
+		makeImage(t, img, 1<<20, uint64(100+i))
 		ids = append(ids, e.capture("--vm", "vm1", "--disk", "d="+img).ID)
 	}
 	out := e.ok("vmvault", "prune", "--keep-last", "2", "--dry-run", "--grace", "0s")
@@ -346,7 +346,7 @@ func TestCrashSafety(t *testing.T) {
 	img := filepath.Join(e.dir, "disk.img")
 	const size = 48 << 20
 	want := map[string]string{}
-	cur := image(t, img, size, 1)
+	cur := makeImage(t, img, size, 1)
 	want[e.capture("--vm", "vm", "--disk", "d="+img).ID] = sha(cur)
 	rng := rand.New(rand.NewPCG(42, 42))
 	kills := 0

@@ -36,6 +36,8 @@ web01@2026-11-23T10:00 in UTC).
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
 		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g),
 		newStatsCommand(g), newUnlockCommand(g), newServeCommand(g), newOverlayCommand(g),
+		newPartitionsCommand(g), newLsCommand(g), newCatCommand(g), newCpCommand(g), newFindCommand(g),
+		newTimelineCommand(g),
 	)
 	return root
 }

@@ -363,7 +363,7 @@ func TestServeTLS(t *testing.T) {
 	needTools(t, "nbdinfo", "nbdcopy", "qemu-img")
 	e := newEnv(t)
 	src := filepath.Join(e.dir, "disk.raw")
-	img := image(t, src, 3<<20+5, 11)
+	img := makeImage(t, src, 3<<20+5, 11)
 	e.capture("--vm", "web01", "--disk", "disk0="+src)
 	certs := filepath.Join(e.dir, "certs")
 	os.Mkdir(certs, 0o700)

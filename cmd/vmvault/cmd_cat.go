@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/fs"
+)
+
+func newCatCommand(g *cli.Global) *cobra.Command {
+	b := &browser{g: g}
+	cmd := &cobra.Command{
+		Use:   "cat PATH...",
+		Short: "Print files from inside a restore point's disk",
+		Long: `Write the content of files inside a restore point's disks to stdout.
+Symbolic links are followed inside the filesystem (never on this host).
+A damaged chunk of the repository stops with an error naming the restore
+point, disk and offset.
+
+` + browseHelp,
+		Example: "  vmvault cat web01@latest:disk0/p2/etc/hostname\n  vmvault cat --image disk.img p1/var/log/syslog | grep sshd",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			defer b.close()
+			ctx := cmd.Context()
+			w := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<20)
+			defer w.Flush()
+			for _, arg := range args {
+				l, err := b.locate(ctx, arg, true)
+				if err != nil {
+					return err
+				}
+				ino, err := fs.Resolve(ctx, l.fsys, l.path, true)
+				if err != nil {
+					return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+				}
+				f, err := l.fsys.Open(ctx, ino)
+				if err != nil {
+					return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+				}
+				if err := copyRange(ctx, w, f, 0, f.Size(), nil); err != nil {
+					return fmt.Errorf("cat %s%s: %w", l.prefix(), l.path, err)
+				}
+			}
+			return w.Flush()
+		},
+	}
+	b.addFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+)
+
+func newPartitionsCommand(g *cli.Global) *cobra.Command {
+	var asJSON bool
+	b := &browser{g: g}
+	cmd := &cobra.Command{
+		Use:   "partitions RP[:DISK]",
+		Short: "Show the partition table of a restore point's disk",
+		Long: `Show the partition table of a disk: table type, partition name (p1, …),
+start and size in bytes, type id or GUID, the filesystem found in it, and its
+label and UUID. Logical partitions of an MBR disk are p5 and up; the
+extended partition that holds them is listed too.
+
+` + browseHelp,
+		Example: "  vmvault partitions web01@latest:disk0\n  vmvault partitions --json --image disk.img",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			arg := ""
+			if len(args) == 1 {
+				arg = args[0]
+			}
+			if arg == "" && b.image == "" {
+				return cli.Usagef("name a restore point and disk (RP:DISK) or use --image FILE")
+			}
+			defer b.close()
+			l, err := b.locate(cmd.Context(), arg, false)
+			if err != nil {
+				return err
+			}
+			return printPartitions(cmd.OutOrStdout(), l, asJSON)
+		},
+	}
+	b.addFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
+	return cmd
+}
+
+func printPartitions(w io.Writer, l *location, asJSON bool) error {
+	d := l.disk
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		for _, p := range d.Partitions {
+			if err := enc.Encode(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	fmt.Fprintf(w, "disk: %s, partition table: %s", cli.Bytes(d.Size()), d.Table)
+	if d.ID != "" {
+		fmt.Fprintf(w, " (id %s)", d.ID)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTART\tSIZE\tTYPE\tFS\tLABEL\tUUID")
+	for _, p := range d.Partitions {
+		typ := p.Type
+		if p.TypeName != "" {
+			typ += " (" + p.TypeName + ")"
+		}
+		fsys := p.Filesystem
+		if p.Extended {
+			fsys = "(extended)"
+		}
+		if fsys == "" {
+			fsys = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Start, cli.Bytes(p.Size), typ, fsys, quoteName(p.Label), p.UUID)
+	}
+	return tw.Flush()
+}
