@@ -3,7 +3,8 @@
 # a small disk image with a real ext4 filesystem, captures it, changes a
 # file inside the filesystem, captures again (incremental), lists, verifies
 # and restores both restore points, checking they are byte-identical to the
-# disk as it was at each capture; then serves them over NBD (vmvault serve)
+# disk as it was at each capture; reads single files out of them without
+# restoring (partitions, ls, cat, find, cp); then serves them over NBD (vmvault serve)
 # and reads the latest back with nbdcopy.
 #
 # Usage: scripts/demo.sh            (everything lives in ./.demo)
@@ -85,6 +86,17 @@ for pair in "first:$sha1" "latest:$sha2"; do
 	printf '%-7s restore point: sha256 %s matches; /hello.txt says: %s\n' "$name" "${got:0:16}" \
 		"$(debugfs -R 'cat /hello.txt' "$D/restored-$name.img" 2>/dev/null)"
 done
+
+step "single files without restoring the disk: vmvault partitions / ls / cat / find"
+vmvault partitions web01@latest:disk0
+vmvault ls -l web01@latest:disk0/p0/
+old=$(vmvault cat "$first:disk0/p0/hello.txt")
+new=$(vmvault cat web01@latest:disk0/p0/hello.txt)
+printf '/hello.txt in the first restore point: %s\n/hello.txt in the latest:             %s\n' "$old" "$new"
+[ "$old" = "Hello from the first restore point" ] || { echo "demo: vmvault cat read the wrong file" >&2; exit 1; }
+vmvault find web01@all --name '*.log'
+vmvault cp web01@latest:disk0/p0/etc "$D/restored-etc"
+[ "$(cat "$D/restored-etc/hostname")" = web01 ] || { echo "demo: vmvault cp restored the wrong file" >&2; exit 1; }
 
 if [ -n "$nbd" ]; then
 	step "instant access: vmvault serve exports every restore point over NBD; nbdcopy reads one back"

@@ -18,9 +18,9 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== fuzzing each target for $FUZZTIME"
-for pkg in ./repo/format ./cbt ./nbd; do
+for pkg in ./repo/format ./cbt ./nbd ./fs/ext ./fs/fat ./fs/ntfs ./fs/image; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
-		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/vmvault-fuzz.log 2>&1 ||
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 10x "$pkg" >/tmp/vmvault-fuzz.log 2>&1 ||
 			{ cat /tmp/vmvault-fuzz.log; echo "fuzz $pkg $target failed"; exit 1; }
 		echo "fuzz $pkg $target: ok"
 	done

@@ -210,7 +210,9 @@ func (f *FS) blockMap(ctx context.Context, in *inode, limit uint64) ([]run, erro
 	m := &indirectMapper{f: f, ctx: ctx, limit: limit}
 	le := binary.LittleEndian
 	for i := 0; i < 12 && uint64(i) < limit; i++ {
-		m.add(uint64(i), uint64(le.Uint32(in.block[4*i:])))
+		if err := m.add(uint64(i), uint64(le.Uint32(in.block[4*i:]))); err != nil {
+			return nil, fmt.Errorf("inode %d: %w", in.ino, err)
+		}
 	}
 	per := uint64(f.blockSize / 4)
 	base := uint64(12)
@@ -235,18 +237,25 @@ type indirectMapper struct {
 	runs  []run
 }
 
-func (m *indirectMapper) add(lblk, pblk uint64) {
+func (m *indirectMapper) add(lblk, pblk uint64) error {
 	if pblk == 0 || lblk >= m.limit {
-		return
+		return nil
+	}
+	if pblk >= m.f.blocksCount {
+		return corrupt("logical block %d points to block %d of %d", lblk, pblk, m.f.blocksCount)
 	}
 	if n := len(m.runs); n > 0 {
 		last := &m.runs[n-1]
 		if last.lblk+last.count == lblk && last.pblk+last.count == pblk {
 			last.count++
-			return
+			return nil
 		}
 	}
+	if len(m.runs) >= maxRuns {
+		return errTooFragmented
+	}
 	m.runs = append(m.runs, run{lblk: lblk, pblk: pblk, count: 1})
+	return nil
 }
 
 // walk maps the blocks under one indirect block of the given depth (1 =
@@ -274,7 +283,9 @@ func (m *indirectMapper) walk(ptr uint64, depth int, base uint64) error {
 		}
 		p := uint64(binary.LittleEndian.Uint32(buf[4*i:]))
 		if depth == 1 {
-			m.add(lblk, p)
+			if err := m.add(lblk, p); err != nil {
+				return err
+			}
 		} else if err := m.walk(p, depth-1, lblk); err != nil {
 			return err
 		}
@@ -285,9 +296,15 @@ func (m *indirectMapper) walk(ptr uint64, depth int, base uint64) error {
 const (
 	extentMagic    = 0xf30a
 	maxExtentDepth = 5
-	// maxExtentNodes bounds how many tree blocks one file may make us read.
-	maxExtentNodes = 1 << 20
+	// maxExtentNodes bounds how many tree blocks one file may make us read
+	// (a 16 TiB file of 128 MiB extents needs a few hundred).
+	maxExtentNodes = 1 << 16
+	// maxRuns bounds the block map held for one file (32 bytes a run): a
+	// hostile block map of repeated pointers cannot make us allocate more.
+	maxRuns = 1 << 21
 )
+
+var errTooFragmented = corrupt("file has more than %d fragments", maxRuns)
 
 func (f *FS) walkExtents(ctx context.Context, node []byte, wantDepth int, limit uint64, runs *[]run, visited *int) error {
 	le := binary.LittleEndian
@@ -322,6 +339,9 @@ func (f *FS) walkExtents(ctx context.Context, node []byte, wantDepth int, limit 
 			}
 			if lblk+n > limit {
 				n = limit - lblk
+			}
+			if len(*runs) >= maxRuns {
+				return errTooFragmented
 			}
 			*runs = append(*runs, run{lblk: lblk, pblk: pblk, count: n, uninit: uninit})
 			continue
@@ -367,10 +387,11 @@ func (fl *File) ReadAt(p []byte, off int64) (int, error) {
 		want = int(rem)
 	}
 	if fl.inline != nil {
-		n := copy(p[:want], fl.inline[off:])
-		for i := n; i < want; i++ {
-			p[i] = 0
+		n := 0
+		if off < int64(len(fl.inline)) {
+			n = copy(p[:want], fl.inline[off:])
 		}
+		clear(p[n:want]) // inline data shorter than the size reads as zeros
 		return finish(want, len(p))
 	}
 	bs := fl.f.blockSize

@@ -49,6 +49,7 @@ const (
 // FS is an open NTFS volume.
 type FS struct {
 	mu       sync.Mutex
+	size     int64 // volume size: no attribute can be larger
 	ctx      *parser.NTFSContext
 	label    string
 	uuid     string
@@ -83,7 +84,7 @@ func Open(r io.ReaderAt, size int64) (f *FS, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("ntfs: %v: %w", err, fs.ErrCorrupt)
 	}
-	f = &FS{ctx: ctx}
+	f = &FS{ctx: ctx, size: size}
 	f.uuid = fmt.Sprintf("%016X", binary.LittleEndian.Uint64(boot[0x48:]))
 	if vol, err := ctx.GetMFT(3); err == nil {
 		for _, a := range vol.EnumerateAttributes(ctx) {
@@ -253,6 +254,13 @@ func (f *FS) readDir(ctx context.Context, ino fs.Ino, dosNames bool) ([]fs.DirEn
 	}
 	if !e.Flags().IsSet("DIRECTORY") {
 		return nil, fmt.Errorf("ntfs: record %d: %w", ino, fs.ErrNotDir)
+	}
+	// go-ntfs walks an index allocation in 4 KiB steps up to its claimed
+	// size: refuse sizes no volume of this size can hold.
+	for _, a := range e.EnumerateAttributes(f.ctx) {
+		if a.Type().Value == parser.ATTR_TYPE_INDEX_ALLOCATION && (a.DataSize() < 0 || a.DataSize() > f.size) {
+			return nil, fmt.Errorf("ntfs: directory %d: index of %d bytes on a %d-byte volume: %w", ino, a.DataSize(), f.size, fs.ErrCorrupt)
+		}
 	}
 	type key struct {
 		ref  uint64

@@ -1,0 +1,30 @@
+package image
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/vmvault/vmvault/fs/fstest"
+)
+
+// FuzzOpen reads mutated MBR (with an extended chain) and GPT disks and
+// every filesystem they point at.
+func FuzzOpen(f *testing.F) {
+	for _, s := range []string{"mbr.img", "gpt.img", "fat12.img", "ext2.img"} {
+		f.Add(fstest.Seed(f, s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := Open(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return
+		}
+		for _, p := range d.Partitions {
+			if p.Start < 0 || p.Size < 0 || p.Start+p.Size > int64(len(b)) {
+				t.Fatalf("partition %+v outside the %d-byte disk", p, len(b))
+			}
+			if fsys, err := d.OpenFS(p); err == nil {
+				fstest.Exercise(fsys)
+			}
+		}
+	})
+}
