@@ -509,4 +509,3 @@ func TestPartitionTables(t *testing.T) {
 		})
 	}
 }
-
