@@ -70,6 +70,15 @@ func (c *chunkCache) get(ctx context.Context, id format.ID, load func() ([]byte,
 	return call.data, call.err
 }
 
+// has reports whether a chunk is cached or being loaded.
+func (c *chunkCache) has(id format.ID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.entries[id]
+	_, loading := c.inflight[id]
+	return ok || loading
+}
+
 func (c *chunkCache) add(id format.ID, data []byte) {
 	if int64(len(data)) > c.max {
 		return

@@ -19,7 +19,17 @@ type Disk struct {
 	rp   *RestorePoint
 	name string
 	idx  *format.Index
+	// streaming: reads covering whole uncached chunks decode straight into
+	// the caller's buffer and leave the cache alone (one-pass readers).
+	streaming bool
 }
+
+// SetStreaming makes reads that cover whole chunks not in the cache
+// decode directly into the caller's buffer without caching them: for a
+// one-pass reader (cat, cp, restore of a file) this saves an allocation and
+// a copy per chunk and keeps the cache for the metadata it re-reads. Call
+// it before the Disk is shared.
+func (d *Disk) SetStreaming(on bool) { d.streaming = on }
 
 // OpenDisk opens a disk of a restore point, checking its index.
 func (r *Repository) OpenDisk(ctx context.Context, rp *RestorePoint, name string) (*Disk, error) {
@@ -126,6 +136,17 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		pos := off + int64(n)
 		i := int(pos / cs)
 		in := pos - int64(i)*cs
+		if want := d.idx.ChunkLen(i); d.streaming && in == 0 && int64(len(p)-n) >= want && !d.idx.IDs[i].IsZero() && !d.r.cache.has(d.idx.IDs[i]) {
+			out, err := d.r.loadChunk(ctx, d.idx.IDs[i], p[n:n:n+int(want)])
+			if err == nil && int64(len(out)) != want {
+				err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(out), want, format.ErrCorrupt)
+			}
+			if err != nil {
+				return n, d.chunkErr(i, err)
+			}
+			n += int(want)
+			continue
+		}
 		data, err := d.chunk(ctx, i)
 		if err != nil {
 			return n, err

@@ -226,6 +226,16 @@ func TestCorruptChunk(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Offset != 4*cs || ce.RestorePoint != rpA.ID.Short() || !errors.Is(err, format.ErrCorrupt) {
 		t.Fatalf("read of damaged chunk: %v", err)
 	}
+	// A streaming read covering the whole chunk names it the same way.
+	sd, err := r.OpenDisk(context.Background(), rpA, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd.SetStreaming(true)
+	_, err = sd.ReadAt(make([]byte, 2*cs), 3*cs)
+	if !errors.As(err, &ce) || ce.Offset != 4*cs || !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("streaming read of damaged chunk: %v", err)
+	}
 	// Other chunks of A still read, and B restores.
 	if _, err := d.ReadAt(buf, 0); err != nil {
 		t.Fatalf("read of a good chunk after a bad one: %v", err)
@@ -238,6 +248,32 @@ func TestCorruptChunk(t *testing.T) {
 	rpA2 := capture(t, r, "a2", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(imgA), Size: int64(size)})
 	if got := restoreBytes(t, r, rpA2, "disk0"); !bytes.Equal(got, imgA) {
 		t.Fatal("capture after damage restores wrong data")
+	}
+}
+
+// TestStreamingReads checks that streaming reads (whole chunks decoded
+// into the caller's buffer, uncached) return the same bytes as cached ones
+// for every alignment, and leave the cache alone.
+func TestStreamingReads(t *testing.T) {
+	r := newRepo(t)
+	size := 6*cs + 1000 // a short last chunk
+	img := testImage(7, size)
+	rp := capture(t, r, "s", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)})
+	d, err := r.OpenDisk(context.Background(), rp, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.SetStreaming(true)
+	for _, c := range []struct{ off, n int64 }{
+		{0, int64(size)}, {0, cs}, {cs, 2 * cs}, {cs - 7, 2*cs + 14}, {5 * cs, cs + 1000}, {6 * cs, 1000}, {100, 10},
+	} {
+		p := make([]byte, c.n)
+		if n, err := d.ReadAt(p, c.off); err != nil || int64(n) != c.n || !bytes.Equal(p, img[c.off:c.off+c.n]) {
+			t.Fatalf("ReadAt(%d, +%d) = %d, %v (equal %v)", c.off, c.n, n, err, bytes.Equal(p, img[c.off:c.off+c.n]))
+		}
+	}
+	if n := r.cache.lru.Len(); n > 3 {
+		t.Errorf("%d chunks cached by streaming reads; only partial reads should fill the cache", n)
 	}
 }
 

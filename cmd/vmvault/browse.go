@@ -133,6 +133,7 @@ func (b *browser) openDisk(ctx context.Context, rp *repo.RestorePoint, name stri
 		if err != nil {
 			return nil, err
 		}
+		d.SetStreaming(true) // file content is read once; metadata stays cached
 		ra, size = d, d.Size()
 	}
 	d, err := image.Open(ra, size)
