@@ -85,6 +85,13 @@ mke2fs -q -F -t ext2 -b 1024 -I 128 -L vmv-ext2 -U 11111111-2222-3333-4444-55555
 rm -rf src-ext2
 
 mke2fs -q -F -t ext3 -L vmv-ext3 -d src ext3.img 128M
+# mke2fs -d writes linear directories; e2fsck -D indexes the big ones (htree)
+htree() {
+	e2fsck -fyD "$1" >/dev/null 2>&1 || [ $? -le 1 ]
+	debugfs -R "htree /many" "$1" 2>/dev/null | grep -q "Root node dump" ||
+		{ echo "make-fs-images: /many in $1 has no htree" >&2; exit 1; }
+}
+htree ext3.img
 
 # ext4: a 300 MB file (the cat benchmark) and a 5 GiB file with data past 4 GiB.
 rm -rf src-ext4 && cp -a src src-ext4
@@ -93,6 +100,7 @@ truncate -s 5G src-ext4/huge-sparse.bin
 printf 'past-4GiB' | dd of=src-ext4/huge-sparse.bin bs=1 seek=$((4608 << 20)) conv=notrunc status=none
 touch -d "@$T0" src-ext4/big-300M.bin src-ext4/huge-sparse.bin src-ext4
 mke2fs -q -F -t ext4 -O 64bit,metadata_csum -L vmv-ext4 -d src-ext4 ext4.img 512M
+htree ext4.img
 rm -rf src-ext4
 
 # ext4 with inline data: small files and directories live in the inode.

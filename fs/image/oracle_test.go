@@ -509,3 +509,64 @@ func TestPartitionTables(t *testing.T) {
 		})
 	}
 }
+
+// TestFATAgainstMtools compares FAT12/16/32 listings and every file's
+// content with mtools (this kernel has no vfat driver).
+func TestFATAgainstMtools(t *testing.T) {
+	dir := fstest.Images(t)
+	fstest.NeedTools(t, "mdir", "mtype")
+	for _, img := range []string{"fat12.img", "fat16.img", "fat32.img"} {
+		t.Run(img, func(t *testing.T) {
+			path := filepath.Join(dir, img)
+			fsys, _, _ := openPart(t, path, "p0")
+			cmd := exec.Command("mdir", "-/", "-b", "-i", path, "::/")
+			cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("mdir: %v", err)
+			}
+			want := map[string]bool{}
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				want[strings.TrimPrefix(l, "::")] = true
+			}
+			got := map[string]bool{}
+			files := 0
+			for p, n := range ours(t, fsys, false) {
+				if n.typ == fs.TypeDir {
+					got[p+"/"] = true
+					continue
+				}
+				got[p] = true
+				cmd := exec.Command("mtype", "-i", path, "::"+p)
+				cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+				ref, err := cmd.Output()
+				if err != nil {
+					t.Fatalf("mtype %s: %v", p, err)
+				}
+				f, err := fsys.Open(context.Background(), fs.Ino(n.ino))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, f.Size())
+				if _, err := f.ReadAt(b, 0); err != nil && err != io.EOF {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(b, ref) {
+					t.Errorf("%s: content differs from mtype's", p)
+				}
+				files++
+			}
+			for p := range want {
+				if !got[p] {
+					t.Errorf("missing %s", p)
+				}
+			}
+			for p := range got {
+				if !want[p] {
+					t.Errorf("extra %s", p)
+				}
+			}
+			t.Logf("%s: %d entries, %d files compared", img, len(got), files)
+		})
+	}
+}
