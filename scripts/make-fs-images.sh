@@ -17,6 +17,9 @@ out=${1:?usage: make-fs-images.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 stamp=$(sha256sum "$0" | cut -d' ' -f1)
+# test packages run in parallel and may all ask for the images: one builds
+exec 9>"$out/.lock"
+flock 9
 if [[ -f $out/.done && $(cat "$out/.done") == "$stamp" ]]; then
 	exit 0
 fi
