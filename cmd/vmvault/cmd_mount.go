@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/mount"
+	"github.com/vmvault/vmvault/repo"
+)
+
+func newMountCommand(g *cli.Global) *cobra.Command {
+	var allowOther bool
+	var cacheSize string
+	cmd := &cobra.Command{
+		Use:   "mount MOUNTPOINT",
+		Short: "Mount every restore point as a read-only filesystem (FUSE)",
+		Long: `Mount the repository read-only at MOUNTPOINT and stay in the foreground
+until Ctrl-C, SIGTERM or umount:
+
+  MOUNTPOINT/<vm>/latest -> <time>_<id>
+  MOUNTPOINT/<vm>/<2026-11-23T10:00:00Z>_<short id>/
+      manifest.json         the restore point's metadata
+      disks/<disk>.raw      the whole disk (loop-mountable, sparse-aware)
+      <disk>/<partition>/   the files: p1, p2, … (p5+ logical), p0 without a table
+
+Files keep their modes, owners, times, link counts, symlinks, hard links and
+extended attributes; NTFS alternate data streams appear as "file:stream".
+New restore points appear within seconds, forgotten ones disappear. A read
+that touches a damaged chunk fails with EIO (logged with restore point,
+disk and offset); the mount stays up. A partition whose filesystem cannot
+be read holds vmvault-error.txt with the reason.
+
+As root the mount is made directly; otherwise through fusermount3.`,
+		Example: "  mkdir -p /mnt/vmvault && vmvault mount /mnt/vmvault &\n  cp /mnt/vmvault/web01/latest/disk0/p2/etc/nginx/nginx.conf /tmp/",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cache, err := cli.ParseSize(cacheSize)
+			if err != nil {
+				return cli.Usagef("--cache-size: %v", err)
+			}
+			ctx := cmd.Context()
+			r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cache})
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			log := slog.Default()
+			ttl := time.Hour
+			neg := time.Second
+			opts := &gofs.Options{
+				EntryTimeout:    &ttl,
+				AttrTimeout:     &ttl,
+				NegativeTimeout: &neg,
+				MountOptions: fuse.MountOptions{
+					FsName:        "vmvault",
+					Name:          "vmvault",
+					AllowOther:    allowOther,
+					DirectMount:   os.Geteuid() == 0,
+					MaxWrite:      1 << 20,
+					MaxReadAhead:  1 << 20,
+					MaxBackground: 64,
+					Options:       []string{"ro", "default_permissions"},
+				},
+			}
+			srv, err := gofs.Mount(args[0], mount.New(r, log), opts)
+			if err != nil {
+				return fmt.Errorf("mount %s: %w", args[0], err)
+			}
+			if !g.Quiet {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mounted %s at %s (read-only); Ctrl-C or umount to leave\n", r.Config().ID, args[0])
+			}
+			done := make(chan struct{})
+			go func() { srv.Wait(); close(done) }()
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+			}
+			// Signal: unmount, retrying while a reader still holds files
+			// open, then lazily so the mount point is never left stale.
+			for i := 0; i < 10; i++ {
+				if err := srv.Unmount(); err == nil {
+					<-done
+					return nil
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			_ = lazyUnmount(args[0])
+			<-done
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users read the mount (needs user_allow_other in /etc/fuse.conf unless root)")
+	cmd.Flags().StringVar(&cacheSize, "cache-size", "256MiB", "decoded chunk cache shared by all readers")
+	return cmd
+}
+
+// lazyUnmount detaches a mount that busy readers keep from unmounting
+// cleanly: it disappears from the namespace now and goes away when the
+// last reader closes.
+func lazyUnmount(dir string) error {
+	if os.Geteuid() == 0 {
+		return unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	return exec.Command("fusermount3", "-u", "-z", dir).Run()
+}
