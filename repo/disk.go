@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/format"
@@ -23,6 +24,9 @@ type Disk struct {
 	// the caller's buffer and leave the cache alone (one-pass readers).
 	streaming bool
 }
+
+// parallelChunkLoads bounds the chunks one ReadAt loads at once.
+const parallelChunkLoads = 4
 
 // SetStreaming makes reads that cover whole chunks not in the cache
 // decode directly into the caller's buffer without caching them: for a
@@ -131,35 +135,70 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		eof = io.EOF
 	}
 	cs := d.idx.ChunkSize
-	n := 0
-	for n < len(p) {
-		pos := off + int64(n)
+	// One segment per chunk the read touches; a read spanning several
+	// chunks loads them in parallel (both cores decode and hash).
+	type segment struct {
+		i      int
+		at, in int64 // offset in p, offset in the chunk
+		n      int64
+	}
+	var segs []segment
+	for at := int64(0); at < int64(len(p)); {
+		pos := off + at
 		i := int(pos / cs)
 		in := pos - int64(i)*cs
-		if want := d.idx.ChunkLen(i); d.streaming && in == 0 && int64(len(p)-n) >= want && !d.idx.IDs[i].IsZero() && !d.r.cache.has(d.idx.IDs[i]) {
-			out, err := d.r.loadChunk(ctx, d.idx.IDs[i], p[n:n:n+int(want)])
-			if err == nil && int64(len(out)) != want {
-				err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(out), want, format.ErrCorrupt)
+		m := min(int64(len(p))-at, d.idx.ChunkLen(i)-in)
+		segs = append(segs, segment{i, at, in, m})
+		at += m
+	}
+	read := func(sg segment) error {
+		dst := p[sg.at : sg.at+sg.n]
+		id := d.idx.IDs[sg.i]
+		if id.IsZero() {
+			clear(dst)
+			return nil
+		}
+		if d.streaming && sg.in == 0 && sg.n == d.idx.ChunkLen(sg.i) && !d.r.cache.has(id) {
+			out, err := d.r.loadChunk(ctx, id, dst[:0:len(dst)])
+			if err == nil && int64(len(out)) != sg.n {
+				err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(out), sg.n, format.ErrCorrupt)
 			}
 			if err != nil {
-				return n, d.chunkErr(i, err)
+				return d.chunkErr(sg.i, err)
 			}
-			n += int(want)
-			continue
+			return nil
 		}
-		data, err := d.chunk(ctx, i)
+		data, err := d.chunk(ctx, sg.i)
 		if err != nil {
-			return n, err
+			return err
 		}
-		var m int
-		if data == nil {
-			m = int(min(int64(len(p)-n), d.idx.ChunkLen(i)-in))
-			clear(p[n : n+m])
-		} else {
-			m = copy(p[n:], data[in:])
-		}
-		n += m
+		copy(dst, data[sg.in:])
+		return nil
 	}
+	if len(segs) == 1 {
+		if err := read(segs[0]); err != nil {
+			return 0, err
+		}
+		return len(p), eof
+	}
+	errs := make([]error, len(segs))
+	sem := make(chan struct{}, parallelChunkLoads)
+	var wg sync.WaitGroup
+	for k, sg := range segs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[k] = read(sg)
+		}()
+	}
+	wg.Wait()
+	for k, err := range errs {
+		if err != nil {
+			return int(segs[k].at), err
+		}
+	}
+	n := len(p)
 	return n, eof
 }
 

@@ -1,6 +1,7 @@
 // Command vmvault reads and manages the restore points in a vmvault
 // repository: list, show, restore, verify, forget, prune, gc, stats, and
-// serve them as NBD exports (serve, overlay).
+// serve them as NBD exports (serve, overlay), browse the files inside them
+// (partitions, ls, cat, cp, find, timeline) and mount them (mount).
 // New restore points are captured by the companion vmvault-capture.
 package main
 
