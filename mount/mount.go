@@ -560,9 +560,7 @@ func (n *rawNode) Lseek(ctx context.Context, f gofs.FileHandle, off uint64, when
 	return 0, syscall.ENXIO
 }
 
-const (
-	unixSeekData = 3
-	unixSeekHole = 4
-)
+// unixSeekHole is lseek's SEEK_HOLE whence (SEEK_DATA is 3).
+const unixSeekHole = 4
 
 func isEOF(err error) bool { return errors.Is(err, io.EOF) }

@@ -338,6 +338,37 @@ func modeString(st fs.Stat) string {
 // its path inside the filesystem and its name as stored.
 type walkFunc func(p, name string, st fs.Stat) error
 
+// child is one directory entry with its stat.
+type child struct {
+	path, name string
+	st         fs.Stat
+}
+
+// statDir lists dir (at path p) with every entry stat'ed, leaving out
+// hidden metadata unless all is set. Entries that cannot be stat'ed are
+// left out and reported, joined, in the error.
+func statDir(ctx context.Context, fsys fs.FileSystem, dir fs.Ino, p string, all bool) ([]child, error) {
+	ents, err := fsys.ReadDir(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	hidden, _ := fsys.(fs.HiddenChecker)
+	out := make([]child, 0, len(ents))
+	var errs error
+	for _, e := range ents {
+		if !all && hidden != nil && hidden.Hidden(dir, e.Name) {
+			continue
+		}
+		c := child{path: strings.TrimSuffix(p, "/") + "/" + e.Name, name: e.Name}
+		if c.st, err = fsys.Stat(ctx, e.Ino); err != nil {
+			errs = errors.Join(errs, fmt.Errorf("%s: %w", c.path, err))
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, errs
+}
+
 // walk visits the tree under dir. Each directory is entered once, so a
 // hostile image with directory cycles terminates; hidden metadata files
 // are skipped unless all is set.
@@ -346,33 +377,19 @@ func walk(ctx context.Context, fsys fs.FileSystem, dir fs.Ino, p string, all boo
 		return fmt.Errorf("%s: directory already visited (a cycle in the image): %w", p, fs.ErrCorrupt)
 	}
 	seen[dir] = true
-	ents, err := fsys.ReadDir(ctx, dir)
-	if err != nil {
-		return fmt.Errorf("%s: %w", p, err)
-	}
-	hidden, _ := fsys.(fs.HiddenChecker)
-	var firstErr error
-	for _, e := range ents {
-		if !all && hidden != nil && hidden.Hidden(dir, e.Name) {
-			continue
-		}
-		child := strings.TrimSuffix(p, "/") + "/" + e.Name
-		st, err := fsys.Stat(ctx, e.Ino)
-		if err != nil {
-			firstErr = errors.Join(firstErr, fmt.Errorf("%s: %w", child, err))
-			continue
-		}
-		if err := fn(child, e.Name, st); err != nil {
+	children, errs := statDir(ctx, fsys, dir, p, all)
+	for _, c := range children {
+		if err := fn(c.path, c.name, c.st); err != nil {
 			return err
 		}
-		if st.Type == fs.TypeDir {
-			if err := walk(ctx, fsys, e.Ino, child, all, seen, fn); err != nil {
+		if c.st.Type == fs.TypeDir {
+			if err := walk(ctx, fsys, c.st.Ino, c.path, all, seen, fn); err != nil {
 				if errors.Is(err, context.Canceled) {
 					return err
 				}
-				firstErr = errors.Join(firstErr, err)
+				errs = errors.Join(errs, err)
 			}
 		}
 	}
-	return firstErr
+	return errs
 }

@@ -57,7 +57,7 @@ RFC 3339); --type is f, d, l, p, c, b or s.
   vmvault find --image disk.img --iname '*.exe'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			defer b.close()
-			return runFind(cmd.Context(), b, cmd.OutOrStdout(), args, o)
+			return runFind(cmd.Context(), b, cmd.OutOrStdout(), cmd.ErrOrStderr(), args, o)
 		},
 	}
 	b.addFlags(cmd.Flags())
@@ -78,7 +78,7 @@ func parseWhen(s string) (time.Time, error) {
 	return repo.ParseTime(s)
 }
 
-func runFind(ctx context.Context, b *browser, out io.Writer, args []string, o findOptions) error {
+func runFind(ctx context.Context, b *browser, out, errOut io.Writer, args []string, o findOptions) error {
 	var newer time.Time
 	if o.newer != "" {
 		t, err := parseWhen(o.newer)
@@ -155,7 +155,7 @@ func runFind(ctx context.Context, b *browser, out io.Writer, args []string, o fi
 	}
 	w.Flush()
 	for _, e := range errs {
-		fmt.Fprintf(errWriter, "warning: %v\n", e)
+		fmt.Fprintf(errOut, "warning: %v\n", e)
 	}
 	return nil
 }
@@ -178,19 +178,27 @@ func findTargets(ctx context.Context, b *browser, args []string) ([]*location, e
 			out = append(out, nl)
 		}
 	}
+	// addPath adds an argument naming a disk (all its partitions) or a
+	// path inside a partition.
+	addPath := func(a string) error {
+		l, err := b.locate(ctx, a, false)
+		if err != nil {
+			return err
+		}
+		if l.part == nil {
+			expand(l)
+		} else {
+			out = append(out, l)
+		}
+		return nil
+	}
 	if b.image != "" {
 		if len(args) == 0 {
 			args = []string{""}
 		}
 		for _, a := range args {
-			l, err := b.locate(ctx, a, false)
-			if err != nil {
+			if err := addPath(a); err != nil {
 				return nil, err
-			}
-			if l.part == nil {
-				expand(l)
-			} else {
-				out = append(out, l)
 			}
 		}
 		return out, nil
@@ -227,14 +235,8 @@ func findTargets(ctx context.Context, b *browser, args []string) ([]*location, e
 			return nil, cli.Usagef("%v", err)
 		}
 		if rest != "" {
-			l, err := b.locate(ctx, a, false)
-			if err != nil {
+			if err := addPath(a); err != nil {
 				return nil, err
-			}
-			if l.part == nil {
-				expand(l)
-			} else {
-				out = append(out, l)
 			}
 			continue
 		}

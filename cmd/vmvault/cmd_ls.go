@@ -139,29 +139,13 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 
 // readDirStat lists one directory with every entry stat'ed, sorted by name.
 func readDirStat(ctx context.Context, fsys fs.FileSystem, dir fs.Ino, p string, all bool) ([]entry, error) {
-	ents, err := fsys.ReadDir(ctx, dir)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", p, err)
-	}
-	hidden, _ := fsys.(fs.HiddenChecker)
-	out := make([]entry, 0, len(ents))
-	var firstErr error
-	for _, e := range ents {
-		if !all && hidden != nil && hidden.Hidden(dir, e.Name) {
-			continue
-		}
-		child := strings.TrimSuffix(p, "/") + "/" + e.Name
-		st, err := fsys.Stat(ctx, e.Ino)
-		if err != nil {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("%s: %w", child, err)
-			}
-			continue
-		}
-		out = append(out, makeEntry(ctx, fsys, child, e.Name, st))
+	children, err := statDir(ctx, fsys, dir, p, all)
+	out := make([]entry, len(children))
+	for i, c := range children {
+		out[i] = makeEntry(ctx, fsys, c.path, c.name, c.st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
-	return out, firstErr
+	return out, err
 }
 
 func longLine(e entry, name string) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -12,8 +11,6 @@ import (
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/fs"
 )
-
-var errWriter = os.Stderr
 
 func newTimelineCommand(g *cli.Global) *cobra.Command {
 	var prefix string

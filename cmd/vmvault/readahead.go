@@ -12,9 +12,9 @@ const (
 	readWorkers = 4
 )
 
-// copyRange streams r[off:off+n] to w at offset-independent order, reading
-// up to readWorkers blocks ahead in parallel so decompression and hashing
-// of the repository's chunks use both cores while w consumes the data.
+// copyRange streams r[off:off+n] to w in order, reading up to readWorkers
+// blocks ahead in parallel so decompression and hashing of the
+// repository's chunks use both cores while w consumes the data.
 // Memory is bounded by readWorkers+1 blocks. done, if not nil, counts the
 // bytes written.
 func copyRange(ctx context.Context, w io.Writer, r io.ReaderAt, off, n int64, done *atomic.Int64) error {
