@@ -25,9 +25,12 @@ export VMVAULT_REPOSITORY=$W/fs-repo
 echo "== building vmvault and the test images"
 (cd "$ROOT" && go build -o "$BIN/" ./cmd/vmvault ./cmd/vmvault-capture)
 "$ROOT/scripts/make-fs-images.sh" "$IMGS" >/dev/null
-if [[ ! -f $VMVAULT_REPOSITORY/config ]]; then
+# (re)capture whenever the images were rebuilt
+if [[ ! -f $VMVAULT_REPOSITORY/config || "$(cat "$W/fs-repo.stamp" 2>/dev/null)" != "$(cat "$IMGS/.done")" ]]; then
+	rm -rf "$VMVAULT_REPOSITORY"
 	"$BIN/vmvault" init >/dev/null
 	"$BIN/vmvault-capture" file --vm fsbench --disk "disk0=$IMGS/ext4.img" >/dev/null
+	cp "$IMGS/.done" "$W/fs-repo.stamp"
 fi
 RP=fsbench@latest:disk0/p0
 MNT=$(mktemp -d)
