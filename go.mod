@@ -30,5 +30,7 @@ require (
 	github.com/pojntfx/go-nbd v0.3.2 // indirect
 	github.com/sirupsen/logrus v1.9.4 // indirect
 	github.com/ulikunitz/xz v0.5.15 // indirect
+	github.com/vmware/govmomi v0.56.0 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 	www.velocidex.com/golang/go-ntfs v0.2.1 // indirect
 )
