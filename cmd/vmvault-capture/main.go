@@ -1,7 +1,7 @@
 // Command vmvault-capture captures new restore points into a vmvault
-// repository: from raw image files and block devices (file), and — as the
-// sources are added — from vSphere Changed Block Tracking and QEMU dirty
-// bitmaps. Every capture after the first of a VM is incremental.
+// repository: from raw image files and block devices (file) and from vSphere
+// VMs with snapshots and Changed Block Tracking (vsphere). Every capture
+// after the first of a VM is incremental.
 package main
 
 import (
@@ -24,7 +24,7 @@ existing ones.
 ` + cli.ExitCodesHelp,
 	}
 	g.AddFlags(root.PersistentFlags())
-	root.AddCommand(newFileCommand(g))
+	root.AddCommand(newFileCommand(g), newVSphereCommand(g))
 	return root
 }
 
