@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -202,6 +203,10 @@ func TestFullThenIncremental(t *testing.T) {
 				t.Errorf("full capture read %d bytes through the transport", got)
 			}
 			e.equalsFile(r1.RestorePoint, "scsi0-0", e.frozen(vm, 204))
+			kept := filepath.Join(t.TempDir(), "disk-at-first-capture")
+			if err := vcsimtest.SparseCopy(e.frozen(vm, 204), kept, 10<<30); err != nil {
+				t.Fatal(err)
+			}
 			if s := e.snapshots(vm); len(s) != 0 {
 				t.Errorf("snapshots left: %v", s)
 			}
@@ -232,15 +237,9 @@ func TestFullThenIncremental(t *testing.T) {
 				t.Errorf("partial answers were not looped: %d QueryChangedDiskAreas calls", calls)
 			}
 			e.equalsFile(r2.RestorePoint, "scsi0-0", e.frozen(vm, 204))
-			e.equalsFile(r1.RestorePoint, "scsi0-0", e.h.LocalPath(firstFile(e, vm))) // the first stays as it was
+			e.equalsFile(r1.RestorePoint, "scsi0-0", kept) // the first stays as it was
 		})
 	}
-}
-
-// firstFile is the VM's original flat file (the first snapshot's frozen
-// base).
-func firstFile(e *env, vm string) string {
-	return "[LocalDS_0] " + vm + "/disk1.vmdk"
 }
 
 // failing is a transport whose reads fail after limit bytes.

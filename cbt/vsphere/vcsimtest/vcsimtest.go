@@ -108,6 +108,12 @@ func New(t testing.TB, vms int) *Harness {
 				return h.cbt, nil
 			}
 		}
+		if method.This.Type == "VirtualMachineSnapshot" && method.Name == "RemoveSnapshot_Task" {
+			req := method.Body.(*types.RemoveSnapshot_Task)
+			req.This = method.This
+			method.This = h.cbt.Self
+			return h.cbt, nil
+		}
 		if prev != nil {
 			return prev(ctx, method)
 		}
@@ -307,6 +313,8 @@ func (o *cbtObject) afterSnapshot(ctx *simulator.Context, vm *simulator.VirtualM
 		if t, ok := ctx.Map.Get(task).(*simulator.Task); ok {
 			t.Wait()
 		}
+		// The VM continues on a new, empty delta file; the snapshot's file
+		// (its parent) stays frozen, as on ESXi.
 		ctx.WithLock(vm, func() {
 			for _, vd := range disks(vm.Config) {
 				b := backing(vd)
@@ -318,19 +326,76 @@ func (o *cbtObject) afterSnapshot(ctx *simulator.Context, vm *simulator.VirtualM
 				dir, base := filepath.Split(strings.TrimSuffix(old, ".vmdk"))
 				base, _, _ = strings.Cut(base, "-0")
 				nu := fmt.Sprintf("%s%s-%06d.vmdk", dir, base, n)
-				if err := sparseCopy(h.LocalPath(old), h.LocalPath(nu), vd.CapacityInBytes); err != nil {
+				f, err := os.Create(h.LocalPath(nu))
+				if err == nil {
+					err = f.Truncate(vd.CapacityInBytes)
+					f.Close()
+				}
+				if err != nil {
 					panic(err)
 				}
-				b.Parent = &types.VirtualDiskFlatVer2BackingInfo{VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: old}}
+				parent := *b
+				parent.Parent = b.Parent
+				b.Parent = &parent
 				b.FileName = nu
 			}
 		})
 	}()
 }
 
-// sparseCopy copies the data extents of src to a new dst of size bytes.
+// RemoveSnapshotTask delegates; when the VM has no snapshot left, its delta
+// files are consolidated into the base file and the VM is back on it.
+func (o *cbtObject) RemoveSnapshotTask(ctx *simulator.Context, req *types.RemoveSnapshot_Task) soap.HasFault {
+	snap, ok := ctx.Map.Get(req.This).(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return &methods.RemoveSnapshot_TaskBody{Fault_: simulator.Fault("no such snapshot", &types.ManagedObjectNotFound{Obj: req.This})}
+	}
+	vm := o.vm(ctx, snap.Vm)
+	var res soap.HasFault
+	ctx.WithLock(snap, func() { res = snap.RemoveSnapshotTask(ctx, req) })
+	if res.Fault() != nil {
+		return res
+	}
+	if t, ok := ctx.Map.Get(res.(*methods.RemoveSnapshot_TaskBody).Res.Returnval).(*simulator.Task); ok {
+		t.Wait()
+	}
+	h := o.h
+	h.mu.Lock()
+	wg := h.pending[vm.Self.Value]
+	h.mu.Unlock()
+	if wg != nil {
+		wg.Wait()
+	}
+	ctx.WithLock(vm, func() {
+		if vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0 {
+			return
+		}
+		for _, vd := range disks(vm.Config) {
+			b := backing(vd)
+			var chain []string // top first
+			for x := b; x != nil; x = x.Parent {
+				chain = append(chain, x.FileName)
+			}
+			baseFile := chain[len(chain)-1]
+			for k := len(chain) - 2; k >= 0; k-- {
+				if err := sparseCopy(h.LocalPath(chain[k]), h.LocalPath(baseFile), vd.CapacityInBytes); err != nil {
+					panic(err)
+				}
+				os.Remove(h.LocalPath(chain[k]))
+			}
+			b.FileName, b.Parent = baseFile, nil
+		}
+	})
+	return res
+}
+
+// SparseCopy copies the data extents of src over dst (size bytes): for
+// tests that keep a disk's content as of a capture.
+func SparseCopy(src, dst string, size int64) error { return sparseCopy(src, dst, size) }
+
+// sparseCopy copies the data extents of src over dst (size bytes).
 func sparseCopy(src, dst string, size int64) error {
-	out, err := os.Create(dst)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
@@ -399,21 +464,28 @@ func (o *cbtObject) QueryChangedDiskAreas(ctx *simulator.Context, req *types.Que
 		f, err := os.Open(h.LocalPath(b.FileName))
 		if err == nil {
 			buf := make([]byte, block)
-			for bn := int64(0); bn*block < disk.CapacityInBytes; bn++ {
+			runs := 0
+			for bn := req.StartOffset / block; bn*block < disk.CapacityInBytes; bn++ {
 				data, err := unix.Seek(int(f.Fd()), bn*block, unix.SEEK_DATA)
 				if err != nil {
 					break
 				}
-				if data > bn*block {
+				if data >= (bn+1)*block {
 					bn = data/block - 1
 					continue
 				}
 				n, _ := f.ReadAt(buf, bn*block)
 				for _, c := range buf[:n] {
 					if c != 0 {
+						if len(blocks) == 0 || blocks[len(blocks)-1] != bn-1 {
+							runs++
+						}
 						blocks = append(blocks, bn)
 						break
 					}
+				}
+				if runs > h.MaxAreas {
+					break // enough for one (partial) answer
 				}
 			}
 			f.Close()
