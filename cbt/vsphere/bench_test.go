@@ -3,6 +3,7 @@ package vsphere_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 // then the incremental. Reports both durations and their ratio
 // (target: incremental ≤ 5% of full). Run by scripts/bench-vsphere.sh.
 func BenchmarkIncrementalDirect(b *testing.B) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	img := os.Getenv("VMVAULT_BENCH_IMAGE")
 	if img == "" {
 		b.Skip("VMVAULT_BENCH_IMAGE not set (scripts/bench-vsphere.sh sets it)")
@@ -67,7 +69,7 @@ func BenchmarkIncrementalDirect(b *testing.B) {
 		}
 		capture := func() (time.Duration, vsphere.Result) {
 			start := time.Now()
-			res, err := vsphere.CaptureVM(ctx, vmo, vsphere.Options{Repo: r, Transport: &vsphere.Direct{Map: map[string]string{"LocalDS_0": h.DatastoreDir}}, EnableCBT: true})
+			res, err := vsphere.CaptureVM(ctx, vmo, vsphere.Options{Repo: r, Transport: &vsphere.Direct{Map: map[string]string{"LocalDS_0": h.DatastoreDir}}, EnableCBT: true, Log: quiet})
 			if err != nil {
 				b.Fatal(err)
 			}
