@@ -6,15 +6,21 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/soap"
+
+	"github.com/vmvault/vmvault/nbd"
 )
 
 // Transport reads a snapshot's disk.
@@ -202,3 +208,106 @@ func finish(n, asked int) (int, error) {
 }
 
 func (h *httpDisk) Close() error { return nil }
+
+// NBD reads each snapshot disk from an NBD server that a data mover
+// command starts for it — typically nbdkit's vddk plugin with the user's
+// own VDDK:
+//
+//	nbdkit -U {socket} --exit-with-parent vddk libdir=/opt/vmware-vix-disklib-distrib \
+//	    server=vcenter.example.com user=backup@vsphere.local password=+/etc/vmvault/vc-password \
+//	    thumbprint=AA:BB:… vm=moref={vm} snapshot={snapshot} file={file} transports=nbdssl:nbd
+//
+// Command is run with sh -c after substituting, shell-quoted, {socket} (a
+// unix socket path the server must listen on), {vm} and {snapshot}
+// (MoRefs), {file} ("[datastore] dir/disk.vmdk"), {datastore}, {path}
+// (dir/disk.vmdk) and {flat} (dir/disk-flat.vmdk). The export name is
+// Export ("" by default). The server is stopped when the disk is closed.
+type NBD struct {
+	Command string
+	Export  string
+	Dir     string // where sockets go (default os.TempDir())
+	Count   *Counter
+}
+
+// Name implements Transport.
+func (t *NBD) Name() string { return "nbd" }
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// Open implements Transport.
+func (t *NBD) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader, error) {
+	ds, rel, err := splitDatastorePath(d.File)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(t.Dir, "vmvault-nbd-")
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "nbd.sock")
+	cmdline := strings.NewReplacer(
+		"{socket}", shellQuote(sock), "{vm}", shellQuote(s.VM.Reference().Value),
+		"{snapshot}", shellQuote(s.Ref.Value), "{file}", shellQuote(d.File),
+		"{datastore}", shellQuote(ds), "{path}", shellQuote(rel), "{flat}", shellQuote(flatName(rel)),
+	).Replace(t.Command)
+	cmd := exec.Command("sh", "-c", "exec "+cmdline)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start NBD server for disk %s: %w", d.Name, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		os.RemoveAll(dir)
+	}
+	uri := "nbd+unix:///" + url.PathEscape(t.Export) + "?socket=" + url.QueryEscape(sock)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := nbd.Dial(ctx, uri)
+		if err == nil {
+			if c.Size() < d.Capacity {
+				c.Close()
+				stop()
+				return nil, fmt.Errorf("NBD export for disk %s has %d bytes, the disk %d", d.Name, c.Size(), d.Capacity)
+			}
+			if t.Count == nil {
+				t.Count = &Counter{}
+			}
+			return counted{&nbdDisk{c: c, stop: stop}, t.Count}, nil
+		}
+		select {
+		case werr := <-exited:
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("NBD server for disk %s exited: %v", d.Name, werr)
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("NBD server for disk %s: %w", d.Name, err)
+		}
+	}
+}
+
+type nbdDisk struct {
+	c    *nbd.Client
+	stop func()
+}
+
+func (n *nbdDisk) ReadAt(p []byte, off int64) (int, error) { return n.c.ReadAt(p, off) }
+
+func (n *nbdDisk) Close() error {
+	err := n.c.Close()
+	n.stop()
+	return err
+}

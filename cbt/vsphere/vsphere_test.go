@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -176,8 +177,16 @@ func (e *env) snapshots(vmName string) []string {
 // transport), each restore point identical to its snapshot's frozen file,
 // partial QueryChangedDiskAreas answers looped, snapshots removed.
 func TestFullThenIncremental(t *testing.T) {
-	for _, transport := range []string{"https", "direct"} {
+	for _, transport := range []string{"https", "direct", "nbd"} {
 		t.Run(transport, func(t *testing.T) {
+			if transport == "nbd" {
+				if _, err := exec.LookPath("qemu-nbd"); err != nil {
+					if os.Getenv("CI") != "" {
+						t.Fatal("qemu-nbd is required in CI")
+					}
+					t.Skip("skipping: qemu-nbd not installed (apt-get install qemu-utils)")
+				}
+			}
 			e := newEnv(t, 1)
 			vm := e.h.VMNames()[0]
 			e.write(vm, 0, 3<<20, 1)
@@ -185,8 +194,13 @@ func TestFullThenIncremental(t *testing.T) {
 			e.write(vm, 9<<30, 640<<10, 3)
 			newTransport := func() (vsphere.Transport, *vsphere.Counter) {
 				c := &vsphere.Counter{}
-				if transport == "https" {
+				switch transport {
+				case "https":
 					return &vsphere.HTTPS{Client: e.c.Client, Count: c}, c
+				case "nbd":
+					// qemu-nbd stands in for nbdkit's vddk plugin
+					cmd := "qemu-nbd -r -f raw -k {socket} " + e.h.DatastoreDir + "/{flat}"
+					return &vsphere.NBD{Command: cmd, Count: c}, c
 				}
 				return &vsphere.Direct{Map: map[string]string{"LocalDS_0": e.h.DatastoreDir}, Count: c}, c
 			}

@@ -27,6 +27,8 @@ type vsphereOptions struct {
 	thumbprint string
 	transport  string
 	dsMap      []string
+	nbdCommand string
+	nbdExport  string
 	enableCBT  bool
 	quiesce    bool
 	full       bool
@@ -73,6 +75,15 @@ Transports (--transport):
   direct  read the snapshot's frozen base file from a datastore mounted on
           this host (NFS): --datastore-map DATASTORE=DIR (repeatable)
   https   datastore /folder HTTP range reads (powered-off VMs)
+  nbd     read each disk from an NBD server that --nbd-command starts for it,
+          typically nbdkit's vddk plugin with your VDDK. Placeholders, shell-
+          quoted: {socket} (listen here), {vm}, {snapshot} (MoRefs), {file}
+          ("[ds] dir/disk.vmdk"), {datastore}, {path}, {flat}. For example:
+            --nbd-command 'nbdkit -U {socket} --exit-with-parent vddk
+              libdir=/opt/vmware-vix-disklib-distrib server=vcenter.example.com
+              user=backup@vsphere.local password=+/etc/vmvault/vc-password
+              thumbprint=AA:BB:... vm=moref={vm} snapshot={snapshot}
+              file={file} transports=nbdssl:nbd'
 
 ` + vsphereAuthHelp,
 		Example: `  export VMVAULT_VSPHERE_USER=backup@vsphere.local VMVAULT_VSPHERE_PASSWORD=...
@@ -84,8 +95,10 @@ Transports (--transport):
 	}
 	o.addConnectFlags(cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.transport, "transport", "direct", "how disks are read: direct or https")
+	f.StringVar(&o.transport, "transport", "direct", "how disks are read: direct, https or nbd")
 	f.StringArrayVar(&o.dsMap, "datastore-map", nil, "DATASTORE=DIR: where a datastore is mounted on this host (direct transport)")
+	f.StringVar(&o.nbdCommand, "nbd-command", "", "command that serves one snapshot disk over NBD on {socket} (nbd transport; see --help)")
+	f.StringVar(&o.nbdExport, "nbd-export", "", "export name the --nbd-command server uses")
 	f.BoolVar(&o.enableCBT, "enable-cbt", false, "turn Changed Block Tracking on where it is off")
 	f.BoolVar(&o.quiesce, "quiesce", false, "quiesce the guest file systems (VMware Tools) for the snapshot")
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore points: read every allocated area")
@@ -195,8 +208,13 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 		transport = func(*govmomi.Client) vsphere.Transport { return &vsphere.Direct{Map: m} }
 	case "https":
 		transport = func(c *govmomi.Client) vsphere.Transport { return &vsphere.HTTPS{Client: c.Client} }
+	case "nbd":
+		if o.nbdCommand == "" || !strings.Contains(o.nbdCommand, "{socket}") {
+			return cli.Usagef("--transport nbd needs --nbd-command with a {socket} placeholder")
+		}
+		transport = func(*govmomi.Client) vsphere.Transport { return &vsphere.NBD{Command: o.nbdCommand, Export: o.nbdExport} }
 	default:
-		return cli.Usagef("--transport must be direct or https (nbd and hotadd are not available yet)")
+		return cli.Usagef("--transport must be direct, https or nbd (hotadd is not available yet)")
 	}
 	if o.parallel < 1 {
 		return cli.Usagef("--parallel must be at least 1")
