@@ -212,7 +212,9 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 		if o.nbdCommand == "" || !strings.Contains(o.nbdCommand, "{socket}") {
 			return cli.Usagef("--transport nbd needs --nbd-command with a {socket} placeholder")
 		}
-		transport = func(*govmomi.Client) vsphere.Transport { return &vsphere.NBD{Command: o.nbdCommand, Export: o.nbdExport} }
+		transport = func(*govmomi.Client) vsphere.Transport {
+			return &vsphere.NBD{Command: o.nbdCommand, Export: o.nbdExport}
+		}
 	default:
 		return cli.Usagef("--transport must be direct, https or nbd (hotadd is not available yet)")
 	}
