@@ -393,6 +393,11 @@ func Cleanup(ctx context.Context, c *vim25.Client, vms []*object.VirtualMachine,
 	return removed, errs
 }
 
+// AllVMs lists every VM of the inventory.
+func AllVMs(ctx context.Context, c *vim25.Client) ([]*object.VirtualMachine, error) {
+	return viewVMs(ctx, c)
+}
+
 // viewVMs lists every VM of the inventory through a container view.
 func viewVMs(ctx context.Context, c *vim25.Client) ([]*object.VirtualMachine, error) {
 	v, err := view.NewManager(c).CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine"}, true)

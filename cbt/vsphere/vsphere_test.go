@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -448,5 +449,77 @@ func TestTwoDisksTwoVMs(t *testing.T) {
 	}
 	for i, n := range names {
 		e.equalsFile(results[i].RestorePoint, "scsi0-0", e.frozen(n, 204))
+	}
+}
+
+func TestFindDevice(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "sdb")
+	os.WriteFile(target, nil, 0o600)
+	for _, n := range []string{"wwn-0x6000c29a1b2c3d4e5f60718293a4b5c6", "scsi-36000c29fffffffffffffffffffffffff", "ata-QEMU_HARDDISK_QM00001"} {
+		os.Symlink("sdb", filepath.Join(dir, n))
+	}
+	cases := []struct {
+		uuid    string
+		want    string
+		wantErr bool
+	}{
+		{"6000C29a-1b2c-3d4e-5f60-718293a4b5c6", target, false},
+		{"60 00 C2 9f ff ff ff ff-ff ff ff ff ff ff ff ff", target, false}, // the scsi-3 form
+		{"6000C29a-0000-0000-0000-000000000000", "", true},
+		{"not-a-uuid", "", true},
+	}
+	for _, c := range cases {
+		got, err := vsphere.FindDevice(dir, c.uuid)
+		if (err != nil) != c.wantErr || got != c.want {
+			t.Errorf("FindDevice(%q) = %q, %v", c.uuid, got, err)
+		}
+	}
+}
+
+// TestHotAdd captures a VM through the hotadd transport: the snapshot's
+// disk is attached to the proxy VM, found by uuid in a test by-id
+// directory (where a symlink plays udev), read, and detached — also when
+// the read fails.
+func TestHotAdd(t *testing.T) {
+	e := newEnv(t, 2)
+	names := e.h.VMNames()
+	vm, proxyName := names[0], names[1]
+	e.write(vm, 0, 2<<20, 1)
+	var uuid string
+	for _, d := range e.h.VM(vm).Config.Hardware.Device {
+		if vd, ok := d.(*types.VirtualDisk); ok {
+			uuid = vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo).Uuid
+		}
+	}
+	byID := t.TempDir()
+	hex := strings.ToLower(strings.ReplaceAll(uuid, "-", ""))
+	if err := os.Symlink(e.frozen(vm, 204), filepath.Join(byID, "wwn-0x"+hex)); err != nil {
+		t.Fatal(err)
+	}
+	proxy := e.vm(proxyName)
+	disks := func() int {
+		devs, err := proxy.Device(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(devs.SelectByType((*types.VirtualDisk)(nil)))
+	}
+	before := disks()
+	ha := &vsphere.HotAdd{Proxy: proxy, DevDir: byID, Wait: 2e9}
+	r, err := e.capture(vm, ha, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.equalsFile(r.RestorePoint, "scsi0-0", e.frozen(vm, 204))
+	if n := disks(); n != before {
+		t.Errorf("proxy VM has %d disks after the capture, %d before", n, before)
+	}
+	e.write(vm, 4<<20, 1<<20, 2)
+	if _, err := e.capture(vm, &failing{Transport: ha, limit: 64 << 10}, nil); err == nil {
+		t.Fatal("capture with a failing read succeeded")
+	}
+	if n := disks(); n != before {
+		t.Errorf("proxy VM has %d disks after a failed capture, %d before", n, before)
 	}
 }

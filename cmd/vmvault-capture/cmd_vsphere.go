@@ -29,6 +29,8 @@ type vsphereOptions struct {
 	dsMap      []string
 	nbdCommand string
 	nbdExport  string
+	proxyVM    string
+	devDir     string
 	enableCBT  bool
 	quiesce    bool
 	full       bool
@@ -84,6 +86,10 @@ Transports (--transport):
               user=backup@vsphere.local password=+/etc/vmvault/vc-password
               thumbprint=AA:BB:... vm=moref={vm} snapshot={snapshot}
               file={file} transports=nbdssl:nbd'
+  hotadd  attach each snapshot disk read-only to the proxy VM this runs in
+          (--proxy-vm, or found by this machine's BIOS uuid), read it as a
+          local block device found by disk uuid in /dev/disk/by-id (the proxy
+          needs disk.EnableUUID=TRUE), and detach it again
 
 ` + vsphereAuthHelp,
 		Example: `  export VMVAULT_VSPHERE_USER=backup@vsphere.local VMVAULT_VSPHERE_PASSWORD=...
@@ -99,6 +105,9 @@ Transports (--transport):
 	f.StringArrayVar(&o.dsMap, "datastore-map", nil, "DATASTORE=DIR: where a datastore is mounted on this host (direct transport)")
 	f.StringVar(&o.nbdCommand, "nbd-command", "", "command that serves one snapshot disk over NBD on {socket} (nbd transport; see --help)")
 	f.StringVar(&o.nbdExport, "nbd-export", "", "export name the --nbd-command server uses")
+	f.StringVar(&o.proxyVM, "proxy-vm", "", "the VM this runs in (hotadd transport; default: found by this machine's BIOS uuid)")
+	f.StringVar(&o.devDir, "dev-dir", "/dev/disk/by-id", "where hot-added disks appear by id (hotadd transport)")
+	_ = f.MarkHidden("dev-dir")
 	f.BoolVar(&o.enableCBT, "enable-cbt", false, "turn Changed Block Tracking on where it is off")
 	f.BoolVar(&o.quiesce, "quiesce", false, "quiesce the guest file systems (VMware Tools) for the snapshot")
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore points: read every allocated area")
@@ -189,6 +198,23 @@ func (o *vsphereOptions) connect(ctx context.Context) (*govmomi.Client, error) {
 		Insecure: o.insecure, CAFile: o.caFile, Thumbprint: o.thumbprint})
 }
 
+// findProxy names the VM this program runs in: --proxy-vm, or the VM whose
+// BIOS uuid is this machine's.
+func (o *vsphereOptions) findProxy(ctx context.Context, c *govmomi.Client) (*object.VirtualMachine, error) {
+	if o.proxyVM != "" {
+		return vsphere.FindVM(ctx, c.Client, o.proxyVM)
+	}
+	b, err := os.ReadFile("/sys/class/dmi/id/product_uuid")
+	if err != nil {
+		return nil, fmt.Errorf("hotadd: cannot read this machine's BIOS uuid (%v): name the proxy VM with --proxy-vm", err)
+	}
+	vms, err := vsphere.AllVMs(ctx, c.Client)
+	if err != nil {
+		return nil, err
+	}
+	return vsphere.ProxyByBIOSUUID(ctx, vms, strings.TrimSpace(string(b)))
+}
+
 func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []string) error {
 	ctx := cmd.Context()
 	var transport func(c *govmomi.Client) vsphere.Transport
@@ -215,8 +241,10 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 		transport = func(*govmomi.Client) vsphere.Transport {
 			return &vsphere.NBD{Command: o.nbdCommand, Export: o.nbdExport}
 		}
+	case "hotadd":
+		transport = nil // needs the connection: set up below
 	default:
-		return cli.Usagef("--transport must be direct, https or nbd (hotadd is not available yet)")
+		return cli.Usagef("--transport must be direct, https, nbd or hotadd")
 	}
 	if o.parallel < 1 {
 		return cli.Usagef("--parallel must be at least 1")
@@ -231,6 +259,13 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 		return err
 	}
 	defer c.Logout(context.WithoutCancel(ctx))
+	if o.transport == "hotadd" {
+		proxy, err := o.findProxy(ctx, c)
+		if err != nil {
+			return err
+		}
+		transport = func(*govmomi.Client) vsphere.Transport { return &vsphere.HotAdd{Proxy: proxy, DevDir: o.devDir} }
+	}
 
 	results := make([]vsphere.Result, len(args))
 	errs := make([]error, len(args))
