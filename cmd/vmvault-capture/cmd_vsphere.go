@@ -267,6 +267,9 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 		transport = func(*govmomi.Client) vsphere.Transport { return &vsphere.HotAdd{Proxy: proxy, DevDir: o.devDir} }
 	}
 
+	// one progress line for all VMs (bytes to read across their disks)
+	progress := &repo.Progress{}
+	stopProgress := cli.ShowProgress(fmt.Sprintf("capture %d VM(s)", len(args)), progress, g.Quiet || o.json)
 	results := make([]vsphere.Result, len(args))
 	errs := make([]error, len(args))
 	sem := make(chan struct{}, o.parallel)
@@ -284,11 +287,12 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			}
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
-				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9),
+				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
 			})
 		}()
 	}
 	wg.Wait()
+	stopProgress()
 	w := cmd.OutOrStdout()
 	for _, res := range results {
 		if o.json {
