@@ -359,17 +359,24 @@ func (c *Client) readLoop() {
 	}
 }
 
-func (c *Client) take(h uint64, last bool) (*call, error) {
+// take finds the call a reply is for. It stays pending until complete, so
+// that a connection failure while its payload is read still ends it.
+func (c *Client) take(h uint64) (*call, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cl, ok := c.pending[h]
 	if !ok {
 		return nil, fmt.Errorf("reply for unknown handle %d", h)
 	}
-	if last {
-		delete(c.pending, h)
-	}
 	return cl, nil
+}
+
+// complete ends a call whose reply has been fully read.
+func (c *Client) complete(h uint64, cl *call) {
+	c.mu.Lock()
+	delete(c.pending, h)
+	c.mu.Unlock()
+	close(cl.done)
 }
 
 func (c *Client) simpleReply(br *bufio.Reader) error {
@@ -378,7 +385,8 @@ func (c *Client) simpleReply(br *bufio.Reader) error {
 		return err
 	}
 	code := binary.BigEndian.Uint32(h[0:])
-	cl, err := c.take(binary.BigEndian.Uint64(h[4:]), true)
+	handle := binary.BigEndian.Uint64(h[4:])
+	cl, err := c.take(handle)
 	if err != nil {
 		return err
 	}
@@ -390,7 +398,7 @@ func (c *Client) simpleReply(br *bufio.Reader) error {
 	if code != 0 {
 		cl.err = syscall.Errno(code)
 	}
-	close(cl.done)
+	c.complete(handle, cl)
 	return nil
 }
 
@@ -402,7 +410,7 @@ func (c *Client) structuredReply(br *bufio.Reader) error {
 	be := binary.BigEndian
 	flags, typ, handle, n := be.Uint16(h[0:]), be.Uint16(h[2:]), be.Uint64(h[4:]), be.Uint32(h[12:])
 	last := flags&replyFlagDone != 0
-	cl, err := c.take(handle, last)
+	cl, err := c.take(handle)
 	if err != nil {
 		return err
 	}
@@ -478,7 +486,7 @@ func (c *Client) structuredReply(br *bufio.Reader) error {
 		cl.err = fmt.Errorf("server error %d (%w): %s", code, syscall.Errno(code), msg)
 	}
 	if last {
-		close(cl.done)
+		c.complete(handle, cl)
 	}
 	return nil
 }

@@ -3,7 +3,10 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -155,4 +158,72 @@ func TestClientAgainstQemuNBD(t *testing.T) {
 	if !sawHole {
 		t.Error("the punched hole was not reported")
 	}
+}
+
+// FuzzClient feeds the client arbitrary server bytes (handshake and
+// replies) after a valid greeting prefix: no panic, no hang, no write
+// outside the caller's buffer.
+func FuzzClient(f *testing.F) {
+	greet := []byte("NBDMAGICIHAVEOPT\x00\x03")
+	ack := func(opt uint32) []byte {
+		b := make([]byte, 20)
+		binary.BigEndian.PutUint64(b, magicOptReply)
+		binary.BigEndian.PutUint32(b[8:], opt)
+		binary.BigEndian.PutUint32(b[12:], repAck)
+		return b
+	}
+	info := make([]byte, 20+12)
+	binary.BigEndian.PutUint64(info, magicOptReply)
+	binary.BigEndian.PutUint32(info[8:], optGo)
+	binary.BigEndian.PutUint32(info[12:], repInfo)
+	binary.BigEndian.PutUint32(info[16:], 12)
+	binary.BigEndian.PutUint16(info[20:], infoExport)
+	binary.BigEndian.PutUint64(info[22:], 1<<20)
+	var seed []byte
+	seed = append(seed, ack(optStructured)...)
+	seed = append(seed, ack(optSetMetaCtx)...)
+	seed = append(seed, info...)
+	seed = append(seed, ack(optGo)...)
+	chunk := make([]byte, 20+8+16)
+	binary.BigEndian.PutUint32(chunk, magicStructReply)
+	binary.BigEndian.PutUint16(chunk[4:], replyFlagDone)
+	binary.BigEndian.PutUint16(chunk[6:], replyOffsetData)
+	binary.BigEndian.PutUint64(chunk[8:], 1)
+	binary.BigEndian.PutUint32(chunk[16:], 24)
+	f.Add(seed, chunk)
+	f.Fuzz(func(t *testing.T, handshake, replies []byte) {
+		cs, ss := net.Pipe()
+		go func() {
+			ss.Write(append(bytes.Clone(greet), handshake...))
+			io.Copy(io.Discard, io.LimitReader(ss, 0))
+		}()
+		go func() {
+			// drain what the client sends, then answer with the replies
+			buf := make([]byte, 4096)
+			ss.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			for {
+				if _, err := ss.Read(buf); err != nil {
+					break
+				}
+			}
+			ss.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+			ss.Write(replies)
+			ss.Close()
+		}()
+		cs.SetDeadline(time.Now().Add(2 * time.Second))
+		c, err := newClient(cs, "")
+		if err != nil {
+			cs.Close()
+			return
+		}
+		p := make([]byte, 64)
+		guard := bytes.Repeat([]byte{0xaa}, 64)
+		big := append(p, guard...)
+		c.ReadAt(big[:64], 0)
+		if !bytes.Equal(big[64:], guard) {
+			t.Fatal("client wrote past the caller's buffer")
+		}
+		c.conn.Close()
+		<-c.done
+	})
 }
