@@ -259,33 +259,36 @@ func (o *cbtObject) vm(ctx *simulator.Context, ref types.ManagedObjectReference)
 	return vm
 }
 
-// CreateSnapshotTask stamps changeIds, delegates, then moves the VM onto
-// delta files.
-func (o *cbtObject) CreateSnapshotTask(ctx *simulator.Context, req *types.CreateSnapshot_Task) soap.HasFault {
-	vm := o.vm(ctx, req.This)
+// snapshot stamps changeIds, runs create (the real vcsim method) under the
+// VM lock, then moves the VM onto delta files once the task is done.
+func (o *cbtObject) snapshot(ctx *simulator.Context, vmRef types.ManagedObjectReference, create func(*simulator.VirtualMachine) (soap.HasFault, func() types.ManagedObjectReference)) soap.HasFault {
+	vm := o.vm(ctx, vmRef)
 	var res soap.HasFault
+	var task func() types.ManagedObjectReference
 	ctx.WithLock(vm, func() {
 		o.stamp(vm)
-		res = vm.CreateSnapshotTask(ctx, req)
+		res, task = create(vm)
 	})
 	if res.Fault() == nil {
-		o.afterSnapshot(ctx, vm, res.(*methods.CreateSnapshot_TaskBody).Res.Returnval)
+		o.afterSnapshot(ctx, vm, task())
 	}
 	return res
 }
 
-// CreateSnapshotExTask is CreateSnapshotTask for the Ex call.
-func (o *cbtObject) CreateSnapshotExTask(ctx *simulator.Context, req *types.CreateSnapshotEx_Task) soap.HasFault {
-	vm := o.vm(ctx, req.This)
-	var res soap.HasFault
-	ctx.WithLock(vm, func() {
-		o.stamp(vm)
-		res = vm.CreateSnapshotExTask(ctx, req)
+// CreateSnapshotTask is the hooked CreateSnapshot_Task.
+func (o *cbtObject) CreateSnapshotTask(ctx *simulator.Context, req *types.CreateSnapshot_Task) soap.HasFault {
+	return o.snapshot(ctx, req.This, func(vm *simulator.VirtualMachine) (soap.HasFault, func() types.ManagedObjectReference) {
+		res := vm.CreateSnapshotTask(ctx, req)
+		return res, func() types.ManagedObjectReference { return res.(*methods.CreateSnapshot_TaskBody).Res.Returnval }
 	})
-	if res.Fault() == nil {
-		o.afterSnapshot(ctx, vm, res.(*methods.CreateSnapshotEx_TaskBody).Res.Returnval)
-	}
-	return res
+}
+
+// CreateSnapshotExTask is the hooked CreateSnapshotEx_Task.
+func (o *cbtObject) CreateSnapshotExTask(ctx *simulator.Context, req *types.CreateSnapshotEx_Task) soap.HasFault {
+	return o.snapshot(ctx, req.This, func(vm *simulator.VirtualMachine) (soap.HasFault, func() types.ManagedObjectReference) {
+		res := vm.CreateSnapshotExTask(ctx, req)
+		return res, func() types.ManagedObjectReference { return res.(*methods.CreateSnapshotEx_TaskBody).Res.Returnval }
+	})
 }
 
 func (o *cbtObject) stamp(vm *simulator.VirtualMachine) {
