@@ -128,7 +128,14 @@ func EncodeChunk(dst, raw []byte, compression string) ([]byte, error) {
 // DecodeChunk checks a frame and returns the raw content, appended to dst.
 // It never allocates more than MaxChunkSize for the result. It does not
 // check the content against an ID; callers do (see DecodeChunkID).
-func DecodeChunk(dst, frame []byte) ([]byte, error) {
+func DecodeChunk(dst, frame []byte) ([]byte, error) { return decodeChunk(dst, frame, true) }
+
+// decodeChunk decodes a frame. rawCRC false skips the frame checksum of a
+// raw (uncompressed) payload, for callers that check the decoded bytes
+// against the chunk's content hash anyway: for raw payloads that check
+// covers exactly the same bytes. Compressed payloads are always
+// checksummed before they reach the decoder.
+func decodeChunk(dst, frame []byte, rawCRC bool) ([]byte, error) {
 	if len(frame) < ChunkHeaderSize {
 		return nil, fmt.Errorf("chunk frame of %d bytes: too short: %w", len(frame), ErrCorrupt)
 	}
@@ -146,7 +153,7 @@ func DecodeChunk(dst, frame []byte) ([]byte, error) {
 		return nil, fmt.Errorf("chunk frame: raw length %d too large: %w", rawLen, ErrCorrupt)
 	}
 	payload := frame[ChunkHeaderSize:]
-	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
+	if (rawCRC || frame[5] != payloadRaw) && crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
 		return nil, fmt.Errorf("chunk frame: checksum mismatch: %w", ErrCorrupt)
 	}
 	start := len(dst)
@@ -179,7 +186,7 @@ func DecodeChunk(dst, frame []byte) ([]byte, error) {
 // DecodeChunkID decodes a frame and checks that its content hashes to id.
 func DecodeChunkID(dst, frame []byte, id ID) ([]byte, error) {
 	start := len(dst)
-	out, err := DecodeChunk(dst, frame)
+	out, err := decodeChunk(dst, frame, false)
 	if err != nil {
 		return nil, err
 	}
