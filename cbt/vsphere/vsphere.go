@@ -68,7 +68,8 @@ type ConnectOptions struct {
 func Connect(ctx context.Context, o ConnectOptions) (*govmomi.Client, error) {
 	u, err := soap.ParseURL(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("vSphere URL: %w", err)
+		// url errors quote the whole URL, which may hold a password
+		return nil, errors.New("vSphere URL cannot be parsed (check scheme, host and port)")
 	}
 	if u.User != nil && o.URL != "" && strings.Contains(o.URL, "@") {
 		return nil, errors.New("vSphere URL must not carry credentials (they would end up in shell history and process lists): use VMVAULT_VSPHERE_USER/VMVAULT_VSPHERE_PASSWORD or --credentials-file")
