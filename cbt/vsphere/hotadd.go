@@ -109,9 +109,6 @@ func (t *HotAdd) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader,
 	if err != nil {
 		return nil, errors.Join(err, detach())
 	}
-	if t.Count == nil {
-		t.Count = &Counter{}
-	}
 	return counted{&hotDisk{File: f, detach: detach}, t.Count}, nil
 }
 

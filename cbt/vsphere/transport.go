@@ -53,7 +53,9 @@ func flatName(rel string) string {
 	return strings.TrimSuffix(rel, ".vmdk") + "-flat.vmdk"
 }
 
-// Counter counts the bytes a transport read (for the summary and tests).
+// Counter counts the bytes a transport read (for the summary and tests);
+// a transport without one counts nothing. Transports are used by parallel
+// captures, so they never change after construction.
 type Counter struct{ n atomic.Int64 }
 
 // Bytes returns the count.
@@ -71,7 +73,9 @@ type counted struct {
 
 func (r counted) ReadAt(p []byte, off int64) (int, error) {
 	n, err := r.DiskReader.ReadAt(p, off)
-	r.c.n.Add(int64(n))
+	if r.c != nil {
+		r.c.n.Add(int64(n))
+	}
 	return n, err
 }
 
@@ -100,14 +104,7 @@ func (t *Direct) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader,
 	if err != nil {
 		return nil, fmt.Errorf("disk %s: %w", d.Name, err)
 	}
-	return zeroPad{counted{f, t.counter()}, d.Capacity}, nil
-}
-
-func (t *Direct) counter() *Counter {
-	if t.Count == nil {
-		t.Count = &Counter{}
-	}
-	return t.Count
+	return zeroPad{counted{f, t.Count}, d.Capacity}, nil
 }
 
 // zeroPad reads a thin file shorter than the disk as zeros past its end.
@@ -149,9 +146,6 @@ func (t *HTTPS) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader, 
 	ds, err := f.Datastore(ctx, dsName)
 	if err != nil {
 		return nil, fmt.Errorf("datastore %s: %w", dsName, err)
-	}
-	if t.Count == nil {
-		t.Count = &Counter{}
 	}
 	return counted{&httpDisk{c: t.Client, ds: ds, rel: flatName(rel), size: d.Capacity}, t.Count}, nil
 }
@@ -277,9 +271,6 @@ func (t *NBD) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader, er
 				c.Close()
 				stop()
 				return nil, fmt.Errorf("NBD export for disk %s has %d bytes, the disk %d", d.Name, c.Size(), d.Capacity)
-			}
-			if t.Count == nil {
-				t.Count = &Counter{}
 			}
 			return counted{&nbdDisk{c: c, stop: stop}, t.Count}, nil
 		}
