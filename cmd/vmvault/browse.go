@@ -77,6 +77,30 @@ func (l *location) prefix() string {
 	return s
 }
 
+// resolve finds the inode the location's path names (following a final
+// symlink when follow is set); errors name the location.
+func (l *location) resolve(ctx context.Context, follow bool) (fs.Ino, error) {
+	ino, err := fs.Resolve(ctx, l.fsys, l.path, follow)
+	if err != nil {
+		return 0, fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+	}
+	return ino, nil
+}
+
+// stat resolves the location's path without following a final symlink
+// and stats it.
+func (l *location) stat(ctx context.Context) (fs.Stat, error) {
+	ino, err := l.resolve(ctx, false)
+	if err != nil {
+		return fs.Stat{}, err
+	}
+	st, err := l.fsys.Stat(ctx, ino)
+	if err != nil {
+		return fs.Stat{}, fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+	}
+	return st, nil
+}
+
 func (b *browser) repository(ctx context.Context) (*repo.Repository, []*repo.RestorePoint, error) {
 	if b.r != nil {
 		return b.r, b.rps, nil

@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
-	"github.com/vmvault/vmvault/fs"
 )
 
 func newCatCommand(g *cli.Global) *cobra.Command {
@@ -38,9 +37,9 @@ point, disk and offset.
 				if err != nil {
 					return err
 				}
-				ino, err := fs.Resolve(ctx, l.fsys, l.path, true)
+				ino, err := l.resolve(ctx, true)
 				if err != nil {
-					return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+					return err
 				}
 				f, err := l.fsys.Open(ctx, ino)
 				if err != nil {

@@ -102,20 +102,16 @@ func runCp(cmd *cobra.Command, b *browser, srcs []string, dest string, o cpOptio
 		if err != nil {
 			return err
 		}
-		ino, err := fs.Resolve(ctx, l.fsys, l.path, false)
+		st, err := l.stat(ctx)
 		if err != nil {
-			return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
-		}
-		st, err := l.fsys.Stat(ctx, ino)
-		if err != nil {
-			return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+			return err
 		}
 		name := path.Base(l.path)
 		if l.path == "/" {
 			name = l.part.Name
 		}
-		jobs = append(jobs, job{l, ino, name, st})
-		total += treeSize(ctx, l.fsys, ino, st, b.all)
+		jobs = append(jobs, job{l, st.Ino, name, st})
+		total += treeSize(ctx, l.fsys, st.Ino, st, b.all)
 	}
 	rootDir, target := dest, ""
 	if !into {

@@ -127,9 +127,9 @@ func runFind(ctx context.Context, b *browser, out, errOut io.Writer, args []stri
 	}
 	var errs []error
 	for _, l := range targets {
-		ino, err := fs.Resolve(ctx, l.fsys, l.path, false)
+		ino, err := l.resolve(ctx, false)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s%s: %w", l.prefix(), l.path, err))
+			errs = append(errs, err)
 			continue
 		}
 		err = walk(ctx, l.fsys, ino, l.path, b.all, map[fs.Ino]bool{}, func(p, name string, st fs.Stat) error {

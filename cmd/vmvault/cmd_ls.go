@@ -74,14 +74,11 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 	if l.part == nil {
 		return printPartitions(w, l, o.json)
 	}
-	ino, err := fs.Resolve(ctx, l.fsys, l.path, false)
+	st, err := l.stat(ctx)
 	if err != nil {
-		return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+		return err
 	}
-	st, err := l.fsys.Stat(ctx, ino)
-	if err != nil {
-		return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
-	}
+	ino := st.Ino
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	print := func(e entry, name string) error {

@@ -38,9 +38,9 @@ column is 0. Feed it to mactime to get a timeline:
 			if err != nil {
 				return err
 			}
-			ino, err := fs.Resolve(ctx, l.fsys, l.path, false)
+			ino, err := l.resolve(ctx, false)
 			if err != nil {
-				return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+				return err
 			}
 			w := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
 			defer w.Flush()
