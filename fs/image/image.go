@@ -69,11 +69,21 @@ type Disk struct {
 	Table      string // "gpt", "mbr" or "none"
 	ID         string // GPT disk GUID or MBR disk signature
 	Partitions []Partition
+
+	// opened holds the outcome of opening each partition's filesystem
+	// during Open (for its label), so OpenFS does not parse it again.
+	// Written only by Open.
+	opened map[string]openResult
+}
+
+type openResult struct {
+	fsys fs.FileSystem
+	err  error
 }
 
 // Open reads the partition table of a disk of the given size.
 func Open(r io.ReaderAt, size int64) (*Disk, error) {
-	d := &Disk{r: r, size: size}
+	d := &Disk{r: r, size: size, opened: map[string]openResult{}}
 	if size < sector {
 		return nil, fmt.Errorf("disk image of %d bytes is too small", size)
 	}
@@ -97,11 +107,13 @@ func Open(r io.ReaderAt, size int64) (*Disk, error) {
 		if p.Extended {
 			continue
 		}
-		sr := io.NewSectionReader(r, p.Start, p.Size)
+		sr := d.Reader(*p)
 		p.Filesystem = Probe(sr, p.Size)
-		if fsys, err := openFS(sr, p.Size, p.Filesystem); err == nil {
+		fsys, err := openFS(sr, p.Size, p.Filesystem)
+		if err == nil {
 			p.Label, p.UUID = fsys.Label(), fsys.UUID()
 		}
+		d.opened[p.Name] = openResult{fsys, err}
 	}
 	return d, nil
 }
@@ -128,16 +140,20 @@ func (d *Disk) Reader(p Partition) *io.SectionReader {
 	return io.NewSectionReader(d.r, p.Start, p.Size)
 }
 
-// OpenFS opens the filesystem in a partition.
+// OpenFS returns the filesystem in one of d.Partitions (opened once, by
+// Open; the value is shared and safe for concurrent use).
 func (d *Disk) OpenFS(p Partition) (fs.FileSystem, error) {
 	if p.Extended {
 		return nil, fmt.Errorf("%s is an extended partition (a container for logical partitions p5 and up)", p.Name)
 	}
-	fsys, err := openFS(d.Reader(p), p.Size, p.Filesystem)
-	if err != nil {
-		return nil, fmt.Errorf("open filesystem on %s: %w", p.Name, err)
+	res, ok := d.opened[p.Name]
+	if !ok {
+		res.fsys, res.err = openFS(d.Reader(p), p.Size, p.Filesystem)
 	}
-	return fsys, nil
+	if res.err != nil {
+		return nil, fmt.Errorf("open filesystem on %s: %w", p.Name, res.err)
+	}
+	return res.fsys, nil
 }
 
 // OpenFS opens the filesystem occupying r[0:size].
