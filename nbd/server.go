@@ -38,6 +38,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/vmvault/vmvault/repo/bufpool"
 )
 
 // Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
@@ -186,34 +188,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// bufPool recycles payload buffers in power-of-two size classes.
-var bufPool [27]sync.Pool // 1 B .. 64 MiB
-
-func getBuf(n int) []byte {
-	if n == 0 {
-		return nil
-	}
-	c := 0
-	for 1<<c < n {
-		c++
-	}
-	if b, ok := bufPool[c].Get().(*[]byte); ok {
-		return (*b)[:n]
-	}
-	return make([]byte, n, 1<<c)
-}
-
-func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b)&(cap(b)-1) != 0 {
-		return
-	}
-	c := 0
-	for 1<<c < cap(b) {
-		c++
-	}
-	b = b[:cap(b)]
-	bufPool[c].Put(&b)
-}
+// payloads recycles request and reply payload buffers. It outlives
+// garbage collections (see bufpool), which run often when the chunk cache
+// fills the heap up to the memory limit.
+var payloads = bufpool.New(4 << 20)
 
 // stats are one connection's counters, logged when it ends.
 type stats struct {

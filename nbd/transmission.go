@@ -174,10 +174,10 @@ func (c *conn) transmit() error {
 				if err := c.acquire(int64(r.length)); err != nil {
 					return err
 				}
-				payload = getBuf(int(r.length))
+				payload = payloads.Get(int(r.length))
 				if _, err := io.ReadFull(c.br, payload); err != nil {
 					c.release(int64(r.length))
-					putBuf(payload)
+					payloads.Put(payload)
 					return err
 				}
 			}
@@ -220,7 +220,7 @@ func (c *conn) handle(r request, payload []byte) {
 	case cmdWrite:
 		err = dev.(WritableDevice).WriteAt(ctx, payload, off)
 		c.release(n)
-		putBuf(payload)
+		payloads.Put(payload)
 		if err == nil {
 			c.st.bytesWrote.Add(n)
 		}
@@ -353,8 +353,8 @@ func (c *conn) handleRead(r request) {
 		}
 		return
 	}
-	buf := getBuf(int(n))
-	defer putBuf(buf)
+	buf := payloads.Get(int(n))
+	defer payloads.Put(buf)
 	var exts []Extent
 	var err error
 	if c.structured && r.flags&cmdFlagDF == 0 {

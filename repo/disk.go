@@ -93,23 +93,23 @@ func (d *Disk) chunkErr(i int, err error) error {
 	return &ChunkError{RestorePoint: d.rp.ID.Short(), Disk: d.name, Offset: int64(i) * d.idx.ChunkSize, Chunk: d.idx.IDs[i], Err: err}
 }
 
-// chunk returns chunk i's content through the cache (nil for a zero chunk).
-func (d *Disk) chunk(ctx context.Context, i int) ([]byte, error) {
+// chunk returns the cache entry holding chunk i (a data chunk), pinned:
+// the caller must release it with d.r.cache.release once it has copied
+// what it needs.
+func (d *Disk) chunk(ctx context.Context, i int) (*cacheEntry, error) {
 	id := d.idx.IDs[i]
-	if id.IsZero() {
-		return nil, nil
-	}
 	want := d.idx.ChunkLen(i)
-	data, err := d.r.cache.get(ctx, id, func() ([]byte, error) {
-		return d.r.loadChunk(context.WithoutCancel(ctx), id, make([]byte, 0, want))
+	e, err := d.r.cache.acquire(ctx, id, want, func(buf []byte) ([]byte, error) {
+		return d.r.loadChunk(context.WithoutCancel(ctx), id, buf)
 	})
-	if err == nil && int64(len(data)) != want {
-		err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(data), want, format.ErrCorrupt)
+	if err == nil && int64(len(e.data)) != want {
+		d.r.cache.release(e)
+		err = fmt.Errorf("chunk holds %d bytes where the index needs %d: %w", len(e.data), want, format.ErrCorrupt)
 	}
 	if err != nil {
 		return nil, d.chunkErr(i, err)
 	}
-	return data, nil
+	return e, nil
 }
 
 // ReadAt implements io.ReaderAt.
@@ -168,11 +168,12 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 			}
 			return nil
 		}
-		data, err := d.chunk(ctx, sg.i)
+		e, err := d.chunk(ctx, sg.i)
 		if err != nil {
 			return err
 		}
-		copy(dst, data[sg.in:])
+		copy(dst, e.data[sg.in:])
+		d.r.cache.release(e)
 		return nil
 	}
 	if len(segs) == 1 {
@@ -209,9 +210,14 @@ func (d *Disk) Prefetch(ctx context.Context, off, length int64) error {
 	}
 	cs := d.idx.ChunkSize
 	for i := off / cs; i*cs < off+length; i++ {
-		if _, err := d.chunk(ctx, int(i)); err != nil {
+		if d.idx.IDs[i].IsZero() {
+			continue
+		}
+		e, err := d.chunk(ctx, int(i))
+		if err != nil {
 			return err
 		}
+		d.r.cache.release(e)
 	}
 	return nil
 }
