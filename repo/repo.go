@@ -134,7 +134,7 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 		opts.CacheSize = DefaultCacheSize
 	}
 	host, _ := os.Hostname()
-	bufs := bufpool.New(poolLimit)
+	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, hostname: host, now: time.Now}
 }
 
@@ -151,14 +151,15 @@ func chunkHandle(id format.ID) backend.Handle {
 	return backend.Handle{Type: backend.ChunkFile, Name: id.String()}
 }
 
-// poolLimit bounds the recycled buffers a Repository keeps per size class
-// (a few chunks and frames): loads and evictions pair up, so a few spare
-// buffers catch almost every eviction. More is worse where the heap is held
-// near a memory limit (vmvault serve): what the pool keeps is live heap,
-// and less headroom means more collections — measured on a cold 4 GiB
-// nbdcopy with a 256 MiB cache: 1 MiB per class 255 collections and ~1 GB/s,
-// 4 MiB 1,500 and ~0.65 GB/s, 8 MiB 2,100 and ~0.56 GB/s.
-const poolLimit = 1 << 20
+// poolLimit bounds the recycled buffers a Repository keeps per size class:
+// four chunks' worth, at least 1 MiB. Loads and evictions pair up, so a few
+// spare buffers catch almost every eviction. More is worse where the heap
+// is held near a memory limit (vmvault serve): what the pool keeps is live
+// heap, and less headroom means more collections — measured on a cold
+// 4 GiB nbdcopy, 256 KiB chunks, 256 MiB cache: 1 MiB per class 255
+// collections and ~1 GB/s, 4 MiB 1,500 and ~0.65 GB/s, 8 MiB 2,100 and
+// ~0.56 GB/s.
+func poolLimit(chunkSize int64) int64 { return max(1<<20, 4*chunkSize) }
 
 // loadChunk loads, decodes and checks one chunk, bypassing the cache.
 func (r *Repository) loadChunk(ctx context.Context, id format.ID, dst []byte) ([]byte, error) {

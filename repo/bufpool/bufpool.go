@@ -6,8 +6,9 @@
 // milliseconds, and a sync.Pool emptied by every collection turns each
 // chunk load into a fresh allocation, which triggers the next collection.
 //
-// Invariants: a class holds at most max(1, limit/classSize) buffers, so a
-// Pool never retains more than about limit bytes per class; Get(n) returns
+// Invariants: a class holds at most limit/classSize buffers, so a Pool
+// never retains more than limit bytes per class (buffers larger than the
+// limit are never kept); Get(n) returns
 // a buffer of length n and capacity ≥ n; a buffer handed to Put must not be
 // used by the caller afterwards.
 package bufpool
@@ -68,7 +69,7 @@ func (p *Pool) Put(b []byte) {
 	}
 	cl := &p.class[c]
 	cl.mu.Lock()
-	if int64(len(cl.bufs)+1)<<c <= p.limit || len(cl.bufs) == 0 {
+	if int64(len(cl.bufs)+1)<<c <= p.limit {
 		cl.bufs = append(cl.bufs, b[:0])
 	}
 	cl.mu.Unlock()

@@ -50,9 +50,9 @@ func TestLimit(t *testing.T) {
 	if n := len(p.class[10].bufs); n != 4 {
 		t.Fatalf("class 1 KiB holds %d buffers under a 4 KiB limit, want 4", n)
 	}
-	p.Put(make([]byte, 1<<20)) // larger than the limit: one is still kept
-	if n := len(p.class[20].bufs); n != 1 {
-		t.Fatalf("class 1 MiB holds %d buffers, want 1", n)
+	p.Put(make([]byte, 1<<20)) // larger than the limit: never kept
+	if n := len(p.class[20].bufs); n != 0 {
+		t.Fatalf("class 1 MiB holds %d buffers under a 4 KiB limit, want 0", n)
 	}
 }
 
