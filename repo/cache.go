@@ -45,10 +45,11 @@ func newChunkCache(max int64, bufs *bufpool.Pool) *chunkCache {
 	return &chunkCache{max: max, lru: list.New(), entries: map[format.ID]*list.Element{}, inflight: map[format.ID]*cacheCall{}, bufs: bufs}
 }
 
-// acquire returns the cache entry for id, loading it with load on a miss;
-// load decodes into the buffer it is given (empty, capacity ≥ want). The caller must release the entry when it no longer reads
-// e.data. A waiter whose ctx ends stops waiting; the load itself goes on
-// for the others.
+// acquire returns the cache entry for id, pinned, loading it with load on
+// a miss; load decodes into the buffer it is given (empty, capacity ≥
+// want). The caller must release the entry once it no longer reads e.data.
+// A waiter whose ctx ends stops waiting; the load itself goes on for the
+// others.
 func (c *chunkCache) acquire(ctx context.Context, id format.ID, want int64, load func(buf []byte) ([]byte, error)) (*cacheEntry, error) {
 	c.mu.Lock()
 	if el, ok := c.entries[id]; ok {

@@ -8,9 +8,8 @@
 //
 // Invariants: a class holds at most limit/classSize buffers, so a Pool
 // never retains more than limit bytes per class (buffers larger than the
-// limit are never kept); Get(n) returns
-// a buffer of length n and capacity ≥ n; a buffer handed to Put must not be
-// used by the caller afterwards.
+// limit are never kept); Get(n) returns a buffer of length n and capacity
+// ≥ n; a buffer handed to Put must not be used by the caller afterwards.
 package bufpool
 
 import (
