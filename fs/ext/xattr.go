@@ -96,14 +96,19 @@ func (f *FS) xattrs(in *inode) ([]xattr, error) {
 	return all, nil
 }
 
-// ListXattr implements fs.FileSystem. system.data (the inline-data carrier)
-// is an implementation detail and not listed.
-func (f *FS) ListXattr(ctx context.Context, ino fs.Ino) ([]string, error) {
+// inodeXattrs reads inode ino and its extended attributes.
+func (f *FS) inodeXattrs(ino fs.Ino) ([]xattr, error) {
 	in, err := f.readInode(uint64(ino))
 	if err != nil {
 		return nil, err
 	}
-	xs, err := f.xattrs(in)
+	return f.xattrs(in)
+}
+
+// ListXattr implements fs.FileSystem. system.data (the inline-data carrier)
+// is an implementation detail and not listed.
+func (f *FS) ListXattr(ctx context.Context, ino fs.Ino) ([]string, error) {
+	xs, err := f.inodeXattrs(ino)
 	if err != nil {
 		return nil, err
 	}
@@ -119,11 +124,7 @@ func (f *FS) ListXattr(ctx context.Context, ino fs.Ino) ([]string, error) {
 
 // GetXattr implements fs.FileSystem.
 func (f *FS) GetXattr(ctx context.Context, ino fs.Ino, name string) ([]byte, error) {
-	in, err := f.readInode(uint64(ino))
-	if err != nil {
-		return nil, err
-	}
-	xs, err := f.xattrs(in)
+	xs, err := f.inodeXattrs(ino)
 	if err != nil {
 		return nil, err
 	}
