@@ -52,7 +52,7 @@ func (d *Disk) Restore(ctx context.Context, w io.WriterAt, opts RestoreOptions) 
 	})
 	for range workers {
 		g.Go(func() error {
-			buf := make([]byte, 0, cs)
+			buf := make([]byte, 0, cs+format.DecodeSlack)
 			zeros := make([]byte, cs)
 			for i := range jobs {
 				n := d.idx.ChunkLen(i)

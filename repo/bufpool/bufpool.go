@@ -9,7 +9,8 @@
 // Invariants: a class holds at most limit/classSize buffers, so a Pool
 // never retains more than limit bytes per class (buffers larger than the
 // limit are never kept); Get(n) returns a buffer of length n and capacity
-// ≥ n; a buffer handed to Put must not be used by the caller afterwards.
+// ≥ n + Slack; a buffer handed to Put must not be used by the caller
+// afterwards.
 package bufpool
 
 import (
@@ -18,6 +19,13 @@ import (
 )
 
 const classes = 31 // 1 B .. 1 GiB
+
+// Slack is the spare capacity every buffer has past its size class.
+// Decoders that may write a few bytes past their output in wide stores
+// (zstd's fast copy loops need 16) run their fast paths into a buffer of a
+// power-of-two chunk size plus Slack, where an exact fit would send the
+// last block through the slower bounds-exact copies.
+const Slack = 64
 
 // Pool is a bounded free list per size class. The zero value is not
 // usable; call New. A Pool is safe for concurrent use.
@@ -54,7 +62,7 @@ func (p *Pool) Get(n int) []byte {
 		return b[:n]
 	}
 	cl.mu.Unlock()
-	return make([]byte, n, 1<<c)
+	return make([]byte, n, 1<<c+Slack)
 }
 
 // Put gives b back for reuse; it is dropped when its class is full.
@@ -62,7 +70,10 @@ func (p *Pool) Put(b []byte) {
 	if cap(b) == 0 {
 		return
 	}
-	c := bits.Len(uint(cap(b))) - 1 // the largest class b can serve
+	if cap(b) <= Slack {
+		return
+	}
+	c := bits.Len(uint(cap(b)-Slack)) - 1 // the largest class b can serve with Slack to spare
 	if c >= classes {
 		return
 	}
