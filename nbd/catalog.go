@@ -30,6 +30,12 @@ func (d DiskDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return fullRead(n, len(p), err)
 }
 
+// ReadSlices implements SliceReader: the bytes come from the repository's
+// chunk cache, pinned while fn runs.
+func (d DiskDevice) ReadSlices(ctx context.Context, off, length int64, fn func([][]byte) error) error {
+	return d.D.ReadSlices(ctx, off, length, fn)
+}
+
 // Extents implements Device from the index's zero chunks.
 func (d DiskDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
 	es, err := d.D.Extents(off, length)

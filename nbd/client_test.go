@@ -184,12 +184,20 @@ func (tc *testClient) reply(dataLen int) chunk {
 func (tc *testClient) readAt(off int64, n int, flags uint16) ([]byte, uint32, []chunk) {
 	tc.t.Helper()
 	cookie := tc.send(cmdRead, flags, uint64(off), uint32(n), nil)
+	return tc.readReply(off, n, func(c uint64) bool { return c == cookie })
+}
+
+// readReply reads the reply to a read of [off, off+n) whose cookie ok
+// accepts (all its structured chunks come together: the server writes a
+// reply in one piece).
+func (tc *testClient) readReply(off int64, n int, ok func(cookie uint64) bool) ([]byte, uint32, []chunk) {
+	tc.t.Helper()
 	out := make([]byte, n)
 	var chunks []chunk
 	for {
 		ch := tc.reply(n)
-		if ch.cookie != cookie {
-			tc.t.Fatalf("reply for cookie %d, want %d", ch.cookie, cookie)
+		if !ok(ch.cookie) || (len(chunks) > 0 && ch.cookie != chunks[0].cookie) {
+			tc.t.Fatalf("unexpected reply for cookie %d", ch.cookie)
 		}
 		chunks = append(chunks, ch)
 		if ch.errno != 0 {

@@ -26,6 +26,16 @@ type Device interface {
 	Prefetch(ctx context.Context, off, length int64) error
 }
 
+// SliceReader is a Device that can lend the bytes of a range instead of
+// copying them into the server's buffer: fn gets slices holding [off,
+// off+length) in order, valid only until it returns. The server writes
+// read replies straight from them, so a read needs no payload buffer and
+// no copy (repo.Disk lends its cached chunks). An error means fn was not
+// called.
+type SliceReader interface {
+	ReadSlices(ctx context.Context, off, length int64, fn func([][]byte) error) error
+}
+
 // WritableDevice is a Device that accepts writes. The server advertises
 // write support only for devices that implement it.
 type WritableDevice interface {

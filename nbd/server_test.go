@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
@@ -514,5 +516,131 @@ func TestWritableRequests(t *testing.T) {
 	got := make([]byte, len(f.img))
 	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, f.img) {
 		t.Fatalf("restore point changed: %v", err)
+	}
+}
+
+// lendingDevice lends copies of the image cut into odd-sized pieces and
+// poisons them as soon as fn returns, as a cache would reuse them; it
+// fails the test if the server falls back to ReadAt.
+type lendingDevice struct {
+	ReaderDevice
+	t     *testing.T
+	img   []byte
+	lends atomic.Int64
+}
+
+func (d *lendingDevice) ReadAt(context.Context, []byte, int64) error {
+	d.t.Error("ReadAt used on a SliceReader")
+	return errReadAtUsed
+}
+
+var errReadAtUsed = errors.New("ReadAt used")
+
+func (d *lendingDevice) ReadSlices(_ context.Context, off, length int64, fn func([][]byte) error) error {
+	d.lends.Add(1)
+	var bufs [][]byte
+	for p := off; p < off+length; {
+		n := min(1000+p%777, off+length-p)
+		bufs = append(bufs, bytes.Clone(d.img[p:p+n]))
+		p += n
+	}
+	err := fn(bufs)
+	for _, b := range bufs {
+		for i := range b {
+			b[i] = 0xEE
+		}
+	}
+	return err
+}
+
+func (d *lendingDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
+	// Chunks 3 and 4 of testImage are zero: report them as a hole.
+	var out []Extent
+	for p := off; p < off+length; {
+		c := p / testChunk
+		end := min((c+1)*testChunk, off+length)
+		zero := c == 3 || c == 4
+		if k := len(out); k > 0 && out[k-1].Zero == zero {
+			out[k-1].Length += end - p
+		} else {
+			out = append(out, Extent{Offset: p, Length: end - p, Zero: zero})
+		}
+		p = end
+	}
+	return out, nil
+}
+
+type lendingCatalog struct{ dev *lendingDevice }
+
+func (c lendingCatalog) List(context.Context) ([]ExportInfo, error) {
+	return []ExportInfo{{Name: "lend"}}, nil
+}
+
+func (c lendingCatalog) Open(context.Context, string) (*Export, error) {
+	return &Export{Name: "lend", Device: c.dev, Close: func() error { return nil }}, nil
+}
+
+// Reads from a SliceReader are written from the lent slices before
+// ReadSlices returns (the device poisons them right after), in simple and
+// structured replies, across holes and piece boundaries, with many
+// requests in flight.
+func TestLentReads(t *testing.T) {
+	img := testImage()
+	dev := &lendingDevice{ReaderDevice: ReaderDevice{R: bytes.NewReader(img), N: int64(len(img))}, t: t, img: img}
+	srv := &Server{Catalog: lendingCatalog{dev}}
+	sock := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	cases := []struct {
+		name   string
+		off, n int64
+		flags  uint16
+		chunks []uint16 // structured reply chunk types
+	}{
+		{"inside a piece", 10, 100, 0, []uint16{replyOffsetData}},
+		{"across pieces and a hole", 2*testChunk + 100, 3 * testChunk, 0, []uint16{replyOffsetData, replyOffsetHole, replyOffsetData}},
+		{"hole only", 3 * testChunk, testChunk, 0, []uint16{replyOffsetHole}},
+		{"DF keeps the zeroes inline", 2*testChunk + 100, 3 * testChunk, cmdFlagDF, []uint16{replyOffsetData}},
+		{"the short tail", int64(len(img)) - 5000, 5000, 0, []uint16{replyOffsetData}},
+	}
+	for _, structured := range []bool{false, true} {
+		for _, c := range cases {
+			if c.flags&cmdFlagDF != 0 && !structured {
+				continue // DF needs structured replies (EINVAL otherwise)
+			}
+			t.Run(fmt.Sprintf("structured=%v/%s", structured, c.name), func(t *testing.T) {
+				tc := dialTest(t, sock)
+				tc.goExport("lend", structured)
+				// Many requests in flight, then their replies.
+				const inflight = 16
+				sent := map[uint64]bool{}
+				for range inflight {
+					sent[tc.send(cmdRead, c.flags, uint64(c.off), uint32(c.n), nil)] = true
+				}
+				for range inflight {
+					b, e, chunks := tc.readReply(c.off, int(c.n), func(cookie uint64) bool { return sent[cookie] })
+					delete(sent, chunks[0].cookie)
+					if e != 0 || !bytes.Equal(b, img[c.off:c.off+c.n]) {
+						t.Fatalf("errno %d, content differs: %v", e, !bytes.Equal(b, img[c.off:c.off+c.n]))
+					}
+					if structured {
+						var types []uint16
+						for _, ch := range chunks {
+							types = append(types, ch.typ)
+						}
+						if fmt.Sprint(types) != fmt.Sprint(c.chunks) {
+							t.Fatalf("reply chunks %v, want %v", types, c.chunks)
+						}
+					}
+				}
+			})
+		}
+	}
+	if dev.lends.Load() == 0 {
+		t.Fatal("nothing was lent")
 	}
 }

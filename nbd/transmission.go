@@ -247,7 +247,7 @@ func (c *conn) handle(r request, payload []byte) {
 		c.fail(r, err)
 		return
 	}
-	c.send(func() error { return c.writeSimple(r.cookie, 0, nil) })
+	c.send(func() error { return c.writeSimple(r.cookie, 0) })
 }
 
 // errno maps a device error to an NBD error value.
@@ -287,10 +287,10 @@ func (c *conn) replyError(r request, code uint32, msg string) error {
 			p := binary.BigEndian.AppendUint32(nil, code)
 			p = binary.BigEndian.AppendUint16(p, uint16(len(msg)))
 			p = append(p, msg...)
-			return c.writeChunk(r.cookie, replyFlagDone, replyError, p, nil)
+			return c.writeChunk(r.cookie, replyFlagDone, replyError, p)
 		})
 	}
-	return c.send(func() error { return c.writeSimple(r.cookie, code, nil) })
+	return c.send(func() error { return c.writeSimple(r.cookie, code) })
 }
 
 // send runs one reply's writes under the write lock. The buffer is flushed
@@ -316,28 +316,116 @@ func (c *conn) send(write func() error) error {
 	return err
 }
 
-func (c *conn) writeSimple(cookie uint64, code uint32, data []byte) error {
+// writeSimple writes a simple reply followed by the pieces of data.
+func (c *conn) writeSimple(cookie uint64, code uint32, data ...[]byte) error {
 	var h [simpleHdrLen]byte
 	binary.BigEndian.PutUint32(h[0:], magicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], code)
 	binary.BigEndian.PutUint64(h[8:], cookie)
-	c.bw.Write(h[:])
-	_, err := c.bw.Write(data)
+	_, err := c.bw.Write(h[:])
+	for _, d := range data {
+		if err != nil {
+			break
+		}
+		_, err = c.bw.Write(d)
+	}
 	return err
 }
 
-// writeChunk writes one structured reply chunk whose payload is p then data.
-func (c *conn) writeChunk(cookie uint64, flags, typ uint16, p, data []byte) error {
+// writeChunk writes one structured reply chunk whose payload is p then
+// the pieces of data.
+func (c *conn) writeChunk(cookie uint64, flags, typ uint16, p []byte, data ...[]byte) error {
+	n := len(p)
+	for _, d := range data {
+		n += len(d)
+	}
 	var h [structHdrLen]byte
 	binary.BigEndian.PutUint32(h[0:], magicStructReply)
 	binary.BigEndian.PutUint16(h[4:], flags)
 	binary.BigEndian.PutUint16(h[6:], typ)
 	binary.BigEndian.PutUint64(h[8:], cookie)
-	binary.BigEndian.PutUint32(h[16:], uint32(len(p)+len(data)))
+	binary.BigEndian.PutUint32(h[16:], uint32(n))
 	c.bw.Write(h[:])
-	c.bw.Write(p)
-	_, err := c.bw.Write(data)
+	_, err := c.bw.Write(p)
+	for _, d := range data {
+		if err != nil {
+			break
+		}
+		_, err = c.bw.Write(d)
+	}
 	return err
+}
+
+// lent walks the slices a SliceReader lends, in order.
+type lent [][]byte
+
+// take returns the next n bytes as views into the lent slices.
+func (l *lent) take(n int64) [][]byte {
+	var out [][]byte
+	for n > 0 && len(*l) > 0 {
+		b := (*l)[0]
+		if int64(len(b)) > n {
+			out = append(out, b[:n])
+			(*l)[0] = b[n:]
+			break
+		}
+		out = append(out, b)
+		n -= int64(len(b))
+		*l = (*l)[1:]
+	}
+	return out
+}
+
+// readLent answers a read from bytes the device lends: no payload buffer,
+// no copy. Extents (structured replies without DF) come from the index,
+// so holes are sent as holes and their lent zeroes skipped.
+func (c *conn) readLent(r request, sr SliceReader) {
+	off, n := int64(r.off), int64(r.length)
+	exts := []Extent{{Offset: off, Length: n}}
+	if c.structured && r.flags&cmdFlagDF == 0 {
+		var err error
+		if exts, err = c.exp.Device.Extents(c.ctx, off, n); err != nil {
+			c.fail(r, err)
+			return
+		}
+	}
+	called := false
+	err := sr.ReadSlices(c.ctx, off, n, func(bufs [][]byte) error {
+		called = true
+		c.st.bytesRead.Add(n)
+		src := lent(bufs)
+		if !c.structured {
+			return c.send(func() error { return c.writeSimple(r.cookie, 0, src.take(n)...) })
+		}
+		return c.send(func() error {
+			for i, e := range exts {
+				flags := uint16(0)
+				if i == len(exts)-1 {
+					flags = replyFlagDone
+				}
+				data := src.take(e.Length)
+				p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
+				if e.Zero {
+					p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
+					if err := c.writeChunk(r.cookie, flags, replyOffsetHole, p); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := c.writeChunk(r.cookie, flags, replyOffsetData, p, data...); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil && !called {
+		c.fail(r, err)
+		return
+	}
+	// An error after the slices were lent is the connection's (send
+	// recorded it and closed the socket).
+	c.readAhead(off, n)
 }
 
 func (c *conn) handleRead(r request) {
@@ -347,10 +435,14 @@ func (c *conn) handleRead(r request) {
 	off, n := int64(r.off), int64(r.length)
 	if n == 0 {
 		if c.structured {
-			c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyNone, nil, nil) })
+			c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyNone, nil) })
 		} else {
-			c.send(func() error { return c.writeSimple(r.cookie, 0, nil) })
+			c.send(func() error { return c.writeSimple(r.cookie, 0) })
 		}
+		return
+	}
+	if sr, ok := dev.(SliceReader); ok {
+		c.readLent(r, sr)
 		return
 	}
 	buf := payloads.Get(int(n))
@@ -393,7 +485,7 @@ func (c *conn) handleRead(r request) {
 			p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
 			if e.Zero {
 				p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
-				if err := c.writeChunk(r.cookie, flags, replyOffsetHole, p, nil); err != nil {
+				if err := c.writeChunk(r.cookie, flags, replyOffsetHole, p); err != nil {
 					return err
 				}
 				continue
@@ -429,7 +521,7 @@ func (c *conn) handleBlockStatus(r request) {
 		p = binary.BigEndian.AppendUint32(p, uint32(e.Length)) // ≤ request length, a uint32
 		p = binary.BigEndian.AppendUint32(p, st)
 	}
-	c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyBlockStatus, p, nil) })
+	c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyBlockStatus, p) })
 }
 
 // readAhead prefetches beyond a sequential reader. Reads of one stream may

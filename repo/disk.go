@@ -134,24 +134,8 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		p = p[:size-off]
 		eof = io.EOF
 	}
-	cs := d.idx.ChunkSize
-	// One segment per chunk the read touches; a read spanning several
-	// chunks loads them in parallel (both cores decode and hash).
-	type segment struct {
-		i      int
-		at, in int64 // offset in p, offset in the chunk
-		n      int64
-	}
-	var segs []segment
-	for at := int64(0); at < int64(len(p)); {
-		pos := off + at
-		i := int(pos / cs)
-		in := pos - int64(i)*cs
-		m := min(int64(len(p))-at, d.idx.ChunkLen(i)-in)
-		segs = append(segs, segment{i, at, in, m})
-		at += m
-	}
-	read := func(sg segment) error {
+	segs := d.segments(off, int64(len(p)))
+	read := func(_ int, sg segment) error {
 		dst := p[sg.at : sg.at+sg.n]
 		id := d.idx.IDs[sg.i]
 		if id.IsZero() {
@@ -176,11 +160,40 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		d.r.cache.release(e)
 		return nil
 	}
+	if k, err := forSegments(segs, read); err != nil {
+		return int(segs[k].at), err
+	}
+	return len(p), eof
+}
+
+// segment is the part of a read that falls in one chunk.
+type segment struct {
+	i      int   // chunk
+	at, in int64 // offset in the read, offset in the chunk
+	n      int64
+}
+
+// segments cuts [off, off+n) (inside the disk) at chunk boundaries.
+func (d *Disk) segments(off, n int64) []segment {
+	cs := d.idx.ChunkSize
+	var segs []segment
+	for at := int64(0); at < n; {
+		pos := off + at
+		i := int(pos / cs)
+		in := pos - int64(i)*cs
+		m := min(n-at, d.idx.ChunkLen(i)-in)
+		segs = append(segs, segment{i, at, in, m})
+		at += m
+	}
+	return segs
+}
+
+// forSegments runs f on every segment; a read spanning several chunks
+// loads them in parallel (both cores decode and hash). It returns the
+// first failing segment in read order and its error.
+func forSegments(segs []segment, f func(k int, sg segment) error) (int, error) {
 	if len(segs) == 1 {
-		if err := read(segs[0]); err != nil {
-			return 0, err
-		}
-		return len(p), eof
+		return 0, f(0, segs[0])
 	}
 	errs := make([]error, len(segs))
 	sem := make(chan struct{}, parallelChunkLoads)
@@ -190,17 +203,65 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			errs[k] = read(sg)
+			errs[k] = f(k, sg)
 		}()
 	}
 	wg.Wait()
 	for k, err := range errs {
 		if err != nil {
-			return int(segs[k].at), err
+			return k, err
 		}
 	}
-	n := len(p)
-	return n, eof
+	return 0, nil
+}
+
+// zeros backs the slices ReadSlices lends for zero chunks. Read-only.
+var zeros [1 << 20]byte
+
+// ReadSlices lends the bytes of [off, off+length) instead of copying them:
+// it pins the cached chunks the range covers (loading them in parallel, as
+// ReadAt does), calls fn with slices that hold the range in order, and
+// unpins the chunks when fn returns. The slices are read-only and must not
+// be used after fn returns. A server can so write replies straight from
+// the cache, with no buffer per request. fn is not called when a chunk
+// cannot be read; the error names the restore point, disk and offset.
+func (d *Disk) ReadSlices(ctx context.Context, off, length int64, fn func([][]byte) error) error {
+	if off < 0 || length < 0 || off > d.idx.DiskSize-length {
+		return fmt.Errorf("read disk %s [%d,+%d): out of range", d.name, off, length)
+	}
+	segs := d.segments(off, length)
+	pinned := make([]*cacheEntry, len(segs))
+	defer func() {
+		for _, e := range pinned {
+			if e != nil {
+				d.r.cache.release(e)
+			}
+		}
+	}()
+	pin := func(k int, sg segment) error {
+		if d.idx.IDs[sg.i].IsZero() {
+			return nil
+		}
+		e, err := d.chunk(ctx, sg.i)
+		pinned[k] = e
+		return err
+	}
+	if _, err := forSegments(segs, pin); err != nil {
+		return err
+	}
+	bufs := make([][]byte, 0, len(segs))
+	for k, sg := range segs {
+		if e := pinned[k]; e != nil {
+			bufs = append(bufs, e.data[sg.in:sg.in+sg.n])
+			continue
+		}
+		for n := sg.n; n > 0; {
+			m := min(n, int64(len(zeros)))
+			bufs = append(bufs, zeros[:m])
+			n -= m
+		}
+	}
+	return fn(bufs)
 }
 
 // Prefetch loads the chunks covering [off, off+length) into the cache.

@@ -236,6 +236,16 @@ func TestCorruptChunk(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Offset != 4*cs || !errors.Is(err, format.ErrCorrupt) {
 		t.Fatalf("streaming read of damaged chunk: %v", err)
 	}
+	// Lending the damaged chunk fails the same way, before anything is
+	// lent, and leaves nothing pinned.
+	err = d.ReadSlices(context.Background(), 3*cs, 2*cs, func([][]byte) error {
+		t.Error("ReadSlices lent a range holding a damaged chunk")
+		return nil
+	})
+	if !errors.As(err, &ce) || ce.Offset != 4*cs || !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("ReadSlices of damaged chunk: %v", err)
+	}
+	assertUnpinned(t, r)
 	// Other chunks of A still read, and B restores.
 	if _, err := d.ReadAt(buf, 0); err != nil {
 		t.Fatalf("read of a good chunk after a bad one: %v", err)
@@ -666,6 +676,80 @@ func TestDamagedMetadata(t *testing.T) {
 	// Nothing was deleted.
 	if n, _ := filepath.Glob(filepath.Join(dir, "chunks", "*", "*")); len(n) == 0 {
 		t.Fatal("chunks gone")
+	}
+}
+
+// assertUnpinned fails when a cached chunk is still pinned by a reader.
+func assertUnpinned(t *testing.T, r *Repository) {
+	t.Helper()
+	r.cache.mu.Lock()
+	defer r.cache.mu.Unlock()
+	for el := r.cache.lru.Front(); el != nil; el = el.Next() {
+		if e := el.Value.(*cacheEntry); e.refs != 0 {
+			t.Fatalf("chunk %s still pinned %d times", e.id.Short(), e.refs)
+		}
+	}
+}
+
+// TestReadSlices checks that the slices ReadSlices lends hold exactly the
+// range, at every alignment, for small chunks and for chunks larger than
+// the shared zero buffer (a zero chunk is lent as several pieces of it),
+// and that every chunk is unpinned afterwards.
+func TestReadSlices(t *testing.T) {
+	ctx := context.Background()
+	for _, chunk := range []int64{cs, 2 << 20} {
+		r, err := Init(ctx, mem.New(), InitOptions{ChunkSize: chunk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := 3*chunk + 1000 // chunk 1 zero, a short last chunk
+		img := testImage(9, int(size))
+		clear(img[chunk : 2*chunk])
+		rp := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: size})
+		d, err := r.OpenDisk(ctx, rp, "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases := []struct {
+			name   string
+			off, n int64
+		}{
+			{"whole disk", 0, size},
+			{"inside a chunk", 5, 10},
+			{"across a boundary", chunk - 3, 6},
+			{"the zero chunk", chunk, chunk},
+			{"zero into data", 2*chunk - 1, chunk + 2},
+			{"last byte", size - 1, 1},
+			{"empty at the end", size, 0},
+			{"empty", 0, 0},
+		}
+		for _, c := range cases {
+			t.Run(fmt.Sprintf("%d/%s", chunk, c.name), func(t *testing.T) {
+				var got []byte
+				err := d.ReadSlices(ctx, c.off, c.n, func(bs [][]byte) error {
+					for _, b := range bs {
+						got = append(got, b...)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, img[c.off:c.off+c.n]) {
+					t.Fatalf("lent %d bytes that differ from the image's %d", len(got), c.n)
+				}
+				assertUnpinned(t, r)
+			})
+		}
+		called := false
+		if err := d.ReadSlices(ctx, size-1, 2, func([][]byte) error { called = true; return nil }); err == nil || called {
+			t.Errorf("a range past the end: err %v, fn called %v", err, called)
+		}
+		boom := errors.New("boom")
+		if err := d.ReadSlices(ctx, 0, size, func([][]byte) error { return boom }); err != boom {
+			t.Errorf("fn's error came back as %v", err)
+		}
+		assertUnpinned(t, r)
 	}
 }
 
