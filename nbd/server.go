@@ -11,10 +11,12 @@
 //     connection stays open. Only a broken stream (bad magic, short read)
 //     ends a connection.
 //   - No allocation is driven by a length the client sent before it is
-//     checked against MaxBlockSize; payload buffers come from a per-connection
-//     share (MaxBlockSize) of a server-wide byte budget, so memory stays
-//     bounded whatever clients do, and a client that stops reading its
-//     replies holds its share for at most writeTimeout.
+//     checked against MaxBlockSize; payload buffers (or, for devices that
+//     lend their bytes, see SliceReader, the cached data pinned for a
+//     reply) come from a per-connection share (MaxBlockSize) of a
+//     server-wide byte budget, so memory stays bounded whatever clients
+//     do, and a client that stops reading its replies holds its share for
+//     at most writeTimeout.
 //   - Requests on one connection run concurrently and may complete out of
 //     order; all socket writes of one reply are serialised under one lock.
 //   - A read's data is fully read from the device before its reply starts,
@@ -62,7 +64,8 @@ type Server struct {
 	// MaxInflight bounds concurrent requests per connection (default 64).
 	MaxInflight int
 	// BufferBudget bounds the payload bytes of all in-flight requests of
-	// all connections together (default 64 MiB, at least MaxBlockSize).
+	// all connections together, lent reads included (default 64 MiB, at
+	// least MaxBlockSize).
 	BufferBudget int64
 	// ReadAhead is the window prefetched ahead of a sequential reader
 	// (default 8 MiB; negative disables).
@@ -188,7 +191,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// payloads recycles request and reply payload buffers. It outlives
+// payloads recycles request and reply payload buffers (writes, and reads
+// from devices that cannot lend their bytes). It outlives
 // garbage collections (see bufpool), which run often when the chunk cache
 // fills the heap up to the memory limit.
 var payloads = bufpool.New(4 << 20)

@@ -165,7 +165,7 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		return cli.Usagef("nothing to listen on: give --listen or --socket")
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		// Hold RSS near the cache plus request buffers (32 MiB budget) and
+		// Hold RSS near the cache plus in-flight requests (32 MiB budget) and
 		// the runtime; tighter limits make the GC thrash (measured).
 		debug.SetMemoryLimit(cacheSize + 60<<20)
 	}
