@@ -49,6 +49,9 @@ export RESTIC_PASSWORD=bench-only-not-a-secret RESTIC_CACHE_DIR=$W/restic-cache 
 R=$W/results.tsv
 : >"$R"
 warm() { cat "$1" >/dev/null; }
+# warm_repo DIR: the repository is a restore's input; read it once, untimed,
+# like the image before a capture (this machine pages out what sat idle).
+warm_repo() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 # timed TOOL STEP CMD... : appends "tool step wall user sys rss_kb" to results
 timed() {
 	local tool=$1 step=$2; shift 2
@@ -80,7 +83,7 @@ run_tool() {
 		timed $tool incr vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img" --changed-extents "$W/guest.extents"
 		record $tool size_incr "$(size_of "$repo")"
 		timed $tool incr_dedup vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
-		sync; timed $tool restore vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
+		sync; warm_repo "$repo"; timed $tool restore vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
 		if [ "${CHECKED:-}" != 1 ]; then
 			cmp "$out" "$CHG" || { echo "bench-capture: vmvault restore differs from the source" >&2; exit 1; }
 			CHECKED=1
@@ -93,7 +96,7 @@ run_tool() {
 		ln -f "$CHG" "$W/work.img"; warm "$CHG"
 		timed $tool incr restic -q --repo "$repo" backup "$W/work.img"
 		record $tool size_incr "$(size_of "$repo")"
-		sync; mkdir -p "$out"
+		sync; mkdir -p "$out"; warm_repo "$repo"
 		timed $tool restore restic -q --repo "$repo" restore latest --sparse --target "$out"
 		;;
 	borg-lz4 | borg-zstd)

@@ -99,9 +99,11 @@ rand_read() { # LABEL URI QD
 
 for rep in $(seq "$REPS"); do
 	echo "== repetition $rep/$REPS (load $(cut -d' ' -f1 /proc/loadavg))"
-	warm
 	for tr in unix tcp; do
 		for srv in vmvault-cold qemu nbdkit vmvault-warm; do
+			# Right before each server's runs: this machine pages out what
+			# sat idle for a minute, and one server's runs take longer.
+			warm
 			case $srv in
 			vmvault-cold) start_vmvault 256MiB; u=$(uri vmvault $tr) ;;
 			vmvault-warm) start_vmvault 5GiB; nbdcopy "$(uri vmvault $tr)" null:; u=$(uri vmvault $tr) ;;
