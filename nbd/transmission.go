@@ -394,29 +394,8 @@ func (c *conn) readLent(r request, sr SliceReader) {
 		called = true
 		c.st.bytesRead.Add(n)
 		src := lent(bufs)
-		if !c.structured {
-			return c.send(func() error { return c.writeSimple(r.cookie, 0, src.take(n)...) })
-		}
 		return c.send(func() error {
-			for i, e := range exts {
-				flags := uint16(0)
-				if i == len(exts)-1 {
-					flags = replyFlagDone
-				}
-				data := src.take(e.Length)
-				p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
-				if e.Zero {
-					p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
-					if err := c.writeChunk(r.cookie, flags, replyOffsetHole, p); err != nil {
-						return err
-					}
-					continue
-				}
-				if err := c.writeChunk(r.cookie, flags, replyOffsetData, p, data...); err != nil {
-					return err
-				}
-			}
-			return nil
+			return c.writeRead(r.cookie, exts, func(e Extent) [][]byte { return src.take(e.Length) })
 		})
 	})
 	if err != nil && !called {
@@ -469,33 +448,45 @@ func (c *conn) handleRead(r request) {
 	}
 	c.st.bytesRead.Add(n)
 	c.readAhead(off, n)
-	if !c.structured {
-		c.send(func() error { return c.writeSimple(r.cookie, 0, buf) })
-		return
-	}
 	if exts == nil {
 		exts = []Extent{{Offset: off, Length: n}}
 	}
 	c.send(func() error {
-		for i, e := range exts {
-			flags := uint16(0)
-			if i == len(exts)-1 {
-				flags = replyFlagDone
-			}
-			p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
-			if e.Zero {
-				p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
-				if err := c.writeChunk(r.cookie, flags, replyOffsetHole, p); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := c.writeChunk(r.cookie, flags, replyOffsetData, p, buf[e.Offset-off:e.Offset-off+e.Length]); err != nil {
+		return c.writeRead(r.cookie, exts, func(e Extent) [][]byte { return [][]byte{buf[e.Offset-off : e.Offset-off+e.Length]} })
+	})
+}
+
+// writeRead writes the reply to a successful read of exts (in order, no
+// gaps): one simple reply with all the data, or one structured chunk per
+// extent, holes as holes. data returns an extent's bytes; it is called
+// once per extent, in order, holes included.
+func (c *conn) writeRead(cookie uint64, exts []Extent, data func(Extent) [][]byte) error {
+	if !c.structured {
+		var all [][]byte
+		for _, e := range exts {
+			all = append(all, data(e)...)
+		}
+		return c.writeSimple(cookie, 0, all...)
+	}
+	for i, e := range exts {
+		flags := uint16(0)
+		if i == len(exts)-1 {
+			flags = replyFlagDone
+		}
+		d := data(e)
+		p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
+		if e.Zero {
+			p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
+			if err := c.writeChunk(cookie, flags, replyOffsetHole, p); err != nil {
 				return err
 			}
+			continue
 		}
-		return nil
-	})
+		if err := c.writeChunk(cookie, flags, replyOffsetData, p, d...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *conn) handleBlockStatus(r request) {
