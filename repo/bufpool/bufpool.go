@@ -67,11 +67,8 @@ func (p *Pool) Get(n int) []byte {
 
 // Put gives b back for reuse; it is dropped when its class is full.
 func (p *Pool) Put(b []byte) {
-	if cap(b) == 0 {
-		return
-	}
 	if cap(b) <= Slack {
-		return
+		return // too small to serve any class with its slack
 	}
 	c := bits.Len(uint(cap(b)-Slack)) - 1 // the largest class b can serve with Slack to spare
 	if c >= classes {
