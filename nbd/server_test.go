@@ -81,12 +81,7 @@ func newFixture(t *testing.T, overlayDir string) *fixture {
 	}
 	f.cat = &RepoCatalog{Repo: r, OverlayDir: overlayDir}
 	f.srv = &Server{Catalog: f.cat}
-	f.sock = filepath.Join(t.TempDir(), "nbd.sock")
-	ln, err := net.Listen("unix", f.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go f.srv.Serve(ln)
+	f.sock = serveUnix(t, f.srv)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -95,6 +90,19 @@ func newFixture(t *testing.T, overlayDir string) *fixture {
 		}
 	})
 	return f
+}
+
+// serveUnix starts srv on a unix socket in a temporary directory and
+// returns the socket's path; stopping srv is up to the caller.
+func serveUnix(t *testing.T, srv *Server) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	return sock
 }
 
 func (f *fixture) name() string { return ExportName(f.rp, "disk0") }
@@ -438,12 +446,7 @@ func TestShutdownFinishesInflight(t *testing.T) {
 	img := testImage()
 	dev := &slowDevice{ReaderDevice: ReaderDevice{R: bytes.NewReader(img), N: int64(len(img))}, started: make(chan struct{}), release: make(chan struct{})}
 	srv := &Server{Catalog: slowCatalog{dev}}
-	sock := filepath.Join(t.TempDir(), "s")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
+	sock := serveUnix(t, srv)
 	tc := dialTest(t, sock)
 	tc.goExport("", false)
 	cookie := tc.send(cmdRead, 0, 4096, 4096, nil)
@@ -588,12 +591,7 @@ func TestLentReads(t *testing.T) {
 	img := testImage()
 	dev := &lendingDevice{ReaderDevice: ReaderDevice{R: bytes.NewReader(img), N: int64(len(img))}, t: t, img: img}
 	srv := &Server{Catalog: lendingCatalog{dev}}
-	sock := filepath.Join(t.TempDir(), "s")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
+	sock := serveUnix(t, srv)
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	cases := []struct {
 		name   string
