@@ -59,6 +59,9 @@ type FS struct {
 	nextIno uint64
 	disks   map[string]*diskState
 	fsIDs   int
+
+	// storing limits the read-around stores in flight (see rawNode.Read).
+	storing chan struct{}
 }
 
 type fsKey struct {
@@ -71,7 +74,8 @@ func New(r *repo.Repository, log *slog.Logger) gofs.InodeEmbedder {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &FS{r: r, log: log, inos: map[string]uint64{}, fsInos: map[fsKey]uint64{}, nextIno: 1, disks: map[string]*diskState{}}
+	m := &FS{r: r, log: log, inos: map[string]uint64{}, fsInos: map[fsKey]uint64{}, nextIno: 1, disks: map[string]*diskState{},
+		storing: make(chan struct{}, maxStores)}
 	return &rootNode{m: m}
 }
 
@@ -532,7 +536,61 @@ func (n *rawNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off 
 		n.m.log.Error("read", "err", err)
 		return nil, syscall.EIO
 	}
+	if k > 0 && k <= readAroundMax {
+		n.readAround(st.disk, off, int64(k))
+	}
 	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// Read-around: a small read (the kernel sends those for random access; it
+// only reads ahead for sequential readers) had to decode and verify whole
+// chunks, so the rest of those chunks is handed to the kernel's page cache
+// with a FUSE store notification, and later reads near it never reach us.
+// The store runs after the reply (the kernel holds the pages being read
+// locked until then, and a store into a locked page waits), skips those
+// pages, and is dropped when maxStores are already in flight: it only
+// saves work, it is never needed for a correct answer.
+const (
+	readAroundMax = 64 << 10
+	maxStores     = 2
+	pageSize      = 4096
+)
+
+func (n *rawNode) readAround(d *repo.Disk, off, k int64) {
+	cs := d.ChunkSize()
+	start := off / cs * cs
+	end := min((off+k+cs-1)/cs*cs, d.Size())
+	skipFrom, skipTo := off/pageSize*pageSize, min((off+k+pageSize-1)/pageSize*pageSize, end)
+	if start == skipFrom && end == skipTo {
+		return
+	}
+	select {
+	case n.m.storing <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-n.m.storing }()
+		err := d.ReadSlices(context.Background(), start, end-start, func(bufs [][]byte) error {
+			pos := start
+			for _, b := range bufs {
+				bs, be := pos, pos+int64(len(b))
+				pos = be
+				for _, r := range [2][2]int64{{bs, min(be, skipFrom)}, {max(bs, skipTo), be}} {
+					if r[0] >= r[1] {
+						continue
+					}
+					if errno := n.WriteCache(r[0], b[r[0]-bs:r[1]-bs]); errno != 0 {
+						return errno
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			n.m.log.Debug("read-around", "restore_point", n.rp.ID.Short(), "disk", n.disk, "offset", start, "err", err)
+		}
+	}()
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the disk's zero chunks.

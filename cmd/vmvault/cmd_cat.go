@@ -30,7 +30,9 @@ point, disk and offset.
 			defer stopProfile()
 			defer b.close()
 			ctx := cmd.Context()
-			w := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<20)
+			// Smaller than copyRange's blocks, so those go straight to
+			// stdout (bufio copies a write that fits its free space).
+			w := bufio.NewWriterSize(cmd.OutOrStdout(), 64<<10)
 			defer w.Flush()
 			for _, arg := range args {
 				l, err := b.locate(ctx, arg, true)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -325,5 +326,103 @@ func TestMount(t *testing.T) {
 	m.stop(t)
 	if !strings.Contains(m.logb.String(), "offset") {
 		t.Errorf("the log does not name the damaged chunk's offset:\n%s", m.logb)
+	}
+}
+
+// TestMountReadAround checks that a small read of disks/<disk>.raw hands
+// the rest of the chunks it decoded to the kernel's page cache, with the
+// right bytes: readahead is switched off for the file (FADV_RANDOM), so
+// only the mount's stores can make the neighbouring pages resident. Then
+// 4 readers hammer the file with random 4 KiB reads while stores run and
+// every byte is compared with the image.
+func TestMountReadAround(t *testing.T) {
+	e := newEnv(t, "--chunk-size", "256KiB")
+	raw := filepath.Join(e.dir, "disk.img")
+	const size = 6<<20 + 12<<10 // not a multiple of the chunk size
+	src := makeImage(t, raw, size, 7)
+	e.capture("--vm", "ra01", "--disk", "disk0="+raw)
+	m := e.mount(t)
+	f, err := os.Open(filepath.Join(m.dir, "ra01", "latest", "disks", "disk0.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	mm, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mm)
+	const cs = 256 << 10
+	resident := func(from, to int64) (int, int) {
+		from &^= 4095
+		vec := make([]byte, (to-from+4095)/4096)
+		r := mm[from:to]
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&r[0])), uintptr(len(r)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+			t.Fatal(errno)
+		}
+		n := 0
+		for _, v := range vec {
+			n += int(v & 1)
+		}
+		return n, len(vec)
+	}
+	buf := make([]byte, 4096)
+	for _, off := range []int64{3*cs + 100_000, size - 5000, 17 * cs / 2} {
+		start, end := off/cs*cs, min(off/cs*cs+cs, size)
+		if n, _ := resident(start, end); n != 0 {
+			t.Fatalf("chunk at %d: %d pages resident before any read", start, n)
+		}
+		k, err := f.ReadAt(buf, off)
+		if k == 0 || !bytes.Equal(buf[:k], src[off:off+int64(k)]) {
+			t.Fatalf("read at %d: %d bytes, %v, or wrong content", off, k, err)
+		}
+		var n, all int
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if n, all = resident(start, end); n == all {
+				break
+			}
+		}
+		if n != all {
+			t.Fatalf("chunk [%d,%d) after a 4 KiB read at %d: %d of %d pages resident", start, end, off, n, all)
+		}
+		got := make([]byte, end-start)
+		if _, err := f.ReadAt(got, start); err != nil && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, src[start:end]) {
+			t.Fatalf("chunk [%d,%d): the stored pages differ from the image", start, end)
+		}
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := make([]byte, 4096)
+			x := uint64(r + 1)
+			for i := 0; i < 3000; i++ {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				off := int64(x%uint64(size/4096)) * 4096
+				if k, err := f.ReadAt(b, off); (err != nil && !errors.Is(err, io.EOF)) || !bytes.Equal(b[:k], src[off:off+int64(k)]) {
+					errs <- fmt.Errorf("reader %d at %d: %d bytes, %v, content equal %v", r, off, k, err, bytes.Equal(b[:k], src[off:off+int64(k)]))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if s, _ := shaFile(t, f.Name()); s != fmt.Sprintf("%x", sha256.Sum256(src)) {
+		t.Error("disks/disk0.raw differs from the image after random reads")
 	}
 }

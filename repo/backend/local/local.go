@@ -254,11 +254,6 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 	if err != nil && err != io.EOF {
 		return nil, fmt.Errorf("load %v: %w", h, err)
 	}
-	if h.Type == backend.ChunkFile && off == 0 && length == size {
-		// A whole chunk was read: its decoded form is what readers cache,
-		// so let the kernel reuse these pages at once.
-		_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-	}
 	return buf, nil
 }
 
