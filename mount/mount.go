@@ -13,7 +13,9 @@
 // immutable, so everything below a restore point has long kernel cache
 // timeouts and files are opened with FOPEN_KEEP_CACHE; inode numbers are
 // stable for the life of the mount (the same file, reached through any of
-// its hard links, has one number); nothing is ever written. Errors reading
+// its hard links, has one number); nothing is ever written (small reads of
+// a raw disk also hand the rest of the chunks they decoded to the kernel's
+// page cache, see readAround). Errors reading
 // a damaged chunk are EIO for that read only, logged with restore point,
 // disk and offset.
 package mount
