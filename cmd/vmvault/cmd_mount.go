@@ -68,6 +68,11 @@ As root the mount is made directly; otherwise through fusermount3.`,
 					MaxWrite:      1 << 20,
 					MaxReadAhead:  1 << 20,
 					MaxBackground: 64,
+					// Replies come from memory, never from a file go-fuse
+					// could splice: without this it tries anyway on every
+					// read (a pipe, a resize, a header written into it)
+					// and logs each 1 MiB read, which its pipe cannot hold.
+					DisableSplice: true,
 					Options:       []string{"ro", "default_permissions"},
 				},
 			}
