@@ -26,6 +26,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -62,7 +63,7 @@ type FS struct {
 	disks   map[string]*diskState
 	fsIDs   int
 
-	// storing limits the read-around stores in flight (see rawNode.Read).
+	// storing limits the read-around stores in flight (see readAround).
 	storing chan struct{}
 }
 
@@ -555,8 +556,9 @@ func (n *rawNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off 
 const (
 	readAroundMax = 64 << 10
 	maxStores     = 2
-	pageSize      = 4096
 )
+
+var pageSize = int64(os.Getpagesize())
 
 func (n *rawNode) readAround(d *repo.Disk, off, k int64) {
 	cs := d.ChunkSize()
