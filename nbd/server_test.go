@@ -522,11 +522,12 @@ func TestWritableRequests(t *testing.T) {
 	}
 }
 
-// lendingDevice lends copies of the image cut into odd-sized pieces and
+// lendingDevice is a repository disk (size, zero-chunk extents, prefetch)
+// whose ReadSlices lends copies of the image cut into odd-sized pieces and
 // poisons them as soon as fn returns, as a cache would reuse them; it
 // fails the test if the server falls back to ReadAt.
 type lendingDevice struct {
-	ReaderDevice
+	DiskDevice
 	t     *testing.T
 	img   []byte
 	lends atomic.Int64
@@ -556,23 +557,6 @@ func (d *lendingDevice) ReadSlices(_ context.Context, off, length int64, fn func
 	return err
 }
 
-func (d *lendingDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
-	// Chunks 3 and 4 of testImage are zero: report them as a hole.
-	var out []Extent
-	for p := off; p < off+length; {
-		c := p / testChunk
-		end := min((c+1)*testChunk, off+length)
-		zero := c == 3 || c == 4
-		if k := len(out); k > 0 && out[k-1].Zero == zero {
-			out[k-1].Length += end - p
-		} else {
-			out = append(out, Extent{Offset: p, Length: end - p, Zero: zero})
-		}
-		p = end
-	}
-	return out, nil
-}
-
 type lendingCatalog struct{ dev *lendingDevice }
 
 func (c lendingCatalog) List(context.Context) ([]ExportInfo, error) {
@@ -588,8 +572,13 @@ func (c lendingCatalog) Open(context.Context, string) (*Export, error) {
 // structured replies, across holes and piece boundaries, with many
 // requests in flight.
 func TestLentReads(t *testing.T) {
-	img := testImage()
-	dev := &lendingDevice{ReaderDevice: ReaderDevice{R: bytes.NewReader(img), N: int64(len(img))}, t: t, img: img}
+	f := newFixture(t, "")
+	img := f.img
+	disk, err := f.r.OpenDisk(context.Background(), f.rp, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &lendingDevice{DiskDevice: DiskDevice{D: disk}, t: t, img: img}
 	srv := &Server{Catalog: lendingCatalog{dev}}
 	sock := serveUnix(t, srv)
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
