@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): formatting, vet, every test with
-# the race detector, and a short run of every fuzz target on top of its
-# seed corpus in testdata/.
+# The project's test command (README, CI): formatting, a tidy go.mod, vet,
+# every test with the race detector, and a short run of every fuzz target on
+# top of its seed corpus in testdata/.
 #
 # Usage: scripts/test.sh             FUZZTIME=10s scripts/test.sh
 set -euo pipefail
@@ -12,6 +12,10 @@ echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+echo "== go mod tidy"
+if ! go mod tidy -diff; then
+	echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1
 fi
 echo "== go vet"
 go vet ./...
