@@ -23,6 +23,8 @@ type Disk struct {
 	// streaming: reads covering whole uncached chunks decode straight into
 	// the caller's buffer and leave the cache alone (one-pass readers).
 	streaming bool
+
+	hint hinter // fetch hints ahead of sequential readers (hint.go)
 }
 
 // parallelChunkLoads bounds the chunks one ReadAt loads at once.
@@ -134,6 +136,7 @@ func (d *Disk) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 		p = p[:size-off]
 		eof = io.EOF
 	}
+	d.hintAhead(off, int64(len(p)))
 	segs := d.segments(off, int64(len(p)))
 	read := func(_ int, sg segment) error {
 		dst := p[sg.at : sg.at+sg.n]
@@ -229,6 +232,7 @@ func (d *Disk) ReadSlices(ctx context.Context, off, length int64, fn func([][]by
 	if off < 0 || length < 0 || off > d.idx.DiskSize-length {
 		return fmt.Errorf("read disk %s [%d,+%d): out of range", d.name, off, length)
 	}
+	d.hintAhead(off, length)
 	segs := d.segments(off, length)
 	pinned := make([]*cacheEntry, len(segs))
 	defer func() {

@@ -37,6 +37,11 @@
 // without storing it when the base restore point's verified index lists it,
 // when this capture stored it, or when the stored object decodes and hashes
 // to its name. Readers check every chunk against its ID.
+//
+// Reading. Disks share one bounded cache of decoded chunks per Repository.
+// A Disk that sees a sequential reader asks a backend that implements
+// backend.Prefetcher to fetch the next chunk objects in the background
+// (hint.go); hints never change what a read returns.
 package repo
 
 import (

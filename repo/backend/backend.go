@@ -139,6 +139,15 @@ type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
 }
 
+// Prefetcher is implemented by backends that can start fetching objects
+// ahead of their Load, so a sequential reader's next chunks come from
+// several requests in flight instead of one read after another. Prefetch
+// is a hint: it returns quickly, reports nothing, and Load stays correct
+// whether or not it was called.
+type Prefetcher interface {
+	Prefetch(h Handle)
+}
+
 // BufferLoader is implemented by backends that can load a whole object into
 // a caller's buffer, so hot read paths can recycle buffers instead of
 // allocating one per load. LoadInto returns the object in buf[:size] when

@@ -1,12 +1,16 @@
 package local_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/backendtest"
@@ -70,4 +74,66 @@ func TestCreateRefusesExisting(t *testing.T) {
 	if _, err := local.Create(root); err == nil {
 		t.Fatal("Create over an existing repository succeeded")
 	}
+}
+
+// resident counts the pages of path that are in the page cache.
+func resident(t *testing.T, path string) (n, pages int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mm)
+	vec := make([]byte, (len(mm)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mm[0])), uintptr(len(mm)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n, len(vec)
+}
+
+// TestPrefetch checks that a fetch hint brings an object's pages into the
+// page cache, and that hints for missing or invalid objects are ignored.
+func TestPrefetch(t *testing.T) {
+	root := t.TempDir()
+	be, err := local.Create(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	h := backend.Handle{Type: backend.ChunkFile, Name: strings.Repeat("ab", 32)}
+	if err := be.Save(ctx, h, bytes.Repeat([]byte{7}, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(root, "chunks", "ab", h.Name)
+	// Save leaves the object's pages out of the cache (it drops them after
+	// the fsync); a filesystem that keeps them (tmpfs) cannot show a hint.
+	if n, _ := resident(t, path); n != 0 {
+		t.Skipf("the filesystem of %s keeps dropped pages (%d resident): cannot observe prefetching", root, n)
+	}
+	be.Prefetch(h)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, pages := resident(t, path)
+		if n == pages {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d pages resident 10 s after the hint", n, pages)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	be.Prefetch(backend.Handle{Type: backend.ChunkFile, Name: strings.Repeat("cd", 32)}) // missing
+	be.Prefetch(backend.Handle{Type: backend.ChunkFile, Name: "../../etc/passwd"})       // invalid
 }

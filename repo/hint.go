@@ -1,0 +1,90 @@
+package repo
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmvault/vmvault/repo/backend"
+)
+
+// Fetch hints. A read waits for the objects of the chunks it covers, and a
+// reader asks for a few chunks at a time, so from a cold disk a sequential
+// reader kept only a handful of object reads in flight: `vmvault cat` of a
+// 300 MB file read 617–720 MB/s where the disk gives a contiguous file
+// 1.9 GB/s. When a read continues the previous one, the Disk now asks the
+// backend (backend.Prefetcher) to fetch the objects of the next chunks in
+// the background. The window starts at hintMin and doubles with every
+// further sequential read up to hintMax, as the kernel's readahead does, so
+// a short file costs little beyond its end. Hints decode nothing and take
+// no cache space: the local backend only gets the files into the kernel's
+// page cache, where the real load finds them. They are advice: skipped
+// when the hinters are busy, never needed for a correct read.
+const (
+	hintMin      = 1 << 20
+	hintMax      = 16 << 20
+	hintParallel = 8 // hints in flight per Disk (opening a file waits for its inode too)
+)
+
+// hinter is a Disk's state for fetch hints; its zero value is ready.
+type hinter struct {
+	end    atomic.Int64 // end of the last read
+	window atomic.Int64 // current window in bytes; 0 after a jump
+	next   atomic.Int64 // chunks below this were hinted (for the stream near it)
+	busy   atomic.Bool  // hints are being issued
+}
+
+// hintAhead records a read of [off, off+n) and, when it continues the
+// previous read (starts within hintMax of where that one ended: concurrent
+// requests of one stream arrive slightly out of order), hints the data
+// chunks of the window past it that are neither cached nor hinted yet.
+func (d *Disk) hintAhead(off, n int64) {
+	pf, ok := d.r.be.(backend.Prefetcher)
+	if !ok || n <= 0 {
+		return
+	}
+	h := &d.hint
+	end := off + n
+	last := h.end.Swap(end)
+	if off < last-hintMax || off > last+hintMax {
+		h.window.Store(0)
+		return
+	}
+	w := min(max(2*h.window.Load(), hintMin), hintMax)
+	h.window.Store(w)
+	cs := d.idx.ChunkSize
+	from := (end + cs - 1) / cs
+	to := min((end+w+cs-1)/cs, int64(len(d.idx.IDs)))
+	start := h.next.Load()
+	if start < from || start > to+hintMax/cs {
+		start = from // behind this read, or another stream's mark
+	}
+	if start >= to || !h.busy.CompareAndSwap(false, true) {
+		return
+	}
+	h.next.Store(to)
+	go d.hintRange(pf, int(start), int(to))
+}
+
+// hintRange hints chunks [from, to) with up to hintParallel at once.
+func (d *Disk) hintRange(pf backend.Prefetcher, from, to int) {
+	defer d.hint.busy.Store(false)
+	var next atomic.Int64
+	next.Store(int64(from))
+	var wg sync.WaitGroup
+	for range min(hintParallel, to-from) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= to {
+					return
+				}
+				if id := d.idx.IDs[i]; !id.IsZero() && !d.r.cache.has(id) {
+					pf.Prefetch(chunkHandle(id))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
