@@ -15,7 +15,10 @@ import (
 // backend (backend.Prefetcher) to fetch the objects of the next chunks in
 // the background. The window starts at hintMin and doubles with every
 // further sequential read up to hintMax, as the kernel's readahead does, so
-// a short file costs little beyond its end. Hints decode nothing and take
+// a short file costs little beyond its end. A stream counts as sequential
+// from its second read that continues the one before: a random read
+// followed by a read of the rest of its chunk (the mount's read-around)
+// hints nothing. Hints decode nothing and take
 // no cache space: the local backend only gets the files into the kernel's
 // page cache, where the real load finds them. They are advice: skipped
 // when the hinters are busy, never needed for a correct read.
@@ -28,15 +31,17 @@ const (
 // hinter is a Disk's state for fetch hints; its zero value is ready.
 type hinter struct {
 	end    atomic.Int64 // end of the last read
+	run    atomic.Int32 // reads in a row that continued the one before
 	window atomic.Int64 // current window in bytes; 0 after a jump
 	next   atomic.Int64 // chunks below this were hinted (for the stream near it)
 	busy   atomic.Bool  // hints are being issued
 }
 
-// hintAhead records a read of [off, off+n) and, when it continues the
-// previous read (starts within hintMax of where that one ended: concurrent
-// requests of one stream arrive slightly out of order), hints the data
-// chunks of the window past it that are neither cached nor hinted yet.
+// hintAhead records a read of [off, off+n) and, when it and the read before
+// it each continued the previous read (started within hintMax of where that
+// one ended: concurrent requests of one stream arrive slightly out of
+// order), hints the data chunks of the window past it that are neither
+// cached nor hinted yet.
 func (d *Disk) hintAhead(off, n int64) {
 	pf, ok := d.r.be.(backend.Prefetcher)
 	if !ok || n <= 0 {
@@ -46,7 +51,11 @@ func (d *Disk) hintAhead(off, n int64) {
 	end := off + n
 	last := h.end.Swap(end)
 	if off < last-hintMax || off > last+hintMax {
+		h.run.Store(0)
 		h.window.Store(0)
+		return
+	}
+	if h.run.Add(1) < 2 {
 		return
 	}
 	w := min(max(2*h.window.Load(), hintMin), hintMax)

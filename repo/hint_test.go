@@ -66,20 +66,25 @@ func TestFetchHints(t *testing.T) {
 		// wantTo), each once (none when equal).
 		wantFrom, wantTo int64
 	}{
-		{"first read at 0 hints the minimal window", nil,
-			[]read{{0, cs}}, 1, 1 + hintMin/cs},
+		{"one read hints nothing", nil,
+			[]read{{0, cs}}, 0, 0},
+		{"the second sequential read hints the minimal window", nil,
+			[]read{{0, cs}, {cs, cs}}, 2, 2 + hintMin/cs},
 		{"window doubles while reads continue", nil,
-			[]read{{0, cs}, {cs, cs}, {2 * cs, cs}},
-			1, 3 + 4*hintMin/cs},
+			[]read{{0, cs}, {cs, cs}, {2 * cs, cs}, {3 * cs, cs}},
+			2, 4 + 4*hintMin/cs},
 		{"slightly out-of-order reads of one stream still count", nil,
-			[]read{{0, cs}, {2 * cs, cs}, {cs, cs}},
-			1, 3 + 4*hintMin/cs},
+			[]read{{0, cs}, {2 * cs, cs}, {cs, cs}, {3 * cs, cs}},
+			3, 4 + 4*hintMin/cs},
 		{"jumps hint nothing", nil,
-			[]read{{34 << 20, cs}, {0, cs}, {17<<20 + cs, cs}}, 0, 0},
+			[]read{{34 << 20, cs}, {0, cs}, {17<<20 + cs, cs}, {0, cs}}, 0, 0},
+		{"a random read and the rest of its chunk hint nothing", nil,
+			[]read{{30 << 20, cs}, {9<<20 + 4096, 4096}, {9 << 20, cs}}, 0, 0},
 		{"cached chunks are not hinted", []read{{4 * cs, 4 * cs}},
-			[]read{{0, cs}}, 1, 1 + hintMin/cs},
+			[]read{{0, cs}, {cs, cs}}, 2, 2 + hintMin/cs},
 		{"the window stops at the end of the disk", nil,
-			[]read{{int64(chunks-4) * cs, cs}, {int64(chunks-3) * cs, cs}}, chunks - 2, chunks},
+			[]read{{int64(chunks-5) * cs, cs}, {int64(chunks-4) * cs, cs}, {int64(chunks-3) * cs, cs}},
+			chunks - 2, chunks},
 	}
 	rec := &hintRecorder{Backend: mem.New(), hints: map[string]int{}}
 	r0, err := Init(context.Background(), rec, InitOptions{ChunkSize: cs})
