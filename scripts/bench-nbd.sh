@@ -9,7 +9,8 @@
 # over a unix socket and over TCP (127.0.0.1). vmvault is measured with a
 # cold chunk cache (server just restarted; the repository files are in the
 # page cache, like the peers' image) and warm (cache big enough for the
-# disk, filled by a first pass). Then: server RSS with 8 clients reading
+# disk, filled by a first pass). Then: nbdcopy from a cold disk (page
+# cache dropped) for vmvault and qemu-nbd; server RSS with 8 clients reading
 # at once (default 256 MiB cache), and boot-to-marker of the tiny boot disk
 # (scripts/make-boot-disk.sh) from vmvault and from qemu-nbd.
 # Medians and ratios are printed at the end.
@@ -117,6 +118,20 @@ for rep in $(seq "$REPS"); do
 	done
 done
 
+if [ "$(id -u)" = 0 ]; then
+	echo "== sequential read from a cold disk (page cache dropped; unix socket)"
+	drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+	for rep in $(seq "$REPS"); do
+		start_vmvault 256MiB
+		drop
+		seq_read vmvault-disk-unix "$(uri vmvault unix)"
+		drop
+		seq_read qemu-disk-unix "$(uri qemu unix)"
+	done
+else
+	echo "== sequential read from a cold disk: skipped (dropping the page cache needs root)"
+fi
+
 echo "== server RSS with 8 clients (256 MiB cache)"
 start_vmvault 256MiB
 pids=()
@@ -163,6 +178,9 @@ for tr in ("unix", "tcp"):
     q, k, c, w = "qemu-" + tr, "nbdkit-" + tr, "vmvault-cold-" + tr, "vmvault-warm-" + tr
     print("%s: seq cold/qemu-nbd %.2f (target >= 0.70), warm/qemu-nbd %.2f (>= 0.90); QD16 warm/qemu-nbd %.2f (>= 1), warm/nbdkit %.2f (>= 0.40); QD1 warm/qemu-nbd %.2f"
           % (tr, g(c, "seq") / g(q, "seq"), g(w, "seq") / g(q, "seq"), g(w, "qd16") / g(q, "qd16"), g(w, "qd16") / g(k, "qd16"), g(w, "qd1") / g(q, "qd1")))
+if g("vmvault-disk-unix", "seq"):
+    print("from a cold disk (page cache dropped, unix): vmvault %.0f MB/s, qemu-nbd %.0f MB/s, ratio %.2f"
+          % (g("vmvault-disk-unix", "seq"), g("qemu-disk-unix", "seq"), g("vmvault-disk-unix", "seq") / g("qemu-disk-unix", "seq")))
 print("server RSS with 8 clients, 256 MiB cache: %.0f MiB (target <= 320)" % g("vmvault", "rss8"))
 print("boot to marker: vmvault %.2f s, qemu-nbd %.2f s, ratio %.2f (target <= 1.2)" % (g("boot", "vmvault"), g("boot", "qemu"), g("boot", "vmvault") / g("boot", "qemu")))
 EOF
