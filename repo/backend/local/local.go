@@ -165,25 +165,42 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) (err 
 }
 
 // Flush implements backend.Flusher: it fsyncs the chunk directories that
-// have renames since the last Flush.
+// have renames since the last Flush, flushParallel at a time (a capture
+// touches most of the 256; one after another they took 35–50 ms).
 func (b *Backend) Flush(ctx context.Context) error {
 	b.mu.Lock()
 	dirs := b.dirtyDirs
 	b.dirtyDirs = map[string]struct{}{}
 	b.mu.Unlock()
-	var firstErr error
+	var (
+		wg       sync.WaitGroup
+		errMu    sync.Mutex
+		firstErr error
+		sem      = make(chan struct{}, flushParallel)
+	)
 	for d := range dirs {
-		if err := syncDir(d); err != nil {
-			if firstErr == nil {
-				firstErr = err
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := syncDir(d); err != nil {
+				errMu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				errMu.Unlock()
+				b.mu.Lock()
+				b.dirtyDirs[d] = struct{}{} // retry on the next Flush
+				b.mu.Unlock()
 			}
-			b.mu.Lock()
-			b.dirtyDirs[d] = struct{}{} // retry on the next Flush
-			b.mu.Unlock()
-		}
+		}()
 	}
+	wg.Wait()
 	return firstErr
 }
+
+// flushParallel is how many directory fsyncs Flush runs at once.
+const flushParallel = 8
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
