@@ -18,10 +18,10 @@ import (
 // a short file costs little beyond its end. A stream counts as sequential
 // from its second read that continues the one before: a random read
 // followed by a read of the rest of its chunk (the mount's read-around)
-// hints nothing. Hints decode nothing and take
-// no cache space: the local backend only gets the files into the kernel's
-// page cache, where the real load finds them. They are advice: skipped
-// when the hinters are busy, never needed for a correct read.
+// hints nothing. Hints decode nothing and take no cache space: the local
+// backend only gets the files into the kernel's page cache, where the real
+// load finds them. They are advice: skipped when the hinters are busy,
+// never needed for a correct read.
 const (
 	hintMin      = 1 << 20
 	hintMax      = 16 << 20
