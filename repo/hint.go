@@ -43,8 +43,8 @@ type hinter struct {
 // order), hints the data chunks of the window past it that are neither
 // cached nor hinted yet.
 func (d *Disk) hintAhead(off, n int64) {
-	pf, ok := d.r.be.(backend.Prefetcher)
-	if !ok || n <= 0 {
+	pf := d.r.fetcher
+	if pf == nil || n <= 0 {
 		return
 	}
 	h := &d.hint

@@ -68,7 +68,8 @@ type Repository struct {
 	be       backend.Backend
 	cfg      *format.Config
 	cache    *chunkCache
-	bufs     *bufpool.Pool // chunk frames and decoded chunks of the cache
+	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
+	fetcher  backend.Prefetcher // be, when it takes fetch hints (hint.go); else nil
 	hostname string
 	now      func() time.Time
 }
@@ -140,7 +141,8 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 	}
 	host, _ := os.Hostname()
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
-	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, hostname: host, now: time.Now}
+	fetcher, _ := be.(backend.Prefetcher)
+	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher, hostname: host, now: time.Now}
 }
 
 // Config returns the repository config.

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmvault/vmvault/repo/backend"
@@ -172,31 +173,20 @@ func (b *Backend) Flush(ctx context.Context) error {
 	dirs := b.dirtyDirs
 	b.dirtyDirs = map[string]struct{}{}
 	b.mu.Unlock()
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		firstErr error
-		sem      = make(chan struct{}, flushParallel)
-	)
+	var g errgroup.Group // no context: every directory is tried
+	g.SetLimit(flushParallel)
 	for d := range dirs {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := syncDir(d); err != nil {
-				errMu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				errMu.Unlock()
+		g.Go(func() error {
+			err := syncDir(d)
+			if err != nil {
 				b.mu.Lock()
 				b.dirtyDirs[d] = struct{}{} // retry on the next Flush
 				b.mu.Unlock()
 			}
-		}()
+			return err
+		})
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait() // the first error
 }
 
 // flushParallel is how many directory fsyncs Flush runs at once.
