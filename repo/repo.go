@@ -166,32 +166,45 @@ func chunkHandle(id format.ID) backend.Handle {
 // 4 GiB nbdcopy, 256 KiB chunks, 256 MiB cache: 1 MiB per class 255
 // collections and ~1 GB/s, 4 MiB 1,500 and ~0.65 GB/s, 8 MiB 2,100 and
 // ~0.56 GB/s.
+// Frames of raw chunks fit chunk-sized pool buffers (see loadChunk).
+const _ = uint(bufpool.Slack - format.ChunkHeaderSize)
+
 func poolLimit(chunkSize int64) int64 { return max(1<<20, 4*chunkSize) }
 
 // loadChunk loads, decodes and checks one chunk, bypassing the cache.
 func (r *Repository) loadChunk(ctx context.Context, id format.ID, dst []byte) ([]byte, error) {
-	var frame []byte
-	var err error
+	// Frames are dead once decoded: recycle them. A pooled buffer has
+	// bufpool.Slack spare bytes past its size class, which hold the frame
+	// header, so a raw chunk's frame fits a chunk-sized class instead of
+	// taking (and clearing) one twice its size.
+	buf := r.bufs.Get(int(r.cfg.ChunkSize))
+	out, frame, err := r.loadChunkFrame(ctx, id, buf[:0], dst)
+	if frame != nil {
+		r.bufs.Put(frame)
+	} else {
+		r.bufs.Put(buf)
+	}
+	return out, err
+}
+
+// loadChunkFrame is loadChunk with the caller's buffer for the stored
+// frame: it returns the decoded chunk (appended to dst) and the frame,
+// which lives in frameBuf when its capacity sufficed (nil when nothing was
+// loaded), for the caller to reuse.
+func (r *Repository) loadChunkFrame(ctx context.Context, id format.ID, frameBuf, dst []byte) (out, frame []byte, err error) {
 	if bl, ok := r.be.(backend.BufferLoader); ok {
-		// Frames are dead once decoded: recycle them.
-		buf := r.bufs.Get(int(r.cfg.ChunkSize) + format.ChunkHeaderSize)
-		frame, err = bl.LoadInto(ctx, chunkHandle(id), buf[:0])
-		if err == nil {
-			defer r.bufs.Put(frame)
-		} else {
-			r.bufs.Put(buf)
-		}
+		frame, err = bl.LoadInto(ctx, chunkHandle(id), frameBuf)
 	} else {
 		frame, err = r.be.Load(ctx, chunkHandle(id), 0, -1)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out, err := format.DecodeChunkID(dst, frame, id)
+	out, err = format.DecodeChunkID(dst, frame, id)
 	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", id, err)
+		return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	return out, nil
+	return out, frame, nil
 }
 
 // ChunkError reports a chunk that cannot be read, naming where it is used.

@@ -799,3 +799,55 @@ func TestDiskExtentsAndPrefetch(t *testing.T) {
 		t.Error("Prefetch past the end accepted")
 	}
 }
+
+// TestVerifyReportsEveryDamagedChunk damages more chunks than verify has
+// workers, in three ways: the workers reuse their buffers from chunk to
+// chunk, and a failure must neither stop a worker nor leak into the next
+// chunk's check.
+func TestVerifyReportsEveryDamagedChunk(t *testing.T) {
+	r, dir := newLocalRepo(t)
+	n := 4 * (ioParallelism() + 8) // every 4th chunk of testImage is random: unique
+	img := testImage(7, n*cs)
+	rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(n * cs)})
+	d, err := r.OpenDisk(context.Background(), rp, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	damage := []struct {
+		how     func(p string) error
+		problem string
+	}{
+		{func(p string) error { flipByte(t, p, 100); return nil }, "content does not match"},
+		{func(p string) error { flipByte(t, p, format.ChunkHeaderSize+5); return nil }, "content does not match"},
+		{func(p string) error { return os.Truncate(p, 30) }, "raw payload of 14 bytes"},
+		{func(p string) error { return os.Remove(p) }, "missing"},
+	}
+	want := map[int64]string{}
+	for i := 0; i < n; i += 4 {
+		id := d.Index().IDs[i]
+		dm := damage[len(want)%len(damage)]
+		if err := dm.how(filepath.Join(dir, "chunks", id.String()[:2], id.String())); err != nil {
+			t.Fatal(err)
+		}
+		want[int64(i)*cs] = dm.problem
+	}
+	rep, err := r.Verify(context.Background(), VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ChunksChecked != rep.Chunks || len(rep.BadChunks) != len(want) {
+		t.Fatalf("checked %d of %d chunks, %d bad; want all checked and %d bad", rep.ChunksChecked, rep.Chunks, len(rep.BadChunks), len(want))
+	}
+	got := map[int64]string{}
+	for _, dm := range rep.Damage {
+		got[dm.Offset] = dm.Problem
+	}
+	if len(got) != len(want) {
+		t.Fatalf("damage at %d offsets, want %d", len(got), len(want))
+	}
+	for off, problem := range want {
+		if !strings.Contains(got[off], problem) {
+			t.Errorf("offset %d: problem %q, want it to mention %q", off, got[off], problem)
+		}
+	}
+}

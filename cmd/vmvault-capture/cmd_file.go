@@ -84,11 +84,6 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	if err := format.ValidName("VM", o.vm); err != nil {
 		return cli.Usagef("--vm: %v", err)
 	}
-	stopProfile, err := g.StartProfile()
-	if err != nil {
-		return err
-	}
-	defer stopProfile()
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{})
 	if err != nil {

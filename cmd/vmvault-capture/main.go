@@ -23,7 +23,7 @@ existing ones.
 
 ` + cli.ExitCodesHelp,
 	}
-	g.AddFlags(root.PersistentFlags())
+	g.Install(root)
 	root.AddCommand(newFileCommand(g), newVSphereCommand(g))
 	return root
 }

@@ -23,11 +23,6 @@ point, disk and offset.
 		Example: "  vmvault cat web01@latest:disk0/p2/etc/hostname\n  vmvault cat --image disk.img p1/var/log/syslog | grep sshd",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			stopProfile, err := g.StartProfile()
-			if err != nil {
-				return err
-			}
-			defer stopProfile()
 			defer b.close()
 			ctx := cmd.Context()
 			// Smaller than copyRange's blocks, so those go straight to

@@ -37,11 +37,6 @@ An existing regular file is only replaced with --overwrite.`,
 			if o.to == "" {
 				return cli.Usagef("--to FILE is required")
 			}
-			stopProfile, err := g.StartProfile()
-			if err != nil {
-				return err
-			}
-			defer stopProfile()
 			ctx := cmd.Context()
 			r, err := g.OpenRepo(ctx, repo.Options{})
 			if err != nil {

@@ -170,11 +170,6 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		debug.SetMemoryLimit(cacheSize + 60<<20)
 	}
 
-	stopProfile, err := g.StartProfile()
-	if err != nil {
-		return err
-	}
-	defer stopProfile()
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cacheSize})
 	if err != nil {

@@ -32,7 +32,7 @@ web01@2026-11-23T10:00 in UTC).
   vmvault snapshots
   vmvault restore web01@latest --disk disk0 --to /tmp/web01.raw`,
 	}
-	g.AddFlags(root.PersistentFlags())
+	g.Install(root)
 	root.AddCommand(
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
 		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g),

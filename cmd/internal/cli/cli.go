@@ -60,6 +60,8 @@ type Global struct {
 	LockWait   time.Duration
 	Quiet      bool
 	CPUProfile string
+
+	stopProfile func()
 }
 
 // AddFlags registers the global flags.
@@ -71,20 +73,32 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	_ = fs.MarkHidden("cpu-profile")
 }
 
-// StartProfile starts CPU profiling when asked; the returned function stops it.
-func (g *Global) StartProfile() (func(), error) {
-	if g.CPUProfile == "" {
-		return func() {}, nil
+// Install registers the global flags on root and makes --cpu-profile
+// cover whichever subcommand runs, from its start to the end of Execute
+// (also when it fails).
+func (g *Global) Install(root *cobra.Command) {
+	g.AddFlags(root.PersistentFlags())
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.CPUProfile == "" {
+			return nil
+		}
+		f, err := os.Create(g.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("cpu profile %s: %w", g.CPUProfile, err)
+		}
+		g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		return nil
 	}
-	f, err := os.Create(g.CPUProfile)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	cobra.OnFinalize(func() {
+		if g.stopProfile != nil {
+			g.stopProfile()
+			g.stopProfile = nil
+		}
+	})
 }
 
 // OpenRepo opens the repository named by the global flags.

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/repo"
 )
@@ -89,5 +92,47 @@ func TestStreamFile(t *testing.T) {
 	got, _ := os.ReadFile(p)
 	if !bytes.Equal(got, want) {
 		t.Fatal("content differs")
+	}
+}
+
+// TestCPUProfileCoversEverySubcommand: --cpu-profile is a global flag, so
+// every subcommand writes the profile (gzip-compressed pprof), also when
+// it fails, and a profile that cannot be created is an error up front.
+func TestCPUProfileCoversEverySubcommand(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		runErr  error
+		path    string
+		wantErr bool
+		written bool
+	}{
+		{"success", nil, filepath.Join(dir, "ok.prof"), false, true},
+		{"failing subcommand", errors.New("boom"), filepath.Join(dir, "fail.prof"), true, true},
+		{"uncreatable profile", nil, filepath.Join(dir, "missing", "x.prof"), true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &Global{}
+			root := &cobra.Command{Use: "root", SilenceErrors: true, SilenceUsage: true}
+			g.Install(root)
+			ran := false
+			root.AddCommand(&cobra.Command{Use: "sub", RunE: func(*cobra.Command, []string) error { ran = true; return tt.runErr }})
+			root.SetArgs([]string{"sub", "--cpu-profile", tt.path})
+			err := root.Execute()
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Execute: %v, want error %v", err, tt.wantErr)
+			}
+			b, rerr := os.ReadFile(tt.path)
+			if !tt.written {
+				if rerr == nil || ran {
+					t.Fatalf("profile written %v, subcommand ran %v; want neither", rerr == nil, ran)
+				}
+				return
+			}
+			if rerr != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+				t.Fatalf("profile %s: %v, %d bytes; want a gzip-compressed pprof file", tt.path, rerr, len(b))
+			}
+		})
 	}
 }
