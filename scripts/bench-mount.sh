@@ -8,9 +8,11 @@
 #   inner    the 300 MB random file inside the ext4 partition: vmvault
 #            through its own filesystem tree; restic and borg through a
 #            read-only loop mount of their image file (cold each time)
-# plus the ceiling (the same inner file from a kernel loop mount of the raw
-# image, cold) and a 1,000-restore-point repository: `ls` of every VM and
-# restore point directory, and the mount's RSS afterwards.
+# plus the ceilings (the same inner file from a kernel loop mount of the raw
+# image, cold; the sequential dd of a FUSE file of the same size served
+# from memory with vmvault's mount options: scripts/fuseceiling) and a
+# 1,000-restore-point repository: `ls` of every VM and restore point
+# directory, and the mount's RSS afterwards.
 #
 # Usage: scripts/bench-mount.sh          (root; ~10 min the first time)
 # Env:   BENCH_DIR (default /var/tmp/vmvault-bench)
@@ -26,7 +28,7 @@ need borg "apt-get install borgbackup"
 need fusermount3 "apt-get install fuse3"
 
 echo "== building vmvault, the workload tool and restic"
-(cd "$ROOT" && go build -o "$BIN/" ./cmd/vmvault ./cmd/vmvault-capture && go build -o "$BIN/workload" ./scripts/workload)
+(cd "$ROOT" && go build -o "$BIN/" ./cmd/vmvault ./cmd/vmvault-capture && go build -o "$BIN/" ./scripts/workload ./scripts/fuseceiling)
 if ! [ -x "$BIN/restic" ]; then
 	dir=$(go mod download -json github.com/restic/restic@v0.18.1 | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 	(cd "$dir" && go build -o "$BIN/restic" ./cmd/restic)
@@ -107,6 +109,14 @@ drop
 R[kernel.inner]=$(mbs $INNER "$(secs cat "$L/random.bin")")
 umount "$L" && rmdir "$L"
 
+echo "== FUSE ceiling: a file of the image's size served from memory with vmvault's mount options"
+drop
+fuseceiling "$MNT" "$SIZE" >"$W/mount-ceiling.log" 2>&1 & PID=$!
+until [ -e "$MNT/disk.raw" ]; do sleep 0.01; done
+drop
+R[ceiling.seq]=$(mbs "$SIZE" "$(secs dd if="$MNT/disk.raw" of=/dev/null bs=1M)")
+stop_mount
+
 echo "== 1,000 restore points"
 drop
 t0=$(now)
@@ -124,6 +134,7 @@ for tool in vmvault restic borg; do
 	printf '%-8s %10.2f %10s %10s %12s\n' $tool "${R[$tool.start]}" "${R[$tool.seq]}" "${R[$tool.rand]}" "${R[$tool.inner]}"
 done
 printf 'kernel loop mount of the raw image, inner file: %s MB/s\n' "${R[kernel.inner]}"
+printf 'FUSE ceiling (same dd of a file served from memory, no work per read): %s MB/s\n' "${R[ceiling.seq]}"
 best=$(( R[restic.seq] > R[borg.seq] ? R[restic.seq] : R[borg.seq] ))
 bestin=$(( R[restic.inner] > R[borg.inner] ? R[restic.inner] : R[borg.inner] ))
 printf 'seq vs best peer %.2fx (target 2x); rand vs restic %.1fx (target 10x); inner vs best peer %.2fx (target 3x), vs kernel %.2f (target 0.5); start %.2f s (target < 0.3)\n' \
