@@ -166,10 +166,10 @@ func chunkHandle(id format.ID) backend.Handle {
 // 4 GiB nbdcopy, 256 KiB chunks, 256 MiB cache: 1 MiB per class 255
 // collections and ~1 GB/s, 4 MiB 1,500 and ~0.65 GB/s, 8 MiB 2,100 and
 // ~0.56 GB/s.
+func poolLimit(chunkSize int64) int64 { return max(1<<20, 4*chunkSize) }
+
 // Frames of raw chunks fit chunk-sized pool buffers (see loadChunk).
 const _ = uint(bufpool.Slack - format.ChunkHeaderSize)
-
-func poolLimit(chunkSize int64) int64 { return max(1<<20, 4*chunkSize) }
 
 // loadChunk loads, decodes and checks one chunk, bypassing the cache.
 func (r *Repository) loadChunk(ctx context.Context, id format.ID, dst []byte) ([]byte, error) {
