@@ -17,22 +17,26 @@ import (
 	"github.com/vmvault/vmvault/repo/backend/local"
 )
 
-func TestConformance(t *testing.T) {
-	backendtest.Run(t, func(t *testing.T) backend.Backend {
-		be, err := local.Create(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return be
-	})
-}
-
-func TestTempFilesHiddenAndCleaned(t *testing.T) {
+// newBackend creates a local backend in a fresh temporary directory.
+func newBackend(t *testing.T) (*local.Backend, string) {
+	t.Helper()
 	root := t.TempDir()
 	be, err := local.Create(root)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return be, root
+}
+
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, func(t *testing.T) backend.Backend {
+		be, _ := newBackend(t)
+		return be
+	})
+}
+
+func TestTempFilesHiddenAndCleaned(t *testing.T) {
+	be, root := newBackend(t)
 	ctx := context.Background()
 	// A crash between write and rename leaves a temp file behind.
 	tmp := filepath.Join(root, "chunks", "ab", ".tmp-abcd-123456")
@@ -63,11 +67,7 @@ func TestTempFilesHiddenAndCleaned(t *testing.T) {
 }
 
 func TestCreateRefusesExisting(t *testing.T) {
-	root := t.TempDir()
-	be, err := local.Create(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	be, root := newBackend(t)
 	if err := be.Save(context.Background(), backend.Handle{Type: backend.ConfigFile, Name: "config"}, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +106,7 @@ func resident(t *testing.T, path string) (n, pages int) {
 // TestPrefetch checks that a fetch hint brings an object's pages into the
 // page cache, and that hints for missing or invalid objects are ignored.
 func TestPrefetch(t *testing.T) {
-	root := t.TempDir()
-	be, err := local.Create(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	be, root := newBackend(t)
 	ctx := context.Background()
 	h := backend.Handle{Type: backend.ChunkFile, Name: strings.Repeat("ab", 32)}
 	if err := be.Save(ctx, h, bytes.Repeat([]byte{7}, 1<<20)); err != nil {
