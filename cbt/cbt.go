@@ -22,7 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // File is a raw disk image file or block device opened for reading.
@@ -52,8 +52,8 @@ func (f *File) Size() int64 { return f.size }
 // SEEK_DATA/SEEK_HOLE; everything else reads as zeros. It returns nil when
 // the file or filesystem cannot tell (block devices, some filesystems), and
 // then every byte must be read.
-func (f *File) DataRanges() []repo.Range {
-	var out []repo.Range
+func (f *File) DataRanges() []extent.Range {
+	var out []extent.Range
 	for off := int64(0); off < f.size; {
 		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
 		if err == unix.ENXIO {
@@ -67,11 +67,11 @@ func (f *File) DataRanges() []repo.Range {
 			return nil
 		}
 		hole = min(hole, f.size)
-		out = append(out, repo.Range{Offset: data, Length: hole - data})
+		out = append(out, extent.Range{Offset: data, Length: hole - data})
 		off = hole
 	}
 	if out == nil {
-		out = []repo.Range{}
+		out = []extent.Range{}
 	}
 	return out
 }
@@ -83,10 +83,10 @@ const MaxExtents = 16 << 20
 // decimal bytes (any blanks separate the fields); empty lines and lines
 // starting with '#' are ignored. Every range must lie within diskSize. The
 // result is sorted and merged.
-func ParseExtents(r io.Reader, diskSize int64) ([]repo.Range, error) {
+func ParseExtents(r io.Reader, diskSize int64) ([]extent.Range, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 4096)
-	var out []repo.Range
+	var out []extent.Range
 	line := 0
 	for sc.Scan() {
 		line++
@@ -109,10 +109,10 @@ func ParseExtents(r io.Reader, diskSize int64) ([]repo.Range, error) {
 		if len(out) >= MaxExtents {
 			return nil, fmt.Errorf("extents: more than %d ranges", MaxExtents)
 		}
-		out = append(out, repo.Range{Offset: off, Length: n})
+		out = append(out, extent.Range{Offset: off, Length: n})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("extents line %d: %w", line+1, err)
 	}
-	return repo.NormalizeRanges(out), nil
+	return extent.Normalize(out), nil
 }

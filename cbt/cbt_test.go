@@ -5,22 +5,22 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
-func rg(off, n int64) repo.Range { return repo.Range{Offset: off, Length: n} }
+func rg(off, n int64) extent.Range { return extent.Range{Offset: off, Length: n} }
 
 func TestParseExtents(t *testing.T) {
 	cases := []struct {
 		name, in string
 		size     int64
-		want     []repo.Range
+		want     []extent.Range
 		err      bool
 	}{
-		{"empty", "", 100, []repo.Range{}, false},
-		{"tabs and comments", "# changed\n0\t10\n\n50\t5\n", 100, []repo.Range{rg(0, 10), rg(50, 5)}, false},
-		{"merges and sorts", "50 5\n0 10\n8 4\n55 1\n", 100, []repo.Range{rg(0, 12), rg(50, 6)}, false},
-		{"to the end", "90\t10\n", 100, []repo.Range{rg(90, 10)}, false},
+		{"empty", "", 100, []extent.Range{}, false},
+		{"tabs and comments", "# changed\n0\t10\n\n50\t5\n", 100, []extent.Range{rg(0, 10), rg(50, 5)}, false},
+		{"merges and sorts", "50 5\n0 10\n8 4\n55 1\n", 100, []extent.Range{rg(0, 12), rg(50, 6)}, false},
+		{"to the end", "90\t10\n", 100, []extent.Range{rg(90, 10)}, false},
 		{"past the end", "95\t10\n", 100, nil, true},
 		{"negative", "-1\t10\n", 100, nil, true},
 		{"hex", "0x10\t10\n", 100, nil, true},

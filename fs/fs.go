@@ -19,6 +19,8 @@ import (
 	"io"
 	iofs "io/fs"
 	"time"
+
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // Errors shared by all implementations. They wrap the io/fs sentinels so
@@ -113,14 +115,13 @@ type File interface {
 	Size() int64
 }
 
-// Extent is a range of a file that holds data; the rest reads as zeros.
-type Extent struct{ Off, Len int64 }
-
 // SparseFile is implemented by Files that know where their holes are, so
-// cp can keep sparse files sparse without reading zeros.
+// cp can keep sparse files sparse without reading zeros. DataExtents returns
+// the byte ranges of the file that hold data, normalized; the rest reads as
+// zeros.
 type SparseFile interface {
 	File
-	DataExtents() ([]Extent, error)
+	DataExtents() ([]extent.Range, error)
 }
 
 // FileSystem is a read-only filesystem. All methods are safe for concurrent

@@ -55,8 +55,6 @@ type FS struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	rps     []*repo.RestorePoint
-	listed  time.Time
 	inos    map[string]uint64
 	fsInos  map[fsKey]uint64
 	nextIno uint64
@@ -107,16 +105,10 @@ func (m *FS) fileIno(fsID int, ino fs.Ino) uint64 {
 	return m.nextIno
 }
 
-// restorePoints returns the current list, re-read when older than ListTTL.
+// restorePoints returns the repository's listing, re-read when older than
+// ListTTL.
 func (m *FS) restorePoints(ctx context.Context) ([]*repo.RestorePoint, error) {
-	m.mu.Lock()
-	if time.Since(m.listed) < ListTTL {
-		rps := m.rps
-		m.mu.Unlock()
-		return rps, nil
-	}
-	m.mu.Unlock()
-	rps, bad, err := m.r.ListRestorePoints(ctx)
+	rps, bad, err := m.r.RestorePoints(ctx, ListTTL)
 	if err != nil {
 		m.log.Error("list restore points", "err", err)
 		return nil, err
@@ -124,10 +116,6 @@ func (m *FS) restorePoints(ctx context.Context) ([]*repo.RestorePoint, error) {
 	for _, b := range bad {
 		m.log.Warn("restore point cannot be read", "name", b.Name, "err", b.Err)
 	}
-	repo.SortRestorePoints(rps)
-	m.mu.Lock()
-	m.rps, m.listed = rps, time.Now()
-	m.mu.Unlock()
 	return rps, nil
 }
 

@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path"
@@ -14,7 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -37,16 +36,8 @@ func (d DiskDevice) ReadSlices(ctx context.Context, off, length int64, fn func([
 }
 
 // Extents implements Device from the index's zero chunks.
-func (d DiskDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
-	es, err := d.D.Extents(off, length)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Extent, len(es))
-	for i, e := range es {
-		out[i] = Extent{Offset: e.Offset, Length: e.Length, Zero: e.Zero}
-	}
-	return out, nil
+func (d DiskDevice) Extents(_ context.Context, off, length int64) ([]extent.Extent, error) {
+	return d.D.Extents(off, length)
 }
 
 // prefetchParallel is how many chunks a Prefetch loads at once: decoding
@@ -83,7 +74,6 @@ type RepoCatalog struct {
 	Log        *slog.Logger
 
 	mu       sync.Mutex
-	rps      map[format.ID]*repo.RestorePoint
 	overlays map[string]*sharedOverlay
 }
 
@@ -97,64 +87,18 @@ func OverlayPath(dir string, rp format.ID, disk string) string {
 	return filepath.Join(dir, rp.String(), disk)
 }
 
-// refresh brings the restore point set up to date, loading only manifests
-// not seen before (they are immutable).
+// refresh returns the repository's restore points as of now.
 func (c *RepoCatalog) refresh(ctx context.Context) ([]*repo.RestorePoint, error) {
-	var ids []format.ID
-	err := c.Repo.Backend().List(ctx, backend.SnapshotFile, func(fi backend.FileInfo) error {
-		if id, err := format.ParseID(fi.Name); err == nil {
-			ids = append(ids, id)
-		}
-		return nil
-	})
+	rps, bad, err := c.Repo.RestorePoints(ctx, 0)
 	if err != nil {
-		return nil, fmt.Errorf("list restore points: %w", err)
-	}
-	c.mu.Lock()
-	if c.rps == nil {
-		c.rps = map[format.ID]*repo.RestorePoint{}
-	}
-	known := c.rps
-	c.mu.Unlock()
-	next := make(map[format.ID]*repo.RestorePoint, len(ids))
-	var missing []format.ID
-	for _, id := range ids {
-		if rp, ok := known[id]; ok {
-			next[id] = rp
-		} else {
-			missing = append(missing, id)
-		}
-	}
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for _, id := range missing {
-		g.Go(func() error {
-			rp, err := c.Repo.LoadRestorePoint(gctx, id)
-			if err != nil {
-				if !errors.Is(err, repo.ErrNotFoundRP) && c.Log != nil {
-					c.Log.Warn("skipping unreadable restore point", "id", id.Short(), "err", err)
-				}
-				return nil
-			}
-			mu.Lock()
-			next[id] = rp
-			mu.Unlock()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	c.rps = next
-	c.mu.Unlock()
-	out := make([]*repo.RestorePoint, 0, len(next))
-	for _, rp := range next {
-		out = append(out, rp)
+	for _, b := range bad {
+		if c.Log != nil {
+			c.Log.Warn("skipping unreadable restore point", "name", b.Name, "err", b.Err)
+		}
 	}
-	repo.SortRestorePoints(out)
-	return out, nil
+	return rps, nil
 }
 
 func (c *RepoCatalog) allowed(name string) bool {

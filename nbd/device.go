@@ -4,14 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-)
 
-// Extent is a byte range of a device that either reads as all zeroes and
-// holds no data (Zero) or may hold data.
-type Extent struct {
-	Offset, Length int64
-	Zero           bool
-}
+	"github.com/vmvault/vmvault/repo/extent"
+)
 
 // Device is what an export serves. Implementations are safe for concurrent
 // use; the server validates every range against Size before calling them.
@@ -20,7 +15,7 @@ type Device interface {
 	// ReadAt fills p from off; len(p) bytes or an error.
 	ReadAt(ctx context.Context, p []byte, off int64) error
 	// Extents describes [off, off+length) in order, without gaps.
-	Extents(ctx context.Context, off, length int64) ([]Extent, error)
+	Extents(ctx context.Context, off, length int64) ([]extent.Extent, error)
 	// Prefetch warms whatever cache lies behind ReadAt (NBD_CMD_CACHE,
 	// read-ahead); it may do nothing.
 	Prefetch(ctx context.Context, off, length int64) error
@@ -113,8 +108,8 @@ func fullRead(n, want int, err error) error {
 }
 
 // Extents implements Device.
-func (d ReaderDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
-	return []Extent{{Offset: off, Length: length}}, nil
+func (d ReaderDevice) Extents(_ context.Context, off, length int64) ([]extent.Extent, error) {
+	return []extent.Extent{{Offset: off, Length: length}}, nil
 }
 
 // Prefetch implements Device.

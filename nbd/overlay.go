@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // OverlayBlockSize is the overlay's allocation granularity: a write of
@@ -317,9 +319,9 @@ func (o *Overlay) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 // Extents implements Device: written blocks are data, the rest is the
 // base's extents.
-func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
-	var out []Extent
-	add := func(e Extent) {
+func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]extent.Extent, error) {
+	var out []extent.Extent
+	add := func(e extent.Extent) {
 		if n := len(out); n > 0 && out[n-1].Zero == e.Zero && out[n-1].Offset+out[n-1].Length == e.Offset {
 			out[n-1].Length += e.Length
 			return
@@ -328,7 +330,7 @@ func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]Extent, err
 	}
 	for _, r := range o.runs(off, length) {
 		if r.set {
-			add(Extent{Offset: r.off, Length: r.length})
+			add(extent.Extent{Offset: r.off, Length: r.length})
 			continue
 		}
 		es, err := o.base.Extents(ctx, r.off, r.length)
@@ -552,11 +554,11 @@ func (o *Overlay) Flush(context.Context) error {
 
 // Allocated returns the byte ranges written through the overlay (and so
 // differing from the base), in order.
-func (o *Overlay) Allocated() []Extent {
-	var out []Extent
+func (o *Overlay) Allocated() []extent.Extent {
+	var out []extent.Extent
 	for _, r := range o.runs(0, o.meta.Size) {
 		if r.set {
-			out = append(out, Extent{Offset: r.off, Length: r.length})
+			out = append(out, extent.Extent{Offset: r.off, Length: r.length})
 		}
 	}
 	return out

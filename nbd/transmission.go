@@ -8,6 +8,8 @@ import (
 	"io"
 	"syscall"
 	"time"
+
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // writeTimeout bounds one reply write, so a client that stops reading
@@ -381,7 +383,7 @@ func (l *lent) take(n int64) [][]byte {
 // so holes are sent as holes and their lent zeroes skipped.
 func (c *conn) readLent(r request, sr SliceReader) {
 	off, n := int64(r.off), int64(r.length)
-	exts := []Extent{{Offset: off, Length: n}}
+	exts := []extent.Extent{{Offset: off, Length: n}}
 	if c.structured && r.flags&cmdFlagDF == 0 {
 		var err error
 		if exts, err = c.exp.Device.Extents(c.ctx, off, n); err != nil {
@@ -395,7 +397,7 @@ func (c *conn) readLent(r request, sr SliceReader) {
 		c.st.bytesRead.Add(n)
 		src := lent(bufs)
 		return c.send(func() error {
-			return c.writeRead(r.cookie, exts, func(e Extent) [][]byte { return src.take(e.Length) })
+			return c.writeRead(r.cookie, exts, func(e extent.Extent) [][]byte { return src.take(e.Length) })
 		})
 	})
 	if err != nil && !called {
@@ -426,7 +428,7 @@ func (c *conn) handleRead(r request) {
 	}
 	buf := payloads.Get(int(n))
 	defer payloads.Put(buf)
-	var exts []Extent
+	var exts []extent.Extent
 	var err error
 	if c.structured && r.flags&cmdFlagDF == 0 {
 		exts, err = dev.Extents(ctx, off, n)
@@ -449,10 +451,10 @@ func (c *conn) handleRead(r request) {
 	c.st.bytesRead.Add(n)
 	c.readAhead(off, n)
 	if exts == nil {
-		exts = []Extent{{Offset: off, Length: n}}
+		exts = []extent.Extent{{Offset: off, Length: n}}
 	}
 	c.send(func() error {
-		return c.writeRead(r.cookie, exts, func(e Extent) [][]byte { return [][]byte{buf[e.Offset-off : e.Offset-off+e.Length]} })
+		return c.writeRead(r.cookie, exts, func(e extent.Extent) [][]byte { return [][]byte{buf[e.Offset-off : e.Offset-off+e.Length]} })
 	})
 }
 
@@ -460,7 +462,7 @@ func (c *conn) handleRead(r request) {
 // gaps): one simple reply with all the data, or one structured chunk per
 // extent, holes as holes. data returns an extent's bytes; it is called
 // once per extent, in order, holes included.
-func (c *conn) writeRead(cookie uint64, exts []Extent, data func(Extent) [][]byte) error {
+func (c *conn) writeRead(cookie uint64, exts []extent.Extent, data func(extent.Extent) [][]byte) error {
 	if !c.structured {
 		var all [][]byte
 		for _, e := range exts {

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -287,20 +288,14 @@ func (d *Disk) Prefetch(ctx context.Context, off, length int64) error {
 	return nil
 }
 
-// Extent is a byte range of a disk that is either all zero or data.
-type Extent struct {
-	Offset, Length int64
-	Zero           bool
-}
-
 // Extents describes [off, off+length) as maximal runs of zero and data
 // chunks, from the index alone (no chunk is read). A data chunk may still
 // contain zero bytes.
-func (d *Disk) Extents(off, length int64) ([]Extent, error) {
+func (d *Disk) Extents(off, length int64) ([]extent.Extent, error) {
 	if off < 0 || length < 0 || off > d.idx.DiskSize-length {
 		return nil, fmt.Errorf("extents of disk %s [%d,+%d): out of range", d.name, off, length)
 	}
-	var out []Extent
+	var out []extent.Extent
 	cs := d.idx.ChunkSize
 	end := off + length
 	for pos := off; pos < end; {
@@ -310,7 +305,7 @@ func (d *Disk) Extents(off, length int64) ([]Extent, error) {
 		if n := len(out); n > 0 && out[n-1].Zero == zero {
 			out[n-1].Length += next - pos
 		} else {
-			out = append(out, Extent{Offset: pos, Length: next - pos, Zero: zero})
+			out = append(out, extent.Extent{Offset: pos, Length: next - pos, Zero: zero})
 		}
 		pos = next
 	}

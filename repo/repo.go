@@ -70,8 +70,10 @@ type Repository struct {
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
 	fetcher  backend.Prefetcher // be, when it takes fetch hints (hint.go); else nil
+	props    backend.Properties
 	hostname string
 	now      func() time.Time
+	listing  listing // cached restore points (snapshots.go)
 }
 
 // Options tune an open repository.
@@ -142,7 +144,8 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 	host, _ := os.Hostname()
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher, hostname: host, now: time.Now}
+	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+		props: be.Properties(), hostname: host, now: time.Now}
 }
 
 // Config returns the repository config.

@@ -17,6 +17,7 @@ import (
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/local"
 	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -153,7 +154,7 @@ func TestIncrementals(t *testing.T) {
 
 	// Extents incremental: the reader only sees the declared ranges.
 	copy(img[20*cs+100:], bytes.Repeat([]byte{0xAB}, 3*cs))
-	changed := []Range{{20*cs + 100, 3 * cs}}
+	changed := []extent.Range{{Offset: 20*cs + 100, Length: 3 * cs}}
 	src := &countingReader{r: bytes.NewReader(img)}
 	rp3 := capture(t, r, "vm", rp2, DiskSource{Name: "disk0", Reader: src, Size: int64(size), Changed: changed})
 	st = rp3.Disks[0].Stats
@@ -174,7 +175,7 @@ func TestIncrementals(t *testing.T) {
 
 	// Grown disk with extents: the new tail is read too.
 	grown := append(append([]byte(nil), img...), testImage(9, 3*cs)...)
-	rp4 := capture(t, r, "vm", rp3, DiskSource{Name: "disk0", Reader: bytes.NewReader(grown), Size: int64(len(grown)), Changed: []Range{}})
+	rp4 := capture(t, r, "vm", rp3, DiskSource{Name: "disk0", Reader: bytes.NewReader(grown), Size: int64(len(grown)), Changed: []extent.Range{}})
 	if got := restoreBytes(t, r, rp4, "disk0"); !bytes.Equal(got, grown) {
 		t.Error("grown disk restore differs")
 	}
@@ -534,14 +535,6 @@ func TestApplyPolicy(t *testing.T) {
 	}
 }
 
-func TestNormalizeRanges(t *testing.T) {
-	got := NormalizeRanges([]Range{{100, 10}, {0, 5}, {5, 5}, {105, 20}, {200, 0}})
-	want := []Range{{0, 10}, {100, 25}}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
-		t.Fatalf("NormalizeRanges = %v, want %v", got, want)
-	}
-}
-
 func TestWriteChunkSparse(t *testing.T) {
 	data := make([]byte, 5*holeBlock+100)
 	copy(data[holeBlock+7:], "x")             // block 1
@@ -590,7 +583,7 @@ func TestSparseSourceSkipsHoles(t *testing.T) {
 	copy(img[7*cs:], bytes.Repeat([]byte{9}, cs+10)) // chunks 7 and 8
 	src := &countingReader{r: bytes.NewReader(img)}
 	rp := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: src, Size: int64(size),
-		Data: []Range{{Offset: 2 * cs, Length: 100}, {Offset: 7 * cs, Length: cs + 10}}})
+		Data: []extent.Range{{Offset: 2 * cs, Length: 100}, {Offset: 7 * cs, Length: cs + 10}}})
 	if got := src.n.Load(); got != 3*cs {
 		t.Errorf("read %d bytes, want only the 3 chunks with data (%d)", got, 3*cs)
 	}
@@ -767,11 +760,11 @@ func TestDiskExtentsAndPrefetch(t *testing.T) {
 	}
 	cases := []struct {
 		off, n int64
-		want   []Extent
+		want   []extent.Extent
 	}{
-		{0, int64(size), []Extent{{0, cs, false}, {cs, 2 * cs, true}, {3 * cs, cs, false}, {4 * cs, 100, true}}},
-		{cs / 2, cs, []Extent{{cs / 2, cs / 2, false}, {cs, cs / 2, true}}},
-		{2*cs + 1, 10, []Extent{{2*cs + 1, 10, true}}},
+		{0, int64(size), []extent.Extent{{Offset: 0, Length: cs, Zero: false}, {Offset: cs, Length: 2 * cs, Zero: true}, {Offset: 3 * cs, Length: cs, Zero: false}, {Offset: 4 * cs, Length: 100, Zero: true}}},
+		{cs / 2, cs, []extent.Extent{{Offset: cs / 2, Length: cs / 2, Zero: false}, {Offset: cs, Length: cs / 2, Zero: true}}},
+		{2*cs + 1, 10, []extent.Extent{{Offset: 2*cs + 1, Length: 10, Zero: true}}},
 		{int64(size), 0, nil},
 	}
 	for _, c := range cases {
@@ -806,7 +799,7 @@ func TestDiskExtentsAndPrefetch(t *testing.T) {
 // chunk's check.
 func TestVerifyReportsEveryDamagedChunk(t *testing.T) {
 	r, dir := newLocalRepo(t)
-	n := 4 * (ioParallelism() + 8) // every 4th chunk of testImage is random: unique
+	n := 4 * (r.props.ReadParallelism + 8) // every 4th chunk of testImage is random: unique
 	img := testImage(7, n*cs)
 	rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(n * cs)})
 	d, err := r.OpenDisk(context.Background(), rp, "disk0")

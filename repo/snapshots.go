@@ -68,25 +68,73 @@ type BadRestorePoint struct {
 	Err  error
 }
 
-// ListRestorePoints loads every manifest, sorted by VM then time. Manifests
-// that fail to load are returned separately, so one damaged object does not
-// hide the others.
+// listing is the Repository's cached set of restore points. Manifests are
+// immutable, so a refresh lists the snapshot names and loads only the
+// manifests it has not seen; names that vanished (forgotten) are dropped.
+// A manifest that failed to load is tried again at the next refresh.
+type listing struct {
+	mu     sync.Mutex // held during a refresh: concurrent callers share one
+	rps    map[format.ID]*RestorePoint
+	bad    []BadRestorePoint
+	listed time.Time
+}
+
+// ListRestorePoints returns every restore point, sorted by VM then time,
+// listing the backend now. Manifests that fail to load are returned
+// separately, so one damaged object does not hide the others.
 func (r *Repository) ListRestorePoints(ctx context.Context) ([]*RestorePoint, []BadRestorePoint, error) {
+	return r.RestorePoints(ctx, 0)
+}
+
+// RestorePoints is ListRestorePoints with a cache: when the last listing
+// is younger than maxAge it is returned as it was. Long-lived readers (the
+// NBD server, the mount) and one-shot commands share this one
+// implementation. The returned slice is the caller's; the restore points
+// in it are shared and must not be modified.
+func (r *Repository) RestorePoints(ctx context.Context, maxAge time.Duration) ([]*RestorePoint, []BadRestorePoint, error) {
+	l := &r.listing
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rps == nil || maxAge <= 0 || r.now().Sub(l.listed) >= maxAge {
+		if err := r.refreshListing(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
+	rps := make([]*RestorePoint, 0, len(l.rps))
+	for _, rp := range l.rps {
+		rps = append(rps, rp)
+	}
+	SortRestorePoints(rps)
+	return rps, append([]BadRestorePoint(nil), l.bad...), nil
+}
+
+// refreshListing brings r.listing up to date; the caller holds its lock.
+func (r *Repository) refreshListing(ctx context.Context) error {
+	l := &r.listing
+	started := r.now()
 	var names []string
 	if err := r.be.List(ctx, backend.SnapshotFile, func(fi backend.FileInfo) error {
 		names = append(names, fi.Name)
 		return nil
 	}); err != nil {
-		return nil, nil, fmt.Errorf("list restore points: %w", err)
+		return fmt.Errorf("list restore points: %w", err)
+	}
+	next := make(map[format.ID]*RestorePoint, len(names))
+	var missing []string
+	for _, n := range names {
+		if id, err := format.ParseID(n); err == nil && l.rps[id] != nil {
+			next[id] = l.rps[id]
+		} else {
+			missing = append(missing, n)
+		}
 	}
 	var (
 		mu  sync.Mutex
-		rps []*RestorePoint
 		bad []BadRestorePoint
 	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for _, n := range names {
+	g.SetLimit(r.props.ReadParallelism)
+	for _, n := range missing {
 		g.Go(func() error {
 			id, err := format.ParseID(n)
 			var rp *RestorePoint
@@ -104,17 +152,17 @@ func (r *Repository) ListRestorePoints(ctx context.Context) ([]*RestorePoint, []
 			if err != nil {
 				bad = append(bad, BadRestorePoint{Name: n, Err: err})
 			} else {
-				rps = append(rps, rp)
+				next[id] = rp
 			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, err
+		return err
 	}
-	SortRestorePoints(rps)
 	sort.Slice(bad, func(i, j int) bool { return bad[i].Name < bad[j].Name })
-	return rps, bad, nil
+	l.rps, l.bad, l.listed = next, bad, started
+	return nil
 }
 
 // SortRestorePoints orders by VM, then time, then ID.

@@ -130,7 +130,7 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 	// Fixed workers, each with its own frame and chunk buffers: verify
 	// decodes every chunk once and keeps none, so a buffer per chunk
 	// would only feed the garbage collector. There are as many workers as
-	// reads worth keeping in flight on a cold disk.
+	// reads worth keeping in flight (the backend's ReadParallelism).
 	g, gctx := errgroup.WithContext(ctx)
 	next := make(chan format.ID)
 	g.Go(func() error {
@@ -144,7 +144,7 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 		}
 		return nil
 	})
-	for range min(ioParallelism(), max(len(ids), 1)) {
+	for range min(r.props.ReadParallelism, max(len(ids), 1)) {
 		g.Go(func() error {
 			var frameBuf, buf []byte
 			if !opts.NoData {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,16 +14,12 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
 // writeBehind bounds the memory of compressed chunks queued for saving.
 const writeBehind = 64 << 20
-
-// Range is a byte range of a disk.
-type Range struct {
-	Offset, Length int64
-}
 
 // DiskSource is one disk to capture.
 type DiskSource struct {
@@ -34,7 +29,7 @@ type DiskSource struct {
 	// Changed lists the byte ranges that changed since the base restore
 	// point's disk of the same name. Nil means "unknown": every chunk is
 	// read and only chunks whose content is new are stored.
-	Changed []Range
+	Changed []extent.Range
 	// ChangeToken is the source's change marker (e.g. a vSphere changeId)
 	// as of this capture, stored for the next incremental.
 	ChangeToken string
@@ -43,7 +38,7 @@ type DiskSource struct {
 	// Data, when not nil, lists the only ranges that may hold non-zero
 	// bytes (a sparse file's allocated extents): chunks outside them are
 	// recorded as zero without being read.
-	Data []Range
+	Data []extent.Range
 }
 
 // Progress counts bytes a capture has to process and has processed; safe
@@ -259,7 +254,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	const savers = 8 // concurrent Saves; more did not help on local disks
+	savers := r.props.WriteParallelism
 	known := &knownSet{m: make(map[format.ID]struct{}, len(p.ids))}
 	if p.mode != "full" {
 		for _, id := range p.ids {
@@ -385,7 +380,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 
 // markChunks sets mark[i] for every chunk i that a non-empty range touches
 // (ranges rounded out to chunk boundaries; chunks past len(mark) ignored).
-func markChunks(mark []bool, rs []Range, cs int64) {
+func markChunks(mark []bool, rs []extent.Range, cs int64) {
 	for _, r := range rs {
 		if r.Length <= 0 {
 			continue
@@ -397,7 +392,7 @@ func markChunks(mark []bool, rs []Range, cs int64) {
 }
 
 // dataMap marks the chunks that overlap a data range; nil means all may.
-func dataMap(data []Range, cs int64, n int) []bool {
+func dataMap(data []extent.Range, cs int64, n int) []bool {
 	if data == nil {
 		return nil
 	}
@@ -457,24 +452,4 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// NormalizeRanges sorts ranges and merges overlapping or adjacent ones.
-func NormalizeRanges(rs []Range) []Range {
-	out := make([]Range, 0, len(rs))
-	for _, r := range rs {
-		if r.Length > 0 {
-			out = append(out, r)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Offset < out[j].Offset })
-	merged := out[:0]
-	for _, r := range out {
-		if n := len(merged); n > 0 && r.Offset <= merged[n-1].Offset+merged[n-1].Length {
-			merged[n-1].Length = max(merged[n-1].Length, r.Offset+r.Length-merged[n-1].Offset)
-			continue
-		}
-		merged = append(merged, r)
-	}
-	return merged
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -190,7 +191,7 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 
 // planDisk decides between an incremental (the changed areas, reason "")
 // and a full capture (the reason).
-func planDisk(ctx context.Context, vm *object.VirtualMachine, snap *Snapshot, d DiskInfo, base *repo.RestorePoint, cbtOn, full bool, log *slog.Logger) ([]repo.Range, string) {
+func planDisk(ctx context.Context, vm *object.VirtualMachine, snap *Snapshot, d DiskInfo, base *repo.RestorePoint, cbtOn, full bool, log *slog.Logger) ([]extent.Range, string) {
 	name := vmName(vm)
 	var reason string
 	switch {
@@ -230,7 +231,7 @@ func planDisk(ctx context.Context, vm *object.VirtualMachine, snap *Snapshot, d 
 	return nil, reason
 }
 
-func sumRanges(rs []repo.Range) int64 {
+func sumRanges(rs []extent.Range) int64 {
 	var n int64
 	for _, r := range rs {
 		n += r.Length

@@ -44,7 +44,7 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
-	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // SnapshotPrefix starts the name of every snapshot this package creates.
@@ -317,8 +317,8 @@ func removeSnapshot(ctx context.Context, c *vim25.Client, ref types.ManagedObjec
 // ChangedAreas asks which areas of a snapshot's disk changed since
 // changeID ("*" for every allocated area), looping until the answers cover
 // the whole capacity.
-func ChangedAreas(ctx context.Context, vm *object.VirtualMachine, snap types.ManagedObjectReference, d DiskInfo, changeID string) ([]repo.Range, error) {
-	var out []repo.Range
+func ChangedAreas(ctx context.Context, vm *object.VirtualMachine, snap types.ManagedObjectReference, d DiskInfo, changeID string) ([]extent.Range, error) {
+	var out []extent.Range
 	for off := int64(0); off < d.Capacity; {
 		res, err := methods.QueryChangedDiskAreas(ctx, vm.Client(), &types.QueryChangedDiskAreas{
 			This: vm.Reference(), Snapshot: &snap, DeviceKey: d.Key, StartOffset: off, ChangeId: changeID,
@@ -339,12 +339,12 @@ func ChangedAreas(ctx context.Context, vm *object.VirtualMachine, snap types.Man
 				out[n-1].Length = max(out[n-1].Length, a.Start+a.Length-out[n-1].Offset)
 				continue
 			}
-			out = append(out, repo.Range{Offset: a.Start, Length: a.Length})
+			out = append(out, extent.Range{Offset: a.Start, Length: a.Length})
 		}
 		off = end
 	}
 	if out == nil {
-		out = []repo.Range{}
+		out = []extent.Range{}
 	}
 	return out, nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/vmvault/vmvault/cbt/vsphere/vcsimtest"
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 type env struct {
@@ -113,14 +114,14 @@ func (e *env) equalsFile(rpID, disk, path string) {
 	defer f.Close()
 	// Compare where either side has data: the disk's non-zero chunks and
 	// the file's data extents. Elsewhere both read as zeros.
-	var ranges []repo.Range
+	var ranges []extent.Range
 	ex, err := d.Extents(0, d.Size())
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for _, x := range ex {
 		if !x.Zero {
-			ranges = append(ranges, repo.Range{Offset: x.Offset, Length: x.Length})
+			ranges = append(ranges, extent.Range{Offset: x.Offset, Length: x.Length})
 		}
 	}
 	for off := int64(0); off < d.Size(); {
@@ -129,7 +130,7 @@ func (e *env) equalsFile(rpID, disk, path string) {
 			break
 		}
 		hole, _ := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
-		ranges = append(ranges, repo.Range{Offset: data, Length: min(hole, d.Size()) - data})
+		ranges = append(ranges, extent.Range{Offset: data, Length: min(hole, d.Size()) - data})
 		off = hole
 	}
 	for _, rg := range ranges {

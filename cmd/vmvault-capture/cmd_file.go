@@ -13,6 +13,7 @@ import (
 	"github.com/vmvault/vmvault/cbt"
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -161,7 +162,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 					return fmt.Errorf("disk %s: changed extents %s: %w", name, file, err)
 				}
 				if src.Changed == nil {
-					src.Changed = []repo.Range{}
+					src.Changed = []extent.Range{}
 				}
 			}
 		}

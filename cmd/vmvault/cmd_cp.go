@@ -17,6 +17,7 @@ import (
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/fs"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 type cpOptions struct {
@@ -322,30 +323,22 @@ func (c *copier) copyFile(ino fs.Ino, st fs.Stat, rel string) error {
 // extents written and keep their holes.
 func (c *copier) writeContent(out *os.File, f fs.File) error {
 	size := f.Size()
-	extents := []fs.Extent{{Off: 0, Len: size}}
+	extents := []extent.Range{{Offset: 0, Length: size}}
 	if sf, ok := f.(fs.SparseFile); ok {
 		if ex, err := sf.DataExtents(); err == nil {
 			extents = ex
 		}
 	}
 	for _, e := range extents {
-		if _, err := out.Seek(e.Off, io.SeekStart); err != nil {
+		if _, err := out.Seek(e.Offset, io.SeekStart); err != nil {
 			return err
 		}
-		if err := copyRange(c.ctx, out, f, e.Off, e.Len, &c.progress.Done); err != nil {
+		if err := copyRange(c.ctx, out, f, e.Offset, e.Length, &c.progress.Done); err != nil {
 			return err
 		}
 	}
-	c.progress.Done.Add(size - sumLen(extents))
+	c.progress.Done.Add(size - extent.Sum(extents))
 	return out.Truncate(size)
-}
-
-func sumLen(ex []fs.Extent) int64 {
-	var n int64
-	for _, e := range ex {
-		n += e.Len
-	}
-	return n
 }
 
 func (c *copier) copySymlink(ino fs.Ino, st fs.Stat, rel string) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/nbd"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 func newOverlayCommand(g *cli.Global) *cobra.Command {
@@ -331,11 +332,11 @@ They are kept unless --discard is given.`,
 			changedBytes := int64(0)
 			for _, md := range rp.Disks {
 				d := disks[md.Name]
-				src := repo.DiskSource{Name: md.Name, Reader: d, Size: d.Size(), Changed: []repo.Range{}}
+				src := repo.DiskSource{Name: md.Name, Reader: d, Size: d.Size(), Changed: []extent.Range{}}
 				if ov := byDisk[md.Name]; ov != nil {
 					src.Reader = overlayReader{ctx, ov}
 					for _, e := range ov.Allocated() {
-						src.Changed = append(src.Changed, repo.Range{Offset: e.Offset, Length: e.Length})
+						src.Changed = append(src.Changed, extent.Range{Offset: e.Offset, Length: e.Length})
 						changedBytes += e.Length
 					}
 				}

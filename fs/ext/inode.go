@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/fs"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 // inode is the parsed part of an on-disk inode that the reader uses.
@@ -443,12 +444,12 @@ func finish(n, asked int) (int, error) {
 }
 
 // DataExtents implements fs.SparseFile: the byte ranges that hold data.
-func (fl *File) DataExtents() ([]fs.Extent, error) {
+func (fl *File) DataExtents() ([]extent.Range, error) {
 	if fl.inline != nil {
-		return []fs.Extent{{Off: 0, Len: fl.size}}, nil
+		return []extent.Range{{Offset: 0, Length: fl.size}}, nil
 	}
 	bs := fl.f.blockSize
-	var out []fs.Extent
+	var out []extent.Range
 	for _, r := range fl.runs {
 		if r.uninit {
 			continue
@@ -461,11 +462,11 @@ func (fl *File) DataExtents() ([]fs.Extent, error) {
 		if n <= 0 {
 			continue
 		}
-		if k := len(out); k > 0 && out[k-1].Off+out[k-1].Len == off {
-			out[k-1].Len += n
+		if k := len(out); k > 0 && out[k-1].End() == off {
+			out[k-1].Length += n
 			continue
 		}
-		out = append(out, fs.Extent{Off: off, Len: n})
+		out = append(out, extent.Range{Offset: off, Length: n})
 	}
 	return out, nil
 }

@@ -72,7 +72,7 @@ func TestFileReadAt(t *testing.T) {
 		})
 	}
 	ex, _ := mapped.DataExtents()
-	if len(ex) != 2 || ex[0].Off != bs || ex[0].Len != 2*bs || ex[1].Off != 5*bs || ex[1].Len != bs+100 {
+	if len(ex) != 2 || ex[0].Offset != bs || ex[0].Length != 2*bs || ex[1].Offset != 5*bs || ex[1].Length != bs+100 {
 		t.Errorf("DataExtents = %+v", ex)
 	}
 }

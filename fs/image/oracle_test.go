@@ -211,16 +211,16 @@ func compareContent(t *testing.T, fsys fs.FileSystem, ino fs.Ino, hostPath strin
 		t.Fatal(err)
 	}
 	for _, e := range ex {
-		a := sha(t, io.NewSectionReader(f, e.Off, e.Len))
-		b := sha(t, io.NewSectionReader(hf, e.Off, e.Len))
+		a := sha(t, io.NewSectionReader(f, e.Offset, e.Length))
+		b := sha(t, io.NewSectionReader(hf, e.Offset, e.Length))
 		if a != b {
 			t.Errorf("%s: extent %+v differs", hostPath, e)
 		}
 	}
 	// the kernel's first data offset must be ours
 	off, err := unix.Seek(int(hf.Fd()), 0, unix.SEEK_DATA)
-	if err == nil && len(ex) > 0 && off != ex[0].Off {
-		t.Errorf("%s: kernel's first data at %d, ours at %d", hostPath, off, ex[0].Off)
+	if err == nil && len(ex) > 0 && off != ex[0].Offset {
+		t.Errorf("%s: kernel's first data at %d, ours at %d", hostPath, off, ex[0].Offset)
 	}
 }
 

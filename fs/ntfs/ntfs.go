@@ -32,6 +32,7 @@ import (
 	"www.velocidex.com/golang/go-ntfs/parser"
 
 	"github.com/vmvault/vmvault/fs"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 const (
@@ -510,7 +511,7 @@ func (fl *File) ReadAt(p []byte, off int64) (n int, err error) {
 }
 
 // DataExtents implements fs.SparseFile from go-ntfs's run list.
-func (fl *File) DataExtents() (out []fs.Extent, err error) {
+func (fl *File) DataExtents() (out []extent.Range, err error) {
 	if fl.r == nil {
 		return nil, nil
 	}
@@ -522,11 +523,11 @@ func (fl *File) DataExtents() (out []fs.Extent, err error) {
 			continue
 		}
 		l := min(r.Length, fl.size-r.Offset)
-		if k := len(out); k > 0 && out[k-1].Off+out[k-1].Len == r.Offset {
-			out[k-1].Len += l
+		if k := len(out); k > 0 && out[k-1].End() == r.Offset {
+			out[k-1].Length += l
 			continue
 		}
-		out = append(out, fs.Extent{Off: r.Offset, Len: l})
+		out = append(out, extent.Range{Offset: r.Offset, Length: l})
 	}
 	return out, nil
 }

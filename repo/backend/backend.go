@@ -119,8 +119,30 @@ type Backend interface {
 	Remove(ctx context.Context, h Handle) error
 	// Location describes the backend for messages (a path or URL, no secrets).
 	Location() string
+	// Properties describes what the backend is good at.
+	Properties() Properties
 	// Close releases resources; the backend is unusable afterwards.
 	Close() error
+}
+
+// Properties describe a backend's costs, so the repository sizes its
+// parallelism and read strategy from them instead of from constants tuned
+// for one kind of storage.
+type Properties struct {
+	// ReadParallelism is how many Loads are worth keeping in flight for a
+	// bulk reader (restore, verify, listing manifests): enough to keep a
+	// disk's queue or a network pipe busy.
+	ReadParallelism int
+	// WriteParallelism is how many Saves a capture keeps in flight.
+	WriteParallelism int
+	// CheapRangedReads is true when a Load of part of an object costs
+	// about the bytes it returns (local files); false when every request
+	// pays a round trip (object stores), so readers should ask for more at
+	// once.
+	CheapRangedReads bool
+	// ConsistentListing is true when List shows every object whose Save
+	// returned before the List began (read-after-write for listings).
+	ConsistentListing bool
 }
 
 // Flusher is implemented by backends that batch the durability of chunk

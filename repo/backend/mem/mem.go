@@ -120,3 +120,8 @@ func (b *Backend) Location() string { return "mem:" }
 
 // Close implements backend.Backend.
 func (b *Backend) Close() error { return nil }
+
+// Properties implements backend.Backend.
+func (b *Backend) Properties() backend.Properties {
+	return backend.Properties{ReadParallelism: 8, WriteParallelism: 8, CheapRangedReads: true, ConsistentListing: true}
+}

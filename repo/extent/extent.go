@@ -1,0 +1,87 @@
+// Package extent is the byte-range vocabulary every layer shares: the
+// changed and allocated ranges of a disk that capture sources hand to the
+// repository writer, the zero and data runs of a restore point's disk that
+// the NBD server reports, and the data ranges of a file inside a guest
+// filesystem. It imports nothing, so any package may use it.
+//
+// Invariant: functions here never return overlapping or unsorted output
+// when they promise normalized ranges, and never panic on hostile input
+// (negative or overflowing ranges are dropped or reported by Check).
+package extent
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Range is the byte range [Offset, Offset+Length).
+type Range struct {
+	Offset, Length int64
+}
+
+// End returns Offset+Length.
+func (r Range) End() int64 { return r.Offset + r.Length }
+
+// Extent is a range that either reads as all zeros (Zero) or may hold data.
+type Extent struct {
+	Offset, Length int64
+	Zero           bool
+}
+
+// Normalize sorts ranges and merges overlapping or adjacent ones, dropping
+// empty and negative ones. The input is not modified.
+func Normalize(rs []Range) []Range {
+	out := make([]Range, 0, len(rs))
+	for _, r := range rs {
+		if r.Length > 0 && r.Offset >= 0 {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Offset < out[j].Offset })
+	merged := out[:0]
+	for _, r := range out {
+		if n := len(merged); n > 0 && r.Offset <= merged[n-1].End() {
+			merged[n-1].Length = max(merged[n-1].Length, r.End()-merged[n-1].Offset)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged
+}
+
+// Sum returns the total length of rs (overlaps counted twice).
+func Sum(rs []Range) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.Length
+	}
+	return n
+}
+
+// Check reports the first range that does not lie within [0, size).
+func Check(rs []Range, size int64) error {
+	for _, r := range rs {
+		if r.Offset < 0 || r.Length < 0 || r.Offset > size-r.Length {
+			return fmt.Errorf("range [%d,+%d) lies outside the %d-byte disk", r.Offset, r.Length, size)
+		}
+	}
+	return nil
+}
+
+// Intersect returns the parts of a that lie within b; both must be
+// normalized. The result is normalized.
+func Intersect(a, b []Range) []Range {
+	var out []Range
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		lo, hi := max(a[i].Offset, b[j].Offset), min(a[i].End(), b[j].End())
+		if lo < hi {
+			out = append(out, Range{Offset: lo, Length: hi - lo})
+		}
+		if a[i].End() < b[j].End() {
+			i++
+		} else {
+			j++
+		}
+	}
+	return out
+}
