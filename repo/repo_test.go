@@ -117,7 +117,10 @@ func (w *memWriterAt) bytes(size int64) []byte {
 
 func capture(t *testing.T, r *Repository, vm string, base *RestorePoint, disks ...DiskSource) *RestorePoint {
 	t.Helper()
-	rp, err := r.Capture(context.Background(), CaptureOptions{VM: vm, Base: base}, disks)
+	for i := range disks {
+		disks[i].Base = base
+	}
+	rp, err := r.Capture(context.Background(), CaptureOptions{VM: vm}, disks)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +409,7 @@ func TestForgetBaseDuringCapture(t *testing.T) {
 	if err := r.Forget(context.Background(), []string{rp1.ID.String()}, 0); err != nil {
 		t.Fatal(err)
 	}
-	_, err := r.Capture(context.Background(), CaptureOptions{VM: "vm", Base: rp1}, []DiskSource{{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))}})
+	_, err := r.Capture(context.Background(), CaptureOptions{VM: "vm"}, []DiskSource{{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img)), Base: rp1}})
 	if err == nil {
 		t.Fatal("capture against a forgotten base committed")
 	}
@@ -598,7 +601,7 @@ func TestCancelledCaptureCreatesNothing(t *testing.T) {
 	first := testImage(5, size)
 	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(first), Size: int64(size)})
 	ctx, cancel := context.WithCancel(context.Background())
-	_, err := r.Capture(ctx, CaptureOptions{VM: "vm", Base: rp1}, []DiskSource{{Name: "d",
+	_, err := r.Capture(ctx, CaptureOptions{VM: "vm"}, []DiskSource{{Name: "d", Base: rp1,
 		Reader: &cancelAfter{r: bytes.NewReader(testImage(6, size)), cancel: cancel, after: 10 * cs}, Size: int64(size)}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled capture: %v", err)

@@ -21,24 +21,31 @@ import (
 // writeBehind bounds the memory of compressed chunks queued for saving.
 const writeBehind = 64 << 20
 
-// DiskSource is one disk to capture.
+// DiskSource is one disk to capture, with the decision a capture source
+// made for it (cbt.Capture decides; the writer carries it out).
 type DiskSource struct {
 	Name   string
 	Reader io.ReaderAt
 	Size   int64
-	// Changed lists the byte ranges that changed since the base restore
-	// point's disk of the same name. Nil means "unknown": every chunk is
-	// read and only chunks whose content is new are stored.
+	// Base is the earlier restore point holding a disk of the same name
+	// that this capture builds on; nil means a full capture.
+	Base *RestorePoint
+	// Changed lists the byte ranges that changed since Base's disk (an
+	// extents incremental: only chunks these ranges touch are read). Nil
+	// means "unknown": every chunk is read and only chunks whose content
+	// is not in Base are stored (dedup).
 	Changed []extent.Range
-	// ChangeToken is the source's change marker (e.g. a vSphere changeId)
-	// as of this capture, stored for the next incremental.
-	ChangeToken string
-	// FullReason, when set, forces a full read and is recorded as the reason.
-	FullReason string
 	// Data, when not nil, lists the only ranges that may hold non-zero
 	// bytes (a sparse file's allocated extents): chunks outside them are
 	// recorded as zero without being read.
 	Data []extent.Range
+	// ChangeToken is the source's change marker (e.g. a vSphere changeId)
+	// as of this capture, stored for the next incremental.
+	ChangeToken string
+	// Identity is the source's stable identity of the disk, stored.
+	Identity string
+	// Reason explains the mode (why not an incremental), recorded.
+	Reason string
 }
 
 // Progress counts bytes a capture has to process and has processed; safe
@@ -50,15 +57,14 @@ type Progress struct {
 
 // CaptureOptions describe a restore point to create.
 type CaptureOptions struct {
-	VM     string
-	Source string
-	Tags   []string
-	Time   time.Time // zero means now
-	// Base is the restore point to capture against (usually the VM's
-	// latest); disks are matched by name. Nil means a full capture.
-	Base     *RestorePoint
-	Config   json.RawMessage
-	Labels   map[string]string
+	VM      string
+	Source  string // what captured it, for people ("file", "vsphere direct")
+	Lineage string // the chain of captures it continues (see format.Manifest)
+	Tags    []string
+	Time    time.Time // zero means now
+	Config  json.RawMessage
+	Labels  map[string]string
+	// Progress, when set, counts the bytes to read and read.
 	Progress *Progress
 	LockWait time.Duration
 	// Workers is the number of hashing/compression goroutines (0: GOMAXPROCS).
@@ -66,13 +72,14 @@ type CaptureOptions struct {
 }
 
 type diskPlan struct {
-	src    DiskSource
-	ids    []format.ID
-	read   []int // chunk numbers to read, ascending
-	mode   string
-	reason string
-	parent string
-	total  int64
+	src     DiskSource
+	ids     []format.ID
+	read    []int // chunk numbers to read, ascending
+	mode    string
+	reason  string
+	parent  string
+	total   int64
+	changed int64 // bytes the source reported changed (extents mode)
 }
 
 // Capture stores a new restore point of disks and returns it. On any error
@@ -104,7 +111,7 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 			return nil, fmt.Errorf("capture: disk %q given twice", src.Name)
 		}
 		seen[src.Name] = true
-		p, err := r.planDisk(ctx, src, opts.Base)
+		p, err := r.planDisk(ctx, src)
 		if err != nil {
 			return nil, err
 		}
@@ -113,7 +120,7 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	}
 
 	m := &format.Manifest{
-		Version: format.ManifestVersion, VM: opts.VM, Time: opts.Time, Source: opts.Source,
+		Version: format.ManifestVersion, VM: opts.VM, Time: opts.Time, Source: opts.Source, Lineage: opts.Lineage,
 		Hostname: r.hostname, Tags: opts.Tags, Config: opts.Config, Labels: opts.Labels,
 	}
 	if m.Time.IsZero() {
@@ -127,10 +134,15 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		}
 		m.Disks = append(m.Disks, *md)
 	}
-	if opts.Base != nil {
-		// Chunks reused from the base are only safe if it still exists.
-		if _, err := r.be.Stat(ctx, snapshotHandle(opts.Base.ID)); err != nil {
-			return nil, fmt.Errorf("capture %s: base restore point %s vanished during the capture (forgotten?); not committing: %w", opts.VM, opts.Base.ID.Short(), err)
+	// Chunks reused from a base are only safe if it still exists.
+	checked := map[format.ID]bool{}
+	for _, src := range disks {
+		if src.Base == nil || checked[src.Base.ID] {
+			continue
+		}
+		checked[src.Base.ID] = true
+		if _, err := r.be.Stat(ctx, snapshotHandle(src.Base.ID)); err != nil {
+			return nil, fmt.Errorf("capture %s: base restore point %s vanished during the capture (forgotten?); not committing: %w", opts.VM, src.Base.ID.Short(), err)
 		}
 	}
 	b, err := m.Marshal()
@@ -144,14 +156,14 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	return &RestorePoint{ID: id, Manifest: m}, nil
 }
 
-// planDisk decides what to read for one disk.
-func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *RestorePoint) (*diskPlan, error) {
+// planDisk works out what to read for one disk from the decision in src.
+func (r *Repository) planDisk(ctx context.Context, src DiskSource) (*diskPlan, error) {
 	if src.Size < 0 || src.Size > format.MaxDiskSize {
 		return nil, fmt.Errorf("capture disk %s: size %d out of range", src.Name, src.Size)
 	}
 	cs := r.cfg.ChunkSize
 	n := int(format.ChunkCount(src.Size, cs))
-	p := &diskPlan{src: src, ids: make([]format.ID, n), mode: "full"}
+	p := &diskPlan{src: src, ids: make([]format.ID, n), mode: "full", reason: src.Reason}
 	all := func(reason string) *diskPlan {
 		p.read = make([]int, n)
 		for i := range p.read {
@@ -163,14 +175,13 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 		}
 		return p
 	}
-	for _, c := range src.Changed {
-		if c.Offset < 0 || c.Length < 0 || c.Offset > src.Size-c.Length {
-			return nil, fmt.Errorf("capture disk %s: changed range [%d,+%d) outside the disk (%d bytes)", src.Name, c.Offset, c.Length, src.Size)
-		}
+	if err := extent.Check(src.Changed, src.Size); err != nil {
+		return nil, fmt.Errorf("capture disk %s: changed %w", src.Name, err)
 	}
-	if src.FullReason != "" {
-		return all(src.FullReason), nil
+	if err := extent.Check(src.Data, src.Size); err != nil {
+		return nil, fmt.Errorf("capture disk %s: data %w", src.Name, err)
 	}
+	base := src.Base
 	if base == nil {
 		return all("no previous restore point"), nil
 	}
@@ -178,7 +189,6 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 	if err != nil {
 		return all("disk not in the previous restore point"), nil
 	}
-	p.parent = base.ID.String()
 	bidx, err := r.loadIndex(ctx, bd.Index)
 	if err != nil {
 		return nil, fmt.Errorf("capture disk %s: base restore point %s: %w", src.Name, base.ID.Short(), err)
@@ -186,6 +196,7 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 	if bidx.ChunkSize != cs {
 		return all(fmt.Sprintf("previous restore point uses %d-byte chunks", bidx.ChunkSize)), nil
 	}
+	p.parent = base.ID.String()
 	if src.Changed == nil {
 		// Read everything; chunks already in the base are not stored again.
 		p.mode = "dedup"
@@ -196,6 +207,7 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 	// Incremental from changed ranges: reuse every base chunk the ranges do
 	// not touch and that lies entirely within both disk sizes.
 	p.mode = "extents"
+	p.changed = extent.Sum(extent.Normalize(src.Changed))
 	keep := min(src.Size, bidx.DiskSize) / cs // chunks fully inside both
 	if src.Size == bidx.DiskSize {
 		keep = int64(n) // the short last chunk too
@@ -212,7 +224,7 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, base *Restore
 			p.total += min(cs, src.Size-int64(i)*cs)
 		}
 	}
-	if src.Size != bidx.DiskSize {
+	if src.Size != bidx.DiskSize && p.reason == "" {
 		p.reason = fmt.Sprintf("disk size changed from %d to %d bytes", bidx.DiskSize, src.Size)
 	}
 	return p, nil
@@ -369,9 +381,9 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	}
 	return &format.ManifestDisk{
 		Name: p.src.Name, Size: p.src.Size, ChunkSize: cs, Index: idxID.String(),
-		ChangeToken: p.src.ChangeToken, Parent: p.parent,
+		ChangeToken: p.src.ChangeToken, Identity: p.src.Identity, Parent: p.parent,
 		Stats: format.DiskStats{
-			Mode: p.mode, Reason: p.reason, BytesRead: bytesRead.Load(), Chunks: int64(len(p.ids)),
+			Mode: p.mode, Reason: p.reason, BytesChanged: p.changed, BytesRead: bytesRead.Load(), Chunks: int64(len(p.ids)),
 			ZeroChunks: countZero(p.ids), NewChunks: newChunks.Load(), BytesStored: stored.Load(),
 			DurationSecs: format.Float3(time.Since(start).Seconds()),
 		},

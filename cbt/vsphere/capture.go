@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 
+	"github.com/vmvault/vmvault/cbt"
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
@@ -115,62 +118,17 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 		log.Info("snapshot removed", "vm", name, "snapshot", snap.Name)
 	}()
 
-	var base *repo.RestorePoint
-	if !o.Full {
-		rps, bad, err := o.Repo.ListRestorePoints(ctx)
-		if err != nil {
-			return res, err
-		}
-		for _, b := range bad {
-			log.Warn("restore point cannot be read", "name", b.Name, "err", b.Err)
-		}
-		base = repo.Latest(rps, name)
-	}
-	if base != nil {
-		res.Parent = base.ID.String()
-	}
-
-	var sources []repo.DiskSource
-	labels := map[string]string{"vsphere.vm": snap.Config.MoRef}
-	changed := map[string]int64{}
+	src := &source{vm: vm, snap: snap, transport: o.Transport, cbtOn: cbtOn, log: log}
+	defer src.close()
 	for _, d := range snap.Config.Disks {
 		if d.Independent {
 			log.Warn("independent disk skipped (snapshots do not cover it)", "vm", name, "disk", d.Name, "file", d.File)
 			res.SkippedDisks = append(res.SkippedDisks, d.Name)
-			continue
 		}
-		src := repo.DiskSource{Name: d.Name, Size: d.Capacity, ChangeToken: d.ChangeID}
-		labels[uuidLabel(d.Name)] = d.UUID
-		areas, reason := planDisk(ctx, vm, snap, d, base, cbtOn, o.Full, log)
-		if reason == "" {
-			src.Changed = areas
-		} else {
-			src.FullReason = reason
-			if cbtOn && d.ChangeID != "" {
-				// the allocated areas bound what a full read must read
-				if all, err := ChangedAreas(ctx, vm, snap.Ref, d, "*"); err == nil {
-					src.Data = all
-				} else {
-					log.Warn("allocated areas unknown: reading the whole disk", "vm", name, "disk", d.Name, "err", err)
-				}
-			}
-		}
-		changed[d.Name] = sumRanges(src.Changed)
-		r, err := o.Transport.Open(ctx, snap, d)
-		if err != nil {
-			return res, fmt.Errorf("%s disk %s via %s: %w", name, d.Name, o.Transport.Name(), err)
-		}
-		defer r.Close()
-		src.Reader = r
-		sources = append(sources, src)
 	}
-	if len(sources) == 0 {
-		return res, fmt.Errorf("%s has no disk that can be captured", name)
-	}
-	rp, err := o.Repo.Capture(ctx, repo.CaptureOptions{
-		VM: name, Source: "vsphere " + o.Transport.Name(), Tags: o.Tags, Base: base,
-		Config: configJSON(snap.Config), Labels: labels, Progress: o.Progress, LockWait: o.LockWait,
-	}, sources)
+	rp, err := cbt.Capture(ctx, o.Repo, src, cbt.Options{
+		VM: name, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Log: log,
+	})
 	if err != nil {
 		return res, fmt.Errorf("capture %s: %w", name, err)
 	}
@@ -180,8 +138,11 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 		if d.Stats.Mode == "extents" {
 			mode = "incremental"
 		}
+		if res.Parent == "" {
+			res.Parent = d.Parent
+		}
 		res.Disks = append(res.Disks, DiskResult{
-			Name: d.Name, Size: d.Size, Mode: mode, Reason: d.Stats.Reason, BytesChanged: changed[d.Name],
+			Name: d.Name, Size: d.Size, Mode: mode, Reason: d.Stats.Reason, BytesChanged: d.Stats.BytesChanged,
 			BytesRead: d.Stats.BytesRead, BytesStored: d.Stats.BytesStored, NewChunks: d.Stats.NewChunks,
 			Duration: d.Stats.DurationSecs,
 		})
@@ -189,52 +150,112 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 	return res, nil
 }
 
-// planDisk decides between an incremental (the changed areas, reason "")
-// and a full capture (the reason).
-func planDisk(ctx context.Context, vm *object.VirtualMachine, snap *Snapshot, d DiskInfo, base *repo.RestorePoint, cbtOn, full bool, log *slog.Logger) ([]extent.Range, string) {
-	name := vmName(vm)
-	var reason string
-	switch {
-	case full:
-		reason = "--full"
-	case !cbtOn:
-		reason = "changed block tracking is off"
-	case d.ChangeID == "":
-		reason = "the snapshot's disk has no changeId"
-	case base == nil:
-		reason = "no previous restore point"
-	}
-	if reason != "" {
-		log.Info("full capture", "vm", name, "disk", d.Name, "reason", reason)
-		return nil, reason
-	}
-	prev, err := base.Disk(d.Name)
-	switch {
-	case err != nil:
-		reason = "disk not in the previous restore point " + base.ID.Short()
-	case prev.ChangeToken == "":
-		reason = "the previous restore point has no changeId for this disk"
-	case prev.Size != d.Capacity:
-		reason = fmt.Sprintf("disk size changed from %d to %d", prev.Size, d.Capacity)
-	case base.Labels[uuidLabel(d.Name)] != d.UUID:
-		reason = fmt.Sprintf("disk uuid changed from %s to %s", base.Labels[uuidLabel(d.Name)], d.UUID)
-	}
-	if reason == "" {
-		areas, err := ChangedAreas(ctx, vm, snap.Ref, d, prev.ChangeToken)
-		if err == nil {
-			log.Info("incremental capture", "vm", name, "disk", d.Name, "since", prev.ChangeToken, "changed_bytes", sumRanges(areas))
-			return areas, ""
-		}
-		reason = "changed block tracking was reset (" + err.Error() + ")"
-	}
-	log.Warn("full capture", "vm", name, "disk", d.Name, "reason", reason)
-	return nil, reason
+// source is one VM's snapshot as a cbt.Source: its lineage is the VM's
+// managed object reference, its disks' identities their vSphere uuids and
+// their change tokens the snapshot's changeIds. Changed Block Tracking
+// answers what changed since a base changeId and which areas are
+// allocated.
+type source struct {
+	vm        *object.VirtualMachine
+	snap      *Snapshot
+	transport Transport
+	cbtOn     bool
+	log       *slog.Logger
+
+	mu      sync.Mutex
+	readers []DiskReader
 }
 
-func sumRanges(rs []extent.Range) int64 {
-	var n int64
-	for _, r := range rs {
-		n += r.Length
+var _ cbt.Source = (*source)(nil)
+
+func (s *source) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.readers {
+		r.Close()
 	}
-	return n
+	s.readers = nil
+}
+
+func (s *source) disk(name string) (DiskInfo, error) {
+	for _, d := range s.snap.Config.Disks {
+		if d.Name == name && !d.Independent {
+			return d, nil
+		}
+	}
+	return DiskInfo{}, fmt.Errorf("snapshot %s has no disk %s", s.snap.Name, name)
+}
+
+// Describe implements cbt.Source.
+func (s *source) Describe(context.Context) (*cbt.Description, error) {
+	desc := &cbt.Description{
+		Lineage: "vsphere:" + s.snap.Config.MoRef, Source: "vsphere " + s.transport.Name(),
+		Config: configJSON(s.snap.Config), Labels: map[string]string{"vsphere.vm": s.snap.Config.MoRef},
+	}
+	for _, d := range s.snap.Config.Disks {
+		if d.Independent {
+			continue
+		}
+		desc.Labels[uuidLabel(d.Name)] = d.UUID
+		desc.Disks = append(desc.Disks, cbt.Disk{Name: d.Name, Size: d.Capacity, Identity: d.UUID, ChangeToken: d.ChangeID})
+	}
+	if len(desc.Disks) == 0 {
+		return nil, fmt.Errorf("%s has no disk that can be captured", vmName(s.vm))
+	}
+	return desc, nil
+}
+
+// Open implements cbt.Source through the transport.
+func (s *source) Open(ctx context.Context, cd cbt.Disk) (io.ReaderAt, error) {
+	d, err := s.disk(cd.Name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.transport.Open(ctx, s.snap, d)
+	if err != nil {
+		return nil, fmt.Errorf("%s disk %s via %s: %w", vmName(s.vm), d.Name, s.transport.Name(), err)
+	}
+	s.mu.Lock()
+	s.readers = append(s.readers, r)
+	s.mu.Unlock()
+	return r, nil
+}
+
+// DataRanges implements cbt.Source: the disk's allocated areas (changed
+// areas since "*"), when CBT is on; nil (read everything) otherwise.
+func (s *source) DataRanges(ctx context.Context, cd cbt.Disk) ([]extent.Range, error) {
+	d, err := s.disk(cd.Name)
+	if err != nil || !s.cbtOn || d.ChangeID == "" {
+		return nil, err
+	}
+	all, err := ChangedAreas(ctx, s.vm, s.snap.Ref, d, "*")
+	if err != nil {
+		s.log.Warn("allocated areas unknown: reading the whole disk", "vm", vmName(s.vm), "disk", d.Name, "err", err)
+		return nil, nil
+	}
+	return all, nil
+}
+
+// ChangedRanges implements cbt.Source with QueryChangedDiskAreas since the
+// base disk's changeId.
+func (s *source) ChangedRanges(ctx context.Context, cd cbt.Disk, base cbt.BaseDisk) ([]extent.Range, error) {
+	d, err := s.disk(cd.Name)
+	switch {
+	case err != nil:
+		return nil, err
+	case !s.cbtOn:
+		return nil, cbt.NoChangeInfo("changed block tracking is off")
+	case d.ChangeID == "":
+		return nil, cbt.NoChangeInfo("the snapshot's disk has no changeId")
+	case base.Disk.ChangeToken == "":
+		return nil, cbt.NoChangeInfo("restore point %s has no changeId for this disk", base.RestorePoint.ID.Short())
+	}
+	areas, err := ChangedAreas(ctx, s.vm, s.snap.Ref, d, base.Disk.ChangeToken)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, cbt.NoChangeInfo("changed block tracking was reset (%v)", err)
+	}
+	return areas, nil
 }

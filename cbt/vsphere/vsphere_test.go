@@ -390,7 +390,7 @@ func TestCBTResetAndChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := r.Disks[0]; d.Mode != "full" || !bytes.Contains([]byte(d.Reason), []byte("uuid changed")) {
+	if d := r.Disks[0]; d.Mode != "full" || !bytes.Contains([]byte(d.Reason), []byte("identity changed")) {
 		t.Errorf("after a uuid change: %+v", d)
 	}
 	r, err = e.capture(vm, direct, func(o *vsphere.Options) { o.Full = true })

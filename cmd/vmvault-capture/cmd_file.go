@@ -3,8 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 	"github.com/vmvault/vmvault/cbt"
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -42,10 +39,13 @@ content changed; with --changed-extents they read only the listed ranges
 and take every other chunk from the latest restore point.
 
 An extents file has one "offset<TAB>length" line (decimal bytes) per changed
-range, as produced by changed block tracking. Give it as NAME=FILE for a
-disk, or as FILE when there is a single disk. It is only used when the
-latest restore point has that disk; otherwise the disk is read completely
-and the reason is logged.`,
+range since the VM's latest restore point, as produced by changed block
+tracking. Give it as NAME=FILE for a disk, or as FILE when there is a single
+disk; a missing or malformed file is an error. It is only used when the
+latest restore point is a file capture that has the disk (not an overlay
+commit or a vSphere capture, whose content the list does not describe);
+otherwise the disk is read completely, only new chunks are stored, and the
+reason is printed with the result.`,
 		Example: `  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw
   vmvault-capture file --vm web01 --disk disk0=/images/web01.raw --changed-extents disk0=/tmp/changed.txt
   vmvault-capture file --vm db --disk sda=/dev/vg0/db-snap --tag nightly --json`,
@@ -73,8 +73,9 @@ type captureSummary struct {
 }
 
 type diskSummary struct {
-	Name string `json:"name"`
-	Size int64  `json:"size"`
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Parent string `json:"parent,omitempty"` // the restore point this disk built on
 	format.DiskStats
 }
 
@@ -123,58 +124,22 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		extents[name] = file
 	}
 
-	var base *repo.RestorePoint
-	if !o.full {
-		rps, bad, err := r.ListRestorePoints(ctx)
-		if err != nil {
-			return err
-		}
-		for _, b := range bad {
-			slog.Warn("restore point cannot be read", "name", b.Name, "err", b.Err)
-		}
-		base = repo.Latest(rps, o.vm)
-	}
-
-	var sources []repo.DiskSource
+	var disks []cbt.FileDisk
 	for _, name := range order {
-		f, err := cbt.OpenFile(paths[name])
-		if err != nil {
-			return fmt.Errorf("disk %s: %w", name, err)
-		}
-		defer f.Close()
-		src := repo.DiskSource{Name: name, Reader: f, Size: f.Size(), Data: f.DataRanges()}
-		if o.full {
-			src.FullReason = "--full"
-		}
-		if file, ok := extents[name]; ok && !o.full {
-			if base == nil {
-				slog.Info("no previous restore point: reading the whole disk", "vm", o.vm, "disk", name)
-			} else if _, err := base.Disk(name); err != nil {
-				slog.Info("disk not in the previous restore point: reading all of it", "vm", o.vm, "disk", name, "previous", base.ID.Short())
-			} else {
-				ef, err := os.Open(file)
-				if err != nil {
-					return fmt.Errorf("disk %s: changed extents: %w", name, err)
-				}
-				src.Changed, err = cbt.ParseExtents(ef, f.Size())
-				ef.Close()
-				if err != nil {
-					return fmt.Errorf("disk %s: changed extents %s: %w", name, file, err)
-				}
-				if src.Changed == nil {
-					src.Changed = []extent.Range{}
-				}
-			}
-		}
-		sources = append(sources, src)
+		disks = append(disks, cbt.FileDisk{Name: name, Path: paths[name], Extents: extents[name]})
 	}
+	src, err := cbt.OpenFiles(disks)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
 
 	start := time.Now()
 	p := &repo.Progress{}
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
-	rp, err := r.Capture(ctx, repo.CaptureOptions{
-		VM: o.vm, Source: "file", Tags: o.tags, Base: base, Progress: p, LockWait: g.LockWait, Workers: o.workers,
-	}, sources)
+	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
+		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+	})
 	stop()
 	if err != nil {
 		if errors.Is(err, ctx.Err()) {
@@ -183,11 +148,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		return err
 	}
 	sum := captureSummary{ID: rp.ID.String(), VM: rp.VM, Time: rp.Time.Format(time.RFC3339Nano), DurationSeconds: format.Float3(time.Since(start).Seconds())}
-	if base != nil {
-		sum.Parent = base.ID.String()
-	}
 	for _, d := range rp.Disks {
-		sum.Disks = append(sum.Disks, diskSummary{Name: d.Name, Size: d.Size, DiskStats: d.Stats})
+		if sum.Parent == "" {
+			sum.Parent = d.Parent
+		}
+		sum.Disks = append(sum.Disks, diskSummary{Name: d.Name, Size: d.Size, Parent: d.Parent, DiskStats: d.Stats})
 	}
 	if o.json {
 		return cli.PrintJSON(cmd.OutOrStdout(), sum)

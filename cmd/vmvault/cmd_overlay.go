@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmvault/vmvault/cbt"
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/nbd"
 	"github.com/vmvault/vmvault/repo"
@@ -303,53 +304,41 @@ They are kept unless --discard is given.`,
 			if err != nil {
 				return err
 			}
-			disks := map[string]*repo.Disk{}
-			for _, md := range rp.Disks {
-				d, err := r.OpenDisk(ctx, rp, md.Name)
-				if err != nil {
-					return err
-				}
-				disks[md.Name] = d
-			}
 			byDisk := map[string]*nbd.Overlay{}
 			defer func() {
 				for _, ov := range byDisk {
 					ov.Close()
 				}
 			}()
+			src := &cbt.DerivedSource{Repo: r, Base: rp, Changes: map[string]cbt.Change{},
+				Source: "overlay commit of restore point " + rp.ID.String()}
+			changedBytes := int64(0)
 			for _, e := range list {
-				d := disks[e.Disk]
-				if d == nil {
+				if _, err := rp.Disk(e.Disk); err != nil {
 					return fmt.Errorf("overlay %s is for disk %s, which restore point %s does not have", e.Dir, e.Disk, rp.ID.Short())
+				}
+				d, err := r.OpenDisk(ctx, rp, e.Disk)
+				if err != nil {
+					return err
 				}
 				ov, err := nbd.OpenOverlay(e.Dir, nbd.OverlayMeta{VM: rp.VM, RestorePoint: id, Disk: e.Disk}, nbd.DiskDevice{D: d})
 				if err != nil {
 					return err
 				}
 				byDisk[e.Disk] = ov
-			}
-			var sources []repo.DiskSource
-			changedBytes := int64(0)
-			for _, md := range rp.Disks {
-				d := disks[md.Name]
-				src := repo.DiskSource{Name: md.Name, Reader: d, Size: d.Size(), Changed: []extent.Range{}}
-				if ov := byDisk[md.Name]; ov != nil {
-					src.Reader = overlayReader{ctx, ov}
-					for _, e := range ov.Allocated() {
-						src.Changed = append(src.Changed, extent.Range{Offset: e.Offset, Length: e.Length})
-						changedBytes += e.Length
-					}
+				var changed []extent.Range
+				for _, a := range ov.Allocated() {
+					changed = append(changed, extent.Range{Offset: a.Offset, Length: a.Length})
+					changedBytes += a.Length
 				}
-				sources = append(sources, src)
+				src.Changes[e.Disk] = cbt.Change{Reader: overlayReader{ctx, ov}, Changed: changed}
 			}
 			start := time.Now()
 			p := &repo.Progress{}
 			stop := cli.ShowProgress("commit", p, g.Quiet)
-			newRP, err := r.Capture(ctx, repo.CaptureOptions{
-				VM: rp.VM, Source: "overlay commit of restore point " + rp.ID.String(),
-				Tags: append(append([]string{}, rp.Tags...), tags...), Base: rp,
-				Config: rp.Config, Labels: rp.Labels, Progress: p, LockWait: g.LockWait,
-			}, sources)
+			newRP, err := cbt.Capture(ctx, r, src, cbt.Options{
+				VM: rp.VM, Tags: append(append([]string{}, rp.Tags...), tags...), Base: rp, Progress: p, LockWait: g.LockWait,
+			})
 			stop()
 			if err != nil {
 				return err

@@ -14,10 +14,15 @@ import (
 // object named by the hash of its bytes, and written last: a restore point
 // exists exactly when its manifest does.
 type Manifest struct {
-	Version  int               `json:"version"`
-	VM       string            `json:"vm"`
-	Time     time.Time         `json:"time"`
-	Source   string            `json:"source,omitempty"`
+	Version int       `json:"version"`
+	VM      string    `json:"vm"`
+	Time    time.Time `json:"time"`
+	Source  string    `json:"source,omitempty"`
+	// Lineage names the chain of captures this restore point continues
+	// ("file", "vsphere:vm-42", "overlay-commit"): a changed-ranges
+	// incremental only builds on a restore point of its own lineage.
+	// Empty in restore points written before it existed.
+	Lineage  string            `json:"lineage,omitempty"`
 	Hostname string            `json:"hostname,omitempty"`
 	Tags     []string          `json:"tags,omitempty"`
 	Disks    []ManifestDisk    `json:"disks"`
@@ -27,19 +32,25 @@ type Manifest struct {
 
 // ManifestDisk describes one disk of a restore point.
 type ManifestDisk struct {
-	Name        string    `json:"name"`
-	Size        int64     `json:"size"`
-	ChunkSize   int64     `json:"chunk_size"`
-	Index       string    `json:"index"`
-	ChangeToken string    `json:"change_token,omitempty"`
-	Parent      string    `json:"parent,omitempty"` // restore point id this disk was captured against
-	Stats       DiskStats `json:"stats"`
+	Name        string `json:"name"`
+	Size        int64  `json:"size"`
+	ChunkSize   int64  `json:"chunk_size"`
+	Index       string `json:"index"`
+	ChangeToken string `json:"change_token,omitempty"`
+	// Identity is the source's stable identity of the disk (a vSphere disk
+	// uuid), when it has one.
+	Identity string    `json:"identity,omitempty"`
+	Parent   string    `json:"parent,omitempty"` // restore point id this disk was captured against
+	Stats    DiskStats `json:"stats"`
 }
 
 // DiskStats records what a capture did for one disk.
 type DiskStats struct {
-	Mode         string `json:"mode"` // "full", "dedup" or "extents"
-	Reason       string `json:"reason,omitempty"`
+	Mode   string `json:"mode"` // "full", "dedup" or "extents"
+	Reason string `json:"reason,omitempty"`
+	// BytesChanged is what the source reported changed since the parent
+	// (extents mode).
+	BytesChanged int64  `json:"bytes_changed,omitempty"`
 	BytesRead    int64  `json:"bytes_read"`
 	Chunks       int64  `json:"chunks"`
 	ZeroChunks   int64  `json:"zero_chunks"`
