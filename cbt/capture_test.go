@@ -29,7 +29,9 @@ type fakeSource struct {
 func (f *fakeSource) Describe(context.Context) (*Description, error) {
 	return &Description{Lineage: f.lineage, Source: f.lineage}, nil
 }
-func (f *fakeSource) Open(context.Context, Disk) (io.ReaderAt, error) { return nil, errors.New("unused") }
+func (f *fakeSource) Open(context.Context, Disk) (io.ReaderAt, error) {
+	return nil, errors.New("unused")
+}
 func (f *fakeSource) DataRanges(context.Context, Disk) ([]extent.Range, error) {
 	return nil, nil
 }
