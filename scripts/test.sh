@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): formatting, a tidy go.mod, vet,
+# the package layering (scripts/layers),
 # every test with the race detector, and a short run of every fuzz target on
 # top of its seed corpus in testdata/.
 #
@@ -19,6 +20,8 @@ if ! go mod tidy -diff; then
 fi
 echo "== go vet"
 go vet ./...
+echo "== layers"
+go run ./scripts/layers
 echo "== go test -race"
 go test -race -count=1 ./...
 echo "== fuzzing each target for $FUZZTIME"
