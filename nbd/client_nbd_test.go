@@ -70,7 +70,7 @@ func TestClientAgainstOurServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.be.bad.Store(d.Index().IDs[5].String())
+	f.damage(d.Index().IDs[5].String())
 	buf := make([]byte, 100)
 	if _, err := c.ReadAt(buf, 5*testChunk+10); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read of a damaged chunk: %v", err)
@@ -78,7 +78,7 @@ func TestClientAgainstOurServer(t *testing.T) {
 	if _, err := c.ReadAt(buf, 6*testChunk); err != nil || !bytes.Equal(buf, f.img[6*testChunk:6*testChunk+100]) {
 		t.Errorf("read after the error: %v", err)
 	}
-	f.be.bad.Store("")
+	f.damage("")
 	if got := readAll(t, c); !bytes.Equal(got, f.img) {
 		t.Fatal("export content differs")
 	}

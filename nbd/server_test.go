@@ -16,28 +16,13 @@ import (
 
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/faulty"
 	"github.com/vmvault/vmvault/repo/backend/mem"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/repotest"
 )
 
 const testChunk = 64 << 10
-
-// corruptingBackend flips a byte of every load of one chunk.
-type corruptingBackend struct {
-	backend.Backend
-	bad atomic.Value // string: chunk name
-}
-
-func (b *corruptingBackend) Load(ctx context.Context, h backend.Handle, off, length int64) ([]byte, error) {
-	data, err := b.Backend.Load(ctx, h, off, length)
-	if err == nil && h.Type == backend.ChunkFile {
-		if bad, _ := b.bad.Load().(string); bad == h.Name && len(data) > 20 {
-			data = bytes.Clone(data)
-			data[len(data)-1] ^= 0xff
-		}
-	}
-	return data, err
-}
 
 // testImage is 2 MiB + 12345 bytes: random data, with chunks 3, 4 and 10
 // all zero and a partial last chunk.
@@ -55,7 +40,8 @@ func testImage() []byte {
 
 type fixture struct {
 	img  []byte
-	be   *corruptingBackend
+	be   *faulty.Backend
+	bad  int // the rule that damages one chunk (damage), 0 when none
 	r    *repo.Repository
 	rp   *repo.RestorePoint
 	srv  *Server
@@ -65,21 +51,10 @@ type fixture struct {
 
 func newFixture(t *testing.T, overlayDir string) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	f := &fixture{img: testImage(), be: &corruptingBackend{Backend: mem.New()}}
-	if _, err := repo.Init(ctx, f.be, repo.InitOptions{ChunkSize: testChunk}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, f.be, repo.Options{CacheSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.r = r
-	f.rp, err = r.Capture(ctx, repo.CaptureOptions{VM: "web01"}, []repo.DiskSource{{Name: "disk0", Reader: bytes.NewReader(f.img), Size: int64(len(f.img))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cat = &RepoCatalog{Repo: r, OverlayDir: overlayDir}
+	f := &fixture{img: testImage(), be: faulty.New(mem.New(), 1)}
+	f.r = repotest.New(t, repotest.Options{Backend: f.be, ChunkSize: testChunk, CacheSize: 1 << 20})
+	f.rp = repotest.Capture(t, f.r, "web01", repotest.Bytes("disk0", f.img))
+	f.cat = &RepoCatalog{Repo: f.r, OverlayDir: overlayDir}
 	f.srv = &Server{Catalog: f.cat}
 	f.sock = serveUnix(t, f.srv)
 	t.Cleanup(func() {
@@ -106,6 +81,18 @@ func serveUnix(t *testing.T, srv *Server) string {
 }
 
 func (f *fixture) name() string { return ExportName(f.rp, "disk0") }
+
+// damage makes every load of the chunk object named name come back with
+// its last byte flipped; "" repairs it.
+func (f *fixture) damage(name string) {
+	if f.bad != 0 {
+		f.be.RemoveRule(f.bad)
+		f.bad = 0
+	}
+	if name != "" {
+		f.bad = f.be.AddRule(faulty.Rule{Method: faulty.Load, Type: backend.ChunkFile, Prefix: name, Effect: faulty.FlipByte(-1)})
+	}
+}
 
 func TestHandshakeOptions(t *testing.T) {
 	f := newFixture(t, "")
@@ -310,7 +297,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 		}
 		return d.Index()
 	}()
-	f.be.bad.Store(idx.IDs[6].String())
+	f.damage(idx.IDs[6].String())
 	for _, structured := range []bool{false, true} {
 		tc := dialTest(t, f.sock)
 		tc.goExport(f.name(), structured)

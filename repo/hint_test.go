@@ -5,34 +5,20 @@ import (
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/faulty"
 	"github.com/vmvault/vmvault/repo/backend/mem"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
-// hintRecorder is a backend that records fetch hints.
-type hintRecorder struct {
-	backend.Backend
-	mu    sync.Mutex
-	hints map[string]int
-}
-
-func (b *hintRecorder) Prefetch(h backend.Handle) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.hints[h.Name]++
-}
-
-// take returns and forgets the hints so far.
-func (b *hintRecorder) take() map[string]int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	h := b.hints
-	b.hints = map[string]int{}
+// takeHints returns and forgets the fetch hints b passed on so far, by
+// chunk name.
+func takeHints(b *faulty.Backend) map[string]int {
+	h := b.Names(faulty.Prefetch, backend.ChunkFile)
+	b.ResetCalls()
 	return h
 }
 
@@ -86,7 +72,7 @@ func TestFetchHints(t *testing.T) {
 			[]read{{int64(chunks-5) * cs, cs}, {int64(chunks-4) * cs, cs}, {int64(chunks-3) * cs, cs}},
 			chunks - 2, chunks},
 	}
-	rec := &hintRecorder{Backend: mem.New(), hints: map[string]int{}}
+	rec := faulty.New(mem.New(), 1) // counts the hints
 	r0, err := Init(context.Background(), rec, InitOptions{ChunkSize: cs})
 	if err != nil {
 		t.Fatal(err)
@@ -114,14 +100,14 @@ func TestFetchHints(t *testing.T) {
 				}
 			}
 			d.hint = hinter{} // the measured reads start a new stream
-			rec.take()
+			takeHints(rec)
 			for _, rd := range tc.reads {
 				if _, err := d.ReadAt(buf[:rd.n], rd.off); err != nil {
 					t.Fatal(err)
 				}
 				waitHints(t, d)
 			}
-			got := rec.take()
+			got := takeHints(rec)
 			want := map[string]int{}
 			for i := tc.wantFrom; i < tc.wantTo; i++ {
 				if id := d.idx.IDs[i]; !id.IsZero() && !cached[id] {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/faulty"
 	"github.com/vmvault/vmvault/repo/backend/local"
 	"github.com/vmvault/vmvault/repo/backend/mem"
 	"github.com/vmvault/vmvault/repo/extent"
@@ -341,8 +342,9 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	}
 	// A capture that fails part-way (the 5th chunk save fails) leaves
 	// orphans; gc with no grace removes only those.
-	faulty := &faultyBackend{Backend: r.be, failAfter: 4}
-	fr := newRepository(faulty, r.cfg, Options{})
+	fb := faulty.New(r.be, 1)
+	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.ChunkFile, From: 5, Effect: faulty.Fail(errInjected)})
+	fr := newRepository(fb, r.cfg, Options{})
 	orphan := testImage(77, size)
 	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
 	if !errors.Is(err, errInjected) {
@@ -367,26 +369,6 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 }
 
 var errInjected = errors.New("injected save failure")
-
-// faultyBackend fails every chunk save after the first failAfter.
-type faultyBackend struct {
-	backend.Backend
-	mu        sync.Mutex
-	failAfter int
-}
-
-func (f *faultyBackend) Save(ctx context.Context, h backend.Handle, data []byte) error {
-	if h.Type == backend.ChunkFile {
-		f.mu.Lock()
-		f.failAfter--
-		fail := f.failAfter < 0
-		f.mu.Unlock()
-		if fail {
-			return errInjected
-		}
-	}
-	return f.Backend.Save(ctx, h, data)
-}
 
 type cancelAfter struct {
 	r      *bytes.Reader

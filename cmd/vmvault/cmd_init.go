@@ -7,7 +7,6 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/backend/local"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -21,7 +20,8 @@ func newInitCommand(g *cli.Global) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a repository",
-		Long: `Create a repository in the directory given by --repo (created if missing).
+		Long: `Create a repository at the location given by --repo: a directory (created
+if missing) given as a path or as local:PATH.
 
 The chunk size (a power of two from 64 KiB to 8 MiB) is fixed for the
 repository's lifetime: smaller chunks make incremental captures of scattered
@@ -29,8 +29,8 @@ small writes cheaper, larger ones cut per-object overhead. The default,
 256 KiB, was chosen by measurement (see README).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if g.Repo == "" {
-				return cli.Usagef("no repository given: use --repo PATH or set VMVAULT_REPOSITORY")
+			if _, err := g.Location(); err != nil {
+				return err
 			}
 			cs, err := cli.ParseSize(o.chunkSize)
 			if err != nil {
@@ -42,16 +42,18 @@ small writes cheaper, larger ones cut per-object overhead. The default,
 			if err := format.ValidCompression(o.compression); err != nil {
 				return cli.Usagef("--compression: %v", err)
 			}
-			be, err := local.Create(g.Repo)
+			be, err := g.CreateBackend(cmd.Context())
 			if err != nil {
 				return err
 			}
 			r, err := repo.Init(cmd.Context(), be, repo.InitOptions{ChunkSize: cs, Compression: o.compression})
 			if err != nil {
+				_ = be.Close()
 				return err
 			}
+			defer r.Close()
 			c := r.Config()
-			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s at %s (chunk size %s, %s, %s)\n", c.ID[:8], g.Repo, cli.Bytes(c.ChunkSize), c.Hash, c.Compression)
+			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s at %s (chunk size %s, %s, %s)\n", c.ID[:8], be.Location(), cli.Bytes(c.ChunkSize), c.Hash, c.Compression)
 			return nil
 		},
 	}

@@ -243,7 +243,7 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		tlsState = "on"
 	}
 	for _, ln := range lns {
-		log.Info("serving NBD", "addr", ln.Addr().String(), "repo", g.Repo, "writable", o.writable, "tls", tlsState)
+		log.Info("serving NBD", "addr", ln.Addr().String(), "repo", r.Backend().Location(), "writable", o.writable, "tls", tlsState)
 	}
 
 	errc := make(chan error, len(lns))

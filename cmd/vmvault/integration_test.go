@@ -317,6 +317,9 @@ func TestExitCodes(t *testing.T) {
 		code int
 	}{
 		{[]string{"snapshots"}, 10},
+		{[]string{"snapshots", "--repo", "local:" + e.repo}, 10},
+		{[]string{"snapshots", "--repo", "s3:bucket/x"}, 2},
+		{[]string{"init", "--repo", "sftp:user@host:/srv"}, 2},
 		{[]string{"snapshots", "--no-such-flag"}, 2},
 		{[]string{"restore"}, 2},
 		{[]string{"no-such-command"}, 2},
@@ -327,6 +330,9 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 	e2 := newEnv(t)
+	if out := e2.ok("vmvault", "snapshots", "--json", "--repo", "local:"+e2.repo); strings.TrimSpace(out) != "[]" {
+		t.Errorf("snapshots of a new repository by local:PATH: %q", out)
+	}
 	if _, errs, code := e2.run("vmvault", "show", "nope@latest"); code != 1 || !strings.Contains(errs, "no such restore point") {
 		t.Errorf("show of a missing restore point: %d %s", code, errs)
 	}

@@ -23,6 +23,19 @@
 //     the type, in no particular order; objects being written are never
 //     listed. An error from fn stops the listing and is returned.
 //   - All methods are safe for concurrent use.
+//   - Location never shows a secret (credentials in a URL are redacted).
+//
+// Locations. A repository is named by a location string (the --repo
+// flag): a plain path, or SCHEME:REST (see Location for the rule that
+// tells them apart). Each implementation registers its scheme with
+// Register from init; Open and Create pick the backend by scheme.
+// repo/backend/all imports every implementation, and only commands and
+// tests import it: libraries take a Backend.
+//
+// Wrappers. retry, readonly and faulty (for tests) each wrap any Backend
+// and implement every optional interface below by delegating; when the
+// inner backend lacks one, Flush and RemoveTemp do nothing, Prefetch drops
+// the hint and LoadInto is a Load. So wrapping never hides a capability.
 package backend
 
 import (
@@ -77,15 +90,15 @@ func (h Handle) String() string { return h.Type.String() + "/" + h.Name }
 // name can never escape its namespace or look like a temporary file).
 func (h Handle) Valid() error {
 	if _, ok := typeNames[h.Type]; !ok {
-		return fmt.Errorf("invalid handle %v: unknown type", h)
+		return fmt.Errorf("%w %v: unknown type", ErrInvalidHandle, h)
 	}
 	if h.Name == "" || len(h.Name) > 128 {
-		return fmt.Errorf("invalid handle %v: bad name length", h)
+		return fmt.Errorf("%w %v: bad name length", ErrInvalidHandle, h)
 	}
 	if strings.IndexFunc(h.Name, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
 	}) >= 0 {
-		return fmt.Errorf("invalid handle %v: bad character in name", h)
+		return fmt.Errorf("%w %v: bad character in name", ErrInvalidHandle, h)
 	}
 	return nil
 }
@@ -101,7 +114,49 @@ type FileInfo struct {
 var (
 	ErrNotFound  = errors.New("object not found")
 	ErrShortRead = errors.New("range reaches past the end of the object")
+	// ErrInvalidHandle is wrapped by every error of Handle.Valid.
+	ErrInvalidHandle = errors.New("invalid handle")
+	// ErrReadOnly is the error of every mutation of a read-only backend.
+	ErrReadOnly = errors.New("repository is read-only")
 )
+
+// Permanent marks err as one that the same call will fail with again, so
+// wrappers such as repo/backend/retry return it at once. A backend marks
+// what it knows cannot heal (a refused credential, a missing bucket).
+// Permanent(nil) is nil; errors.Is and errors.As see through the mark.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// IsPermanent reports whether repeating the call that returned err cannot
+// succeed: the error was marked with Permanent, or it is one whose cause
+// a repetition does not change (ErrNotFound, ErrShortRead,
+// ErrInvalidHandle, ErrReadOnly, a cancelled context or an expired
+// deadline).
+func IsPermanent(err error) bool {
+	var p *permanentError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &p),
+		errors.Is(err, ErrNotFound),
+		errors.Is(err, ErrShortRead),
+		errors.Is(err, ErrInvalidHandle),
+		errors.Is(err, ErrReadOnly),
+		errors.Is(err, context.Canceled),
+		errors.Is(err, context.DeadlineExceeded):
+		return true
+	}
+	return false
+}
 
 // Backend stores the objects of one repository. See the package comment for
 // the contract.

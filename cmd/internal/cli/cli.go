@@ -21,7 +21,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/backend/local"
+	"github.com/vmvault/vmvault/repo/backend"
+	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
 )
 
 // Exit codes, documented in both binaries' --help.
@@ -66,7 +67,7 @@ type Global struct {
 
 // AddFlags registers the global flags.
 func (g *Global) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository directory (env VMVAULT_REPOSITORY)")
+	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, or local:PATH (env VMVAULT_REPOSITORY)")
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
@@ -101,16 +102,54 @@ func (g *Global) Install(root *cobra.Command) {
 	})
 }
 
-// OpenRepo opens the repository named by the global flags.
-func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Repository, error) {
+// Location parses the repository location of the global flags; a missing
+// or malformed one is wrong usage.
+func (g *Global) Location() (backend.Location, error) {
 	if g.Repo == "" {
-		return nil, Usagef("no repository given: use --repo PATH or set VMVAULT_REPOSITORY")
+		return backend.Location{}, Usagef("no repository given: use --repo LOCATION or set VMVAULT_REPOSITORY")
 	}
-	be, err := local.Open(g.Repo)
+	loc, err := backend.ParseLocation(g.Repo)
+	if err != nil {
+		return backend.Location{}, Usagef("%v", err)
+	}
+	return loc, nil
+}
+
+// OpenRepo opens the repository named by the global flags. A location no
+// backend serves is wrong usage; one that cannot be opened has no
+// repository.
+func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Repository, error) {
+	loc, err := g.Location()
+	if err != nil {
+		return nil, err
+	}
+	be, err := backend.Open(ctx, loc)
+	if errors.Is(err, backend.ErrUnsupportedScheme) {
+		return nil, usageError{err}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
 	}
-	return repo.Open(ctx, be, opts)
+	r, err := repo.Open(ctx, be, opts)
+	if err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// CreateBackend prepares the storage of a new repository at the location
+// of the global flags.
+func (g *Global) CreateBackend(ctx context.Context) (backend.Backend, error) {
+	loc, err := g.Location()
+	if err != nil {
+		return nil, err
+	}
+	be, err := backend.Create(ctx, loc)
+	if errors.Is(err, backend.ErrUnsupportedScheme) {
+		return nil, usageError{err}
+	}
+	return be, err
 }
 
 // Main runs root with a context cancelled on SIGINT/SIGTERM and exits with

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/repotest"
 )
 
 func TestParseSize(t *testing.T) {
@@ -134,5 +136,65 @@ func TestCPUProfileCoversEverySubcommand(t *testing.T) {
 				t.Fatalf("profile %s: %v, %d bytes; want a gzip-compressed pprof file", tt.path, rerr, len(b))
 			}
 		})
+	}
+}
+
+// TestOpenRepo: locations reach the registry; a location no backend serves
+// is wrong usage, one without a repository exits with ExitNoRepo, and
+// messages name the location without its secrets.
+func TestOpenRepo(t *testing.T) {
+	_, dir := repotest.NewLocal(t, repotest.Options{})
+	empty := t.TempDir()
+	tests := []struct {
+		repo    string
+		code    int // ExitOK: opens
+		wantMsg string
+	}{
+		{dir, ExitOK, ""},
+		{"local:" + dir, ExitOK, ""},
+		{"LOCAL:" + dir, ExitOK, ""},
+		{"", ExitUsage, "no repository given"},
+		{"local:", ExitUsage, `nothing after "local:"`},
+		{filepath.Join(dir, "missing"), ExitNoRepo, filepath.Join(dir, "missing")},
+		{"local:" + empty, ExitNoRepo, "open repository at " + empty},
+		{"s3:bucket/x", ExitUsage, `repository location scheme "s3" is not supported yet (supported: local)`},
+		{"rest:https://user:secret@host/", ExitUsage, `scheme "rest" is not supported yet`},
+		{"sftp:u:secret@host:/srv", ExitUsage, `scheme "sftp" is not supported yet`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.repo, func(t *testing.T) {
+			g := &Global{Repo: tc.repo}
+			r, err := g.OpenRepo(context.Background(), repo.Options{})
+			if err == nil {
+				r.Close()
+			}
+			var out bytes.Buffer
+			if code := report(&out, err, false); code != tc.code || !strings.Contains(out.String(), tc.wantMsg) {
+				t.Errorf("exit %d (%q), want %d with %q", code, out.String(), tc.code, tc.wantMsg)
+			}
+			if strings.Contains(out.String(), "secret") {
+				t.Errorf("message shows the secret: %q", out.String())
+			}
+		})
+	}
+}
+
+// TestCreateBackend: init's backend comes from the same locations.
+func TestCreateBackend(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new:repo")
+	g := &Global{Repo: "local:" + dir}
+	be, err := g.CreateBackend(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be.Location() != dir {
+		t.Errorf("created at %q, want %q", be.Location(), dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "chunks")); err != nil {
+		t.Errorf("no layout at %s: %v", dir, err)
+	}
+	g.Repo = "gs:bucket"
+	if _, err := g.CreateBackend(context.Background()); report(&bytes.Buffer{}, err, false) != ExitUsage {
+		t.Errorf("create on gs: %v, want wrong usage", err)
 	}
 }

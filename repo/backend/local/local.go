@@ -12,6 +12,9 @@
 // Temporary files left by a crash are never listed; RemoveTemp deletes them.
 // Stored objects are created read-only (0400): they are never modified in
 // place.
+//
+// The package registers the scheme "local" with backend.Register: a
+// location "local:PATH", or a plain PATH, is the directory PATH.
 package local
 
 import (
@@ -50,6 +53,25 @@ var (
 	_ backend.Flusher     = (*Backend)(nil)
 	_ backend.Prefetcher  = (*Backend)(nil)
 )
+
+func init() {
+	backend.Register(backend.LocalScheme, backend.Factory{
+		Open: func(_ context.Context, loc backend.Location) (backend.Backend, error) {
+			be, err := Open(loc.Path)
+			if err != nil {
+				return nil, err // not a nil *Backend in a non-nil interface
+			}
+			return be, nil
+		},
+		Create: func(_ context.Context, loc backend.Location) (backend.Backend, error) {
+			be, err := Create(loc.Path)
+			if err != nil {
+				return nil, err
+			}
+			return be, nil
+		},
+	})
+}
 
 // Create makes the directory layout at root (which may exist but must not
 // already hold a repository) and returns the backend.
