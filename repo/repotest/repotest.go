@@ -97,7 +97,7 @@ type Point struct {
 	VM    string
 	Tags  []string
 	Time  time.Time          // zero: now
-	Base  *repo.RestorePoint // capture against it (an incremental); nil: full
+	Base  *repo.RestorePoint // dedup every disk against it; nil: full
 	Disks []Disk
 }
 
@@ -127,9 +127,9 @@ func CapturePoint(t testing.TB, r *repo.Repository, p Point) *repo.RestorePoint 
 		} else {
 			ra, size = bytes.NewReader(d.Data), int64(len(d.Data))
 		}
-		srcs = append(srcs, repo.DiskSource{Name: d.Name, Reader: ra, Size: size})
+		srcs = append(srcs, repo.DiskSource{Name: d.Name, Reader: ra, Size: size, Base: p.Base})
 	}
-	rp, err := r.Capture(context.Background(), repo.CaptureOptions{VM: p.VM, Tags: p.Tags, Time: p.Time, Base: p.Base}, srcs)
+	rp, err := r.Capture(context.Background(), repo.CaptureOptions{VM: p.VM, Tags: p.Tags, Time: p.Time}, srcs)
 	if err != nil {
 		t.Fatalf("capture %s: %v", p.VM, err)
 	}
