@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/vmvault/vmvault/nbd/overlay"
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
@@ -69,7 +69,8 @@ type RepoCatalog struct {
 	// e.g. "web01@latest/*"); empty allows all.
 	Patterns []string
 	// OverlayDir, when set, makes exports writable: each (restore point,
-	// disk) gets a persistent copy-on-write overlay below it.
+	// disk) gets a persistent copy-on-write overlay below it, at
+	// overlay.Path.
 	OverlayDir string
 	Log        *slog.Logger
 
@@ -78,14 +79,12 @@ type RepoCatalog struct {
 }
 
 type sharedOverlay struct {
-	ov   *Overlay
+	ov   *overlay.Overlay
 	refs int
 }
 
-// OverlayPath is where the overlay of (restore point, disk) lives.
-func OverlayPath(dir string, rp format.ID, disk string) string {
-	return filepath.Join(dir, rp.String(), disk)
-}
+// An overlay is what a writable export serves.
+var _ WritableDevice = (*overlay.Overlay)(nil)
 
 // refresh returns the repository's restore points as of now.
 func (c *RepoCatalog) refresh(ctx context.Context) ([]*repo.RestorePoint, error) {
@@ -227,7 +226,7 @@ func (c *RepoCatalog) Open(ctx context.Context, name string) (*Export, error) {
 	if c.OverlayDir == "" {
 		return exp, nil
 	}
-	ov, release, err := c.overlay(rp, diskName, DiskDevice{d})
+	ov, release, err := c.openOverlay(rp, diskName, DiskDevice{d})
 	if err != nil {
 		return nil, err
 	}
@@ -237,9 +236,10 @@ func (c *RepoCatalog) Open(ctx context.Context, name string) (*Export, error) {
 	return exp, nil
 }
 
-// overlay returns the shared overlay for (rp, disk), opening it on first use.
-func (c *RepoCatalog) overlay(rp *repo.RestorePoint, disk string, base Device) (*Overlay, func() error, error) {
-	dir := OverlayPath(c.OverlayDir, rp.ID, disk)
+// openOverlay returns the shared overlay for (rp, disk), opening it on
+// first use.
+func (c *RepoCatalog) openOverlay(rp *repo.RestorePoint, disk string, base Device) (*overlay.Overlay, func() error, error) {
+	dir := overlay.Path(c.OverlayDir, rp.ID.String(), disk)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.overlays == nil {
@@ -247,7 +247,7 @@ func (c *RepoCatalog) overlay(rp *repo.RestorePoint, disk string, base Device) (
 	}
 	so := c.overlays[dir]
 	if so == nil {
-		ov, err := OpenOverlay(dir, OverlayMeta{VM: rp.VM, RestorePoint: rp.ID.String(), Disk: disk}, base)
+		ov, err := overlay.Open(dir, overlay.Meta{VM: rp.VM, RestorePoint: rp.ID.String(), Disk: disk}, base)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 
+	"github.com/vmvault/vmvault/nbd/overlay"
 	"github.com/vmvault/vmvault/repo/extent"
 )
 
@@ -46,8 +47,9 @@ type WritableDevice interface {
 }
 
 // ErrNotFast is returned by WriteZeroes(fast=true) when zeroing the range
-// would cost as much as writing it.
-var ErrNotFast = errors.New("zeroing this range is not faster than writing it")
+// would cost as much as writing it. It is overlay.ErrNotFast, so that the
+// overlay package can return it without importing the server.
+var ErrNotFast = overlay.ErrNotFast
 
 // Export is an opened export: a device plus what the handshake tells the
 // client about it.

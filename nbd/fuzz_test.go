@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmvault/vmvault/nbd/proto"
 )
 
 type fuzzCatalog struct{ dev Device }
@@ -60,7 +62,7 @@ func (m *memDevice) Flush(context.Context) error { return nil }
 
 // fuzzSeed builds a client stream: flags, options, then requests.
 func fuzzSeed(opts [][]byte, reqs ...[]byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZeroes)
+	b := binary.BigEndian.AppendUint32(nil, proto.ClientFlagFixedNewstyle|proto.ClientFlagNoZeroes)
 	for _, o := range opts {
 		b = append(b, o...)
 	}
@@ -71,14 +73,14 @@ func fuzzSeed(opts [][]byte, reqs ...[]byte) []byte {
 }
 
 func fuzzOpt(opt uint32, data []byte) []byte {
-	h := binary.BigEndian.AppendUint64(nil, magicOpt)
+	h := binary.BigEndian.AppendUint64(nil, proto.MagicOption)
 	h = binary.BigEndian.AppendUint32(h, opt)
 	h = binary.BigEndian.AppendUint32(h, uint32(len(data)))
 	return append(h, data...)
 }
 
 func fuzzReq(typ, flags uint16, off uint64, n uint32, payload []byte) []byte {
-	h := binary.BigEndian.AppendUint32(nil, magicRequest)
+	h := binary.BigEndian.AppendUint32(nil, proto.MagicRequest)
 	h = binary.BigEndian.AppendUint16(h, flags)
 	h = binary.BigEndian.AppendUint16(h, typ)
 	h = binary.BigEndian.AppendUint64(h, 1)
@@ -91,15 +93,15 @@ func fuzzReq(typ, flags uint16, off uint64, n uint32, payload []byte) []byte {
 // handshake and request parsers must never panic, hang or allocate what a
 // length field asks for.
 func FuzzServe(f *testing.F) {
-	goStructured := [][]byte{fuzzOpt(optStructured, nil), fuzzOpt(optSetMetaCtx, metaReq("d", baseAllocation)), fuzzOpt(optGo, nameReq("d", 0, 0))}
+	goStructured := [][]byte{fuzzOpt(proto.OptStructuredReply, nil), fuzzOpt(proto.OptSetMetaContext, metaReq("d", proto.MetaBaseAllocation)), fuzzOpt(proto.OptGo, nameReq("d", 0, 0))}
 	f.Add(fuzzSeed(nil))
-	f.Add(fuzzSeed([][]byte{fuzzOpt(optList, nil), fuzzOpt(optInfo, nameReq("d", 0, 2, 0, 1, 0, 2)), fuzzOpt(optAbort, nil)}))
-	f.Add(fuzzSeed([][]byte{fuzzOpt(optExportName, []byte("d"))}, fuzzReq(cmdRead, 0, 0, 4096, nil), fuzzReq(cmdDisc, 0, 0, 0, nil)))
-	f.Add(fuzzSeed(goStructured, fuzzReq(cmdRead, 0, 100, 70000, nil), fuzzReq(cmdBlockStatus, cmdFlagReqOne, 0, 1<<20, nil)))
-	f.Add(fuzzSeed(goStructured, fuzzReq(cmdWrite, cmdFlagFUA, 0, 16, make([]byte, 16)), fuzzReq(cmdWriteZeroes, cmdFlagFastZero, 0, 1<<20, nil),
-		fuzzReq(cmdTrim, 0, 5, 9000, nil), fuzzReq(cmdFlush, 0, 0, 0, nil), fuzzReq(cmdCache, 0, 0, 1, nil)))
-	f.Add(fuzzSeed([][]byte{fuzzOpt(optListMetaCtx, []byte{0, 0, 0, 1, 'd', 0xff, 0xff, 0xff, 0xff})}))
-	f.Add(fuzzSeed([][]byte{fuzzOpt(optGo, nameReq("d", 0, 0))}, fuzzReq(cmdWrite, 0, 0, 0xffffffff, nil)))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(proto.OptList, nil), fuzzOpt(proto.OptInfo, nameReq("d", 0, 2, 0, 1, 0, 2)), fuzzOpt(proto.OptAbort, nil)}))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(proto.OptExportName, []byte("d"))}, fuzzReq(proto.CmdRead, 0, 0, 4096, nil), fuzzReq(proto.CmdDisc, 0, 0, 0, nil)))
+	f.Add(fuzzSeed(goStructured, fuzzReq(proto.CmdRead, 0, 100, 70000, nil), fuzzReq(proto.CmdBlockStatus, proto.CmdFlagReqOne, 0, 1<<20, nil)))
+	f.Add(fuzzSeed(goStructured, fuzzReq(proto.CmdWrite, proto.CmdFlagFUA, 0, 16, make([]byte, 16)), fuzzReq(proto.CmdWriteZeroes, proto.CmdFlagFastZero, 0, 1<<20, nil),
+		fuzzReq(proto.CmdTrim, 0, 5, 9000, nil), fuzzReq(proto.CmdFlush, 0, 0, 0, nil), fuzzReq(proto.CmdCache, 0, 0, 1, nil)))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(proto.OptListMetaContext, []byte{0, 0, 0, 1, 'd', 0xff, 0xff, 0xff, 0xff})}))
+	f.Add(fuzzSeed([][]byte{fuzzOpt(proto.OptGo, nameReq("d", 0, 0))}, fuzzReq(proto.CmdWrite, 0, 0, 0xffffffff, nil)))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		base := make([]byte, 1<<20)
 		var dev Device = ReaderDevice{R: bytes.NewReader(base), N: int64(len(base))}

@@ -8,106 +8,31 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/vmvault/vmvault/nbd/proto"
 )
 
 // handshakeTimeout bounds the whole option haggling of one connection.
 const handshakeTimeout = 60 * time.Second
 
+// baseAllocationID is the id this server gives the base:allocation meta
+// context, the only one it offers.
+const baseAllocationID = uint32(1)
+
 // errAbort ends a handshake without an error worth logging.
 var errAbort = errors.New("client aborted the handshake")
 
-// optReader walks an option's payload with bounds checks.
-type optReader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *optReader) u16() uint16 {
-	if len(r.b) < 2 {
-		r.bad = true
-		return 0
-	}
-	v := binary.BigEndian.Uint16(r.b)
-	r.b = r.b[2:]
-	return v
-}
-
-func (r *optReader) u32() uint32 {
-	if len(r.b) < 4 {
-		r.bad = true
-		return 0
-	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
-}
-
-func (r *optReader) str() string {
-	n := r.u32()
-	if r.bad || n > maxStringLen || uint64(n) > uint64(len(r.b)) {
-		r.bad = true
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-// infoRequest is a parsed NBD_OPT_INFO / NBD_OPT_GO payload.
-type infoRequest struct {
-	name  string
-	items []uint16
-}
-
-func parseInfoRequest(data []byte) (infoRequest, bool) {
-	r := optReader{b: data}
-	var q infoRequest
-	q.name = r.str()
-	n := r.u16()
-	if r.bad || len(r.b) != 2*int(n) {
-		return q, false
-	}
-	for range n {
-		q.items = append(q.items, r.u16())
-	}
-	return q, !r.bad
-}
-
-// metaRequest is a parsed NBD_OPT_LIST/SET_META_CONTEXT payload.
-type metaRequest struct {
-	name    string
-	queries []string
-}
-
-func parseMetaRequest(data []byte) (metaRequest, bool) {
-	r := optReader{b: data}
-	var q metaRequest
-	q.name = r.str()
-	n := r.u32()
-	if r.bad || uint64(n) > uint64(len(r.b))/4 {
-		return q, false
-	}
-	for range n {
-		q.queries = append(q.queries, r.str())
-	}
-	return q, !r.bad && len(r.b) == 0
-}
-
 func (c *conn) writeOptReply(opt, typ uint32, data []byte) error {
-	var h [20]byte
-	binary.BigEndian.PutUint64(h[0:], magicOptReply)
-	binary.BigEndian.PutUint32(h[8:], opt)
-	binary.BigEndian.PutUint32(h[12:], typ)
-	binary.BigEndian.PutUint32(h[16:], uint32(len(data)))
-	c.bw.Write(h[:])
+	var h [proto.OptionReplyHeaderSize]byte
+	c.bw.Write(proto.OptionReplyHeader{Option: opt, Type: typ, Length: uint32(len(data))}.Append(h[:0]))
 	c.bw.Write(data)
 	return c.bw.Flush()
 }
 
 func (c *conn) optError(opt, typ uint32, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
-	if len(msg) > maxErrorMessage {
-		msg = msg[:maxErrorMessage]
+	if len(msg) > proto.MaxString {
+		msg = msg[:proto.MaxString]
 	}
 	return c.writeOptReply(opt, typ, []byte(msg))
 }
@@ -122,11 +47,8 @@ func (c *conn) handshake() error {
 			c.raw.SetDeadline(time.Time{})
 		}
 	}()
-	var hello [18]byte
-	binary.BigEndian.PutUint64(hello[0:], magicInit)
-	binary.BigEndian.PutUint64(hello[8:], magicOpt)
-	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
-	c.bw.Write(hello[:])
+	var hello [proto.GreetingSize]byte
+	c.bw.Write(proto.AppendGreeting(hello[:0], proto.FlagFixedNewstyle|proto.FlagNoZeroes))
 	if err := c.bw.Flush(); err != nil {
 		return err
 	}
@@ -135,32 +57,32 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("read client flags: %w", err)
 	}
 	clientFlags := binary.BigEndian.Uint32(cf[:])
-	if clientFlags&^(clientFixed|clientNoZeroes) != 0 {
+	if clientFlags&^(proto.ClientFlagFixedNewstyle|proto.ClientFlagNoZeroes) != 0 {
 		return fmt.Errorf("client sent unknown flags %#x", clientFlags)
 	}
-	noZeroes := clientFlags&clientNoZeroes != 0
+	noZeroes := clientFlags&proto.ClientFlagNoZeroes != 0
 
 	for {
-		var h [16]byte
+		var h [proto.OptionHeaderSize]byte
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return fmt.Errorf("read option: %w", err)
 		}
-		if binary.BigEndian.Uint64(h[0:]) != magicOpt {
-			return errors.New("bad option magic")
+		oh, err := proto.ParseOptionHeader(h[:])
+		if err != nil {
+			return err
 		}
-		opt := binary.BigEndian.Uint32(h[8:])
-		n := binary.BigEndian.Uint32(h[12:])
-		if n > maxOptionLen {
-			if opt == optExportName {
+		opt, n := oh.Option, oh.Length
+		if n > proto.MaxOptionLen {
+			if opt == proto.OptExportName {
 				return fmt.Errorf("export name of %d bytes", n)
 			}
 			if _, err := io.CopyN(io.Discard, c.br, int64(n)); err != nil {
 				return err
 			}
-			if err := c.optError(opt, repErrTooBig, "option of %d bytes is too long", n); err != nil {
+			if err := c.optError(opt, proto.RepErrTooBig, "option of %d bytes is too long", n); err != nil {
 				return err
 			}
 			continue
@@ -169,20 +91,20 @@ func (c *conn) handshake() error {
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return fmt.Errorf("read option %d: %w", opt, err)
 		}
-		if c.s.RequireTLS && !c.tls && opt != optStartTLS && opt != optAbort {
-			if opt == optExportName {
+		if c.s.RequireTLS && !c.tls && opt != proto.OptStartTLS && opt != proto.OptAbort {
+			if opt == proto.OptExportName {
 				return errors.New("client chose an export without TLS, which this server requires")
 			}
-			if err := c.optError(opt, repErrTLSReqd, "this server requires TLS (STARTTLS)"); err != nil {
+			if err := c.optError(opt, proto.RepErrTLSReqd, "this server requires TLS (STARTTLS)"); err != nil {
 				return err
 			}
 			continue
 		}
-		if c.stopping.Load() && opt != optAbort {
-			if opt == optExportName {
+		if c.stopping.Load() && opt != proto.OptAbort {
+			if opt == proto.OptExportName {
 				return errStopped
 			}
-			if err := c.optError(opt, repErrShutdown, "server is shutting down"); err != nil {
+			if err := c.optError(opt, proto.RepErrShutdown, "server is shutting down"); err != nil {
 				return err
 			}
 			continue
@@ -201,7 +123,7 @@ func (c *conn) handshake() error {
 func (c *conn) option(opt uint32, data []byte, noZeroes bool) (done bool, err error) {
 	ctx := c.ctx
 	switch opt {
-	case optExportName:
+	case proto.OptExportName:
 		exp, err := c.s.Catalog.Open(ctx, string(data))
 		if err != nil {
 			return true, fmt.Errorf("export %q: %w", data, err)
@@ -217,39 +139,39 @@ func (c *conn) option(opt uint32, data []byte, noZeroes bool) (done bool, err er
 		c.bw.Write(out)
 		return true, c.bw.Flush()
 
-	case optAbort:
-		c.writeOptReply(opt, repAck, nil)
+	case proto.OptAbort:
+		c.writeOptReply(opt, proto.RepAck, nil)
 		return true, errAbort
 
-	case optList:
+	case proto.OptList:
 		if len(data) != 0 {
-			return false, c.optError(opt, repErrInvalid, "LIST takes no data")
+			return false, c.optError(opt, proto.RepErrInvalid, "LIST takes no data")
 		}
 		list, err := c.s.Catalog.List(ctx)
 		if err != nil {
 			c.log.Error("list exports", "err", err)
-			return false, c.optError(opt, repErrPolicy, "cannot list exports: %v", err)
+			return false, c.optError(opt, proto.RepErrPolicy, "cannot list exports: %v", err)
 		}
 		for _, e := range list {
 			b := make([]byte, 4, 4+len(e.Name)+len(e.Description))
 			binary.BigEndian.PutUint32(b, uint32(len(e.Name)))
 			b = append(append(b, e.Name...), e.Description...)
-			if err := c.writeOptReply(opt, repServer, b); err != nil {
+			if err := c.writeOptReply(opt, proto.RepServer, b); err != nil {
 				return false, err
 			}
 		}
-		return false, c.writeOptReply(opt, repAck, nil)
+		return false, c.writeOptReply(opt, proto.RepAck, nil)
 
-	case optStartTLS:
+	case proto.OptStartTLS:
 		switch {
 		case c.s.TLSConfig == nil:
-			return false, c.optError(opt, repErrUnsup, "TLS is not configured on this server")
+			return false, c.optError(opt, proto.RepErrUnsup, "TLS is not configured on this server")
 		case c.tls:
-			return false, c.optError(opt, repErrInvalid, "TLS is already active")
+			return false, c.optError(opt, proto.RepErrInvalid, "TLS is already active")
 		case len(data) != 0:
-			return false, c.optError(opt, repErrInvalid, "STARTTLS takes no data")
+			return false, c.optError(opt, proto.RepErrInvalid, "STARTTLS takes no data")
 		}
-		if err := c.writeOptReply(opt, repAck, nil); err != nil {
+		if err := c.writeOptReply(opt, proto.RepAck, nil); err != nil {
 			return false, err
 		}
 		if c.br.Buffered() != 0 {
@@ -267,92 +189,92 @@ func (c *conn) option(opt uint32, data []byte, noZeroes bool) (done bool, err er
 		c.metaExport = nil
 		return false, nil
 
-	case optInfo, optGo:
-		q, ok := parseInfoRequest(data)
-		if !ok {
-			return false, c.optError(opt, repErrInvalid, "malformed INFO/GO request")
+	case proto.OptInfo, proto.OptGo:
+		q, err := proto.ParseInfoRequest(data)
+		if err != nil {
+			return false, c.optError(opt, proto.RepErrInvalid, "malformed INFO/GO request")
 		}
-		exp, err := c.s.Catalog.Open(ctx, q.name)
+		exp, err := c.s.Catalog.Open(ctx, q.Name)
 		if err != nil {
 			if errorsIsUnknown(err) {
-				return false, c.optError(opt, repErrUnknown, "%v", err)
+				return false, c.optError(opt, proto.RepErrUnknown, "%v", err)
 			}
-			c.log.Error("open export", "export", q.name, "err", err)
-			return false, c.optError(opt, repErrPolicy, "cannot open export %q: %v", q.name, err)
+			c.log.Error("open export", "export", q.Name, "err", err)
+			return false, c.optError(opt, proto.RepErrPolicy, "cannot open export %q: %v", q.Name, err)
 		}
 		flags := c.transmissionFlags(exp)
 		if err := c.sendInfo(opt, exp, q, flags); err != nil {
 			exp.Close()
 			return false, err
 		}
-		if err := c.writeOptReply(opt, repAck, nil); err != nil {
+		if err := c.writeOptReply(opt, proto.RepAck, nil); err != nil {
 			exp.Close()
 			return false, err
 		}
-		if opt == optInfo {
+		if opt == proto.OptInfo {
 			return false, exp.Close()
 		}
-		c.setExport(exp, q.name)
+		c.setExport(exp, q.Name)
 		return true, nil
 
-	case optStructured:
+	case proto.OptStructuredReply:
 		if len(data) != 0 {
-			return false, c.optError(opt, repErrInvalid, "STRUCTURED_REPLY takes no data")
+			return false, c.optError(opt, proto.RepErrInvalid, "STRUCTURED_REPLY takes no data")
 		}
 		c.structured = true
-		return false, c.writeOptReply(opt, repAck, nil)
+		return false, c.writeOptReply(opt, proto.RepAck, nil)
 
-	case optListMetaCtx, optSetMetaCtx:
+	case proto.OptListMetaContext, proto.OptSetMetaContext:
 		if !c.structured {
-			return false, c.optError(opt, repErrInvalid, "negotiate structured replies first")
+			return false, c.optError(opt, proto.RepErrInvalid, "negotiate structured replies first")
 		}
-		q, ok := parseMetaRequest(data)
-		if !ok {
-			if opt == optSetMetaCtx {
+		q, err := proto.ParseMetaRequest(data)
+		if err != nil {
+			if opt == proto.OptSetMetaContext {
 				c.metaExport = nil
 			}
-			return false, c.optError(opt, repErrInvalid, "malformed meta context request")
+			return false, c.optError(opt, proto.RepErrInvalid, "malformed meta context request")
 		}
-		exp, err := c.s.Catalog.Open(ctx, q.name)
+		exp, err := c.s.Catalog.Open(ctx, q.Name)
 		if err != nil {
-			if opt == optSetMetaCtx {
+			if opt == proto.OptSetMetaContext {
 				c.metaExport = nil
 			}
 			if errorsIsUnknown(err) {
-				return false, c.optError(opt, repErrUnknown, "%v", err)
+				return false, c.optError(opt, proto.RepErrUnknown, "%v", err)
 			}
-			return false, c.optError(opt, repErrPolicy, "cannot open export %q: %v", q.name, err)
+			return false, c.optError(opt, proto.RepErrPolicy, "cannot open export %q: %v", q.Name, err)
 		}
 		exp.Close()
 		match := false
-		for _, s := range q.queries {
-			if s == baseAllocation || (opt == optListMetaCtx && s == "base:") {
+		for _, s := range q.Queries {
+			if s == proto.MetaBaseAllocation || (opt == proto.OptListMetaContext && s == "base:") {
 				match = true
 			}
 		}
-		if opt == optListMetaCtx && len(q.queries) == 0 {
+		if opt == proto.OptListMetaContext && len(q.Queries) == 0 {
 			match = true
 		}
-		if opt == optSetMetaCtx {
+		if opt == proto.OptSetMetaContext {
 			c.metaExport = nil
 			if match {
-				name := q.name
+				name := q.Name
 				c.metaExport = &name
 			}
 		}
 		if match {
-			b := binary.BigEndian.AppendUint32(nil, baseAllocationID)
-			if opt == optListMetaCtx {
-				b = binary.BigEndian.AppendUint32(nil, 0)
+			id := baseAllocationID
+			if opt == proto.OptListMetaContext {
+				id = 0 // LIST gives no ids
 			}
-			if err := c.writeOptReply(opt, repMetaContext, append(b, baseAllocation...)); err != nil {
+			if err := c.writeOptReply(opt, proto.RepMetaContext, proto.AppendMetaContext(nil, id, proto.MetaBaseAllocation)); err != nil {
 				return false, err
 			}
 		}
-		return false, c.writeOptReply(opt, repAck, nil)
+		return false, c.writeOptReply(opt, proto.RepAck, nil)
 
 	default:
-		return false, c.optError(opt, repErrUnsup, "option %d is not supported", opt)
+		return false, c.optError(opt, proto.RepErrUnsup, "option %d is not supported", opt)
 	}
 }
 
@@ -375,47 +297,42 @@ func (c *conn) writable() bool {
 
 // transmissionFlags says exactly what exp supports on this connection.
 func (c *conn) transmissionFlags(exp *Export) uint16 {
-	f := tfHasFlags | tfSendCache
+	f := proto.FlagHasFlags | proto.FlagSendCache
 	if _, ok := exp.Device.(WritableDevice); ok {
-		f |= tfSendFlush | tfSendFUA | tfSendTrim | tfWriteZeroes | tfFastZero
+		f |= proto.FlagSendFlush | proto.FlagSendFUA | proto.FlagSendTrim | proto.FlagSendWriteZeroes | proto.FlagSendFastZero
 	} else {
-		f |= tfReadOnly
+		f |= proto.FlagReadOnly
 	}
 	if exp.MultiConn {
-		f |= tfCanMultiConn
+		f |= proto.FlagCanMultiConn
 	}
 	if c.structured {
-		f |= tfSendDF
+		f |= proto.FlagSendDF
 	}
 	return f
 }
 
-func (c *conn) sendInfo(opt uint32, exp *Export, q infoRequest, flags uint16) error {
-	b := binary.BigEndian.AppendUint16(nil, infoExport)
-	b = binary.BigEndian.AppendUint64(b, uint64(exp.Device.Size()))
-	b = binary.BigEndian.AppendUint16(b, flags)
-	if err := c.writeOptReply(opt, repInfo, b); err != nil {
+func (c *conn) sendInfo(opt uint32, exp *Export, q proto.InfoRequest, flags uint16) error {
+	b := proto.AppendInfoExport(nil, uint64(exp.Device.Size()), flags)
+	if err := c.writeOptReply(opt, proto.RepInfo, b); err != nil {
 		return err
 	}
 	// Block sizes are sent whether asked or not (allowed; they are the
 	// defaults' superset: any client honouring them is served).
-	b = binary.BigEndian.AppendUint16(nil, infoBlockSize)
-	b = binary.BigEndian.AppendUint32(b, MinBlockSize)
-	b = binary.BigEndian.AppendUint32(b, PreferredBlockSize)
-	b = binary.BigEndian.AppendUint32(b, MaxBlockSize)
-	if err := c.writeOptReply(opt, repInfo, b); err != nil {
+	b = proto.BlockSizes{Min: MinBlockSize, Preferred: PreferredBlockSize, Max: MaxBlockSize}.Append(nil)
+	if err := c.writeOptReply(opt, proto.RepInfo, b); err != nil {
 		return err
 	}
-	for _, it := range q.items {
+	for _, it := range q.Items {
 		switch it {
-		case infoName:
-			b = binary.BigEndian.AppendUint16(nil, infoName)
-			if err := c.writeOptReply(opt, repInfo, append(b, exp.Name...)); err != nil {
+		case proto.InfoName:
+			b = binary.BigEndian.AppendUint16(nil, proto.InfoName)
+			if err := c.writeOptReply(opt, proto.RepInfo, append(b, exp.Name...)); err != nil {
 				return err
 			}
-		case infoDescription:
-			b = binary.BigEndian.AppendUint16(nil, infoDescription)
-			if err := c.writeOptReply(opt, repInfo, append(b, exp.Description...)); err != nil {
+		case proto.InfoDescription:
+			b = binary.BigEndian.AppendUint16(nil, proto.InfoDescription)
+			if err := c.writeOptReply(opt, proto.RepInfo, append(b, exp.Description...)); err != nil {
 				return err
 			}
 		}

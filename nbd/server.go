@@ -23,7 +23,11 @@
 //     so a device error becomes an error reply, never a torn one.
 //
 // The server knows nothing about repositories: a Catalog names exports and
-// opens Devices (see catalog.go for the repository-backed one).
+// opens Devices (see catalog.go for the repository-backed one, which makes
+// exports writable through nbd/overlay). The wire format lives in
+// nbd/proto, shared with the client in nbd/client; neither of those nor
+// nbd/overlay imports this package, so capture code reads NBD exports and
+// overlays without pulling in the server.
 package nbd
 
 import (

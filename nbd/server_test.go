@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmvault/vmvault/nbd/proto"
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/faulty"
@@ -98,14 +99,14 @@ func TestHandshakeOptions(t *testing.T) {
 	f := newFixture(t, "")
 	tc := dialTest(t, f.sock)
 
-	r := tc.option(optList, nil)
+	r := tc.option(proto.OptList, nil)
 	var names []string
 	for _, x := range r[:len(r)-1] {
 		n := binary.BigEndian.Uint32(x.data)
 		names = append(names, string(x.data[4:4+n]))
 	}
 	want := []string{f.name(), "web01@latest/disk0"}
-	if r[len(r)-1].typ != repAck || len(names) != 2 || names[0] != want[0] || names[1] != want[1] {
+	if r[len(r)-1].typ != proto.RepAck || len(names) != 2 || names[0] != want[0] || names[1] != want[1] {
 		t.Fatalf("LIST = %q (final %#x), want %q", names, r[len(r)-1].typ, want)
 	}
 	tests := []struct {
@@ -114,18 +115,18 @@ func TestHandshakeOptions(t *testing.T) {
 		data []byte
 		want uint32
 	}{
-		{"list with data", optList, []byte{1}, repErrInvalid},
-		{"info unknown export", optInfo, nameReq("web01/nope/disk0", 0, 0), repErrUnknown},
-		{"info unknown disk", optInfo, nameReq("web01@latest/disk9", 0, 0), repErrUnknown},
-		{"info truncated", optInfo, []byte{0, 0, 0, 9, 'a'}, repErrInvalid},
-		{"info name too long", optInfo, []byte{0xff, 0xff, 0xff, 0xff}, repErrInvalid},
-		{"meta context before structured", optSetMetaCtx, metaReq(f.name(), baseAllocation), repErrInvalid},
-		{"starttls without config", optStartTLS, nil, repErrUnsup},
-		{"extended headers", optExtendedHeader, nil, repErrUnsup},
-		{"unknown option", 77, nil, repErrUnsup},
-		{"info by id prefix", optInfo, nameReq("web01/"+f.rp.ID.String()[:12]+"/disk0", 0, 0), repAck},
-		{"info latest", optInfo, nameReq("web01@latest/disk0", 0, 0), repAck},
-		{"default export (only one disk? no: two names)", optInfo, nameReq("", 0, 0), repErrUnknown},
+		{"list with data", proto.OptList, []byte{1}, proto.RepErrInvalid},
+		{"info unknown export", proto.OptInfo, nameReq("web01/nope/disk0", 0, 0), proto.RepErrUnknown},
+		{"info unknown disk", proto.OptInfo, nameReq("web01@latest/disk9", 0, 0), proto.RepErrUnknown},
+		{"info truncated", proto.OptInfo, []byte{0, 0, 0, 9, 'a'}, proto.RepErrInvalid},
+		{"info name too long", proto.OptInfo, []byte{0xff, 0xff, 0xff, 0xff}, proto.RepErrInvalid},
+		{"meta context before structured", proto.OptSetMetaContext, metaReq(f.name(), proto.MetaBaseAllocation), proto.RepErrInvalid},
+		{"starttls without config", proto.OptStartTLS, nil, proto.RepErrUnsup},
+		{"extended headers", proto.OptExtendedHeaders, nil, proto.RepErrUnsup},
+		{"unknown option", 77, nil, proto.RepErrUnsup},
+		{"info by id prefix", proto.OptInfo, nameReq("web01/"+f.rp.ID.String()[:12]+"/disk0", 0, 0), proto.RepAck},
+		{"info latest", proto.OptInfo, nameReq("web01@latest/disk0", 0, 0), proto.RepAck},
+		{"default export (only one disk? no: two names)", proto.OptInfo, nameReq("", 0, 0), proto.RepErrUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -136,15 +137,15 @@ func TestHandshakeOptions(t *testing.T) {
 		})
 	}
 	// LIST_META_CONTEXT after structured replies lists base:allocation.
-	tc.option(optStructured, nil)
-	r = tc.option(optListMetaCtx, metaReq(f.name()))
-	if len(r) != 2 || string(r[0].data[4:]) != baseAllocation {
+	tc.option(proto.OptStructuredReply, nil)
+	r = tc.option(proto.OptListMetaContext, metaReq(f.name()))
+	if len(r) != 2 || string(r[0].data[4:]) != proto.MetaBaseAllocation {
 		t.Fatalf("LIST_META_CONTEXT: %+v", r)
 	}
 	// A too-long option is drained and refused; the session goes on.
-	tc.option(optList, make([]byte, maxOptionLen+1))
+	tc.option(proto.OptList, make([]byte, proto.MaxOptionLen+1))
 	tc.goExport(f.name(), true)
-	if tc.size != int64(len(f.img)) || tc.flags&tfReadOnly == 0 || tc.flags&tfSendTrim != 0 || tc.flags&tfCanMultiConn == 0 {
+	if tc.size != int64(len(f.img)) || tc.flags&proto.FlagReadOnly == 0 || tc.flags&proto.FlagSendTrim != 0 || tc.flags&proto.FlagCanMultiConn == 0 {
 		t.Fatalf("size %d flags %#x", tc.size, tc.flags)
 	}
 }
@@ -153,8 +154,8 @@ func TestRequireTLS(t *testing.T) {
 	f := newFixture(t, "")
 	f.srv.RequireTLS = true
 	tc := dialTest(t, f.sock)
-	for _, opt := range []uint32{optList, optInfo, optGo, optStructured} {
-		if r := tc.option(opt, nameReq(f.name(), 0, 0)); r[0].typ != repErrTLSReqd {
+	for _, opt := range []uint32{proto.OptList, proto.OptInfo, proto.OptGo, proto.OptStructuredReply} {
+		if r := tc.option(opt, nameReq(f.name(), 0, 0)); r[0].typ != proto.RepErrTLSReqd {
 			t.Fatalf("option %d without TLS: %#x", opt, r[0].typ)
 		}
 	}
@@ -178,25 +179,25 @@ func TestRequests(t *testing.T) {
 		tc.goExport(f.name(), structured)
 		size := uint64(len(f.img))
 		refused := []requestCase{
-			{"read past end", cmdRead, 0, size - 10, 11, nil, errInval},
-			{"read offset overflow", cmdRead, 0, ^uint64(0) - 5, 10, nil, errInval},
-			{"read too large", cmdRead, 0, 0, MaxBlockSize + 1, nil, errInval},
-			{"read unknown flag", cmdRead, 1 << 9, 0, 10, nil, errInval},
-			{"read FUA on read-only", cmdRead, cmdFlagFUA, 0, 10, nil, errInval},
-			{"write read-only", cmdWrite, 0, 0, 100, make([]byte, 100), errPerm},
-			{"write too large", cmdWrite, 0, 0, MaxBlockSize + 1, make([]byte, MaxBlockSize+1), errInval},
-			{"trim read-only", cmdTrim, 0, 0, 100, nil, errPerm},
-			{"zeroes read-only", cmdWriteZeroes, 0, 0, 100, nil, errPerm},
-			{"flush read-only", cmdFlush, 0, 0, 0, nil, errInval},
-			{"cache past end", cmdCache, 0, size, 1, nil, errInval},
-			{"unknown command", 42, 0, 0, 0, nil, errInval},
+			{"read past end", proto.CmdRead, 0, size - 10, 11, nil, proto.EINVAL},
+			{"read offset overflow", proto.CmdRead, 0, ^uint64(0) - 5, 10, nil, proto.EINVAL},
+			{"read too large", proto.CmdRead, 0, 0, MaxBlockSize + 1, nil, proto.EINVAL},
+			{"read unknown flag", proto.CmdRead, 1 << 9, 0, 10, nil, proto.EINVAL},
+			{"read FUA on read-only", proto.CmdRead, proto.CmdFlagFUA, 0, 10, nil, proto.EINVAL},
+			{"write read-only", proto.CmdWrite, 0, 0, 100, make([]byte, 100), proto.EPERM},
+			{"write too large", proto.CmdWrite, 0, 0, MaxBlockSize + 1, make([]byte, MaxBlockSize+1), proto.EINVAL},
+			{"trim read-only", proto.CmdTrim, 0, 0, 100, nil, proto.EPERM},
+			{"zeroes read-only", proto.CmdWriteZeroes, 0, 0, 100, nil, proto.EPERM},
+			{"flush read-only", proto.CmdFlush, 0, 0, 0, nil, proto.EINVAL},
+			{"cache past end", proto.CmdCache, 0, size, 1, nil, proto.EINVAL},
+			{"unknown command", 42, 0, 0, 0, nil, proto.EINVAL},
 		}
 		if !structured {
-			refused = append(refused, requestCase{"block status without context", cmdBlockStatus, 0, 0, 100, nil, errInval})
+			refused = append(refused, requestCase{"block status without context", proto.CmdBlockStatus, 0, 0, 100, nil, proto.EINVAL})
 		}
 		for _, tt := range refused {
 			var got uint32
-			if tt.typ == cmdRead {
+			if tt.typ == proto.CmdRead {
 				_, got, _ = tc.readAt(int64(tt.off), int(tt.length), tt.flags)
 			} else {
 				got = tc.simple(tt.typ, tt.flags, tt.off, tt.length, tt.data)
@@ -216,10 +217,10 @@ func TestRequests(t *testing.T) {
 				t.Errorf("structured=%v read [%d,+%d): errno %d, data equal %v", structured, rg[0], rg[1], e, bytes.Equal(b, f.img[rg[0]:rg[0]+rg[1]]))
 			}
 		}
-		if e := tc.simple(cmdCache, 0, 0, uint32(size), nil); e != 0 {
+		if e := tc.simple(proto.CmdCache, 0, 0, uint32(size), nil); e != 0 {
 			t.Errorf("cache: errno %d", e)
 		}
-		tc.send(cmdDisc, 0, 0, 0, nil)
+		tc.send(proto.CmdDisc, 0, 0, 0, nil)
 	}
 }
 
@@ -237,22 +238,22 @@ func TestStructuredReadsAndBlockStatus(t *testing.T) {
 	for _, c := range chunks {
 		types = append(types, c.typ)
 	}
-	if len(types) != 3 || types[0] != replyOffsetData || types[1] != replyOffsetHole || types[2] != replyOffsetData {
+	if len(types) != 3 || types[0] != proto.ReplyTypeOffsetData || types[1] != proto.ReplyTypeOffsetHole || types[2] != proto.ReplyTypeOffsetData {
 		t.Fatalf("chunk types %v, want data, hole, data", types)
 	}
 	if h := chunks[1].data; binary.BigEndian.Uint64(h) != 3*testChunk || binary.BigEndian.Uint32(h[8:]) != 2*testChunk {
 		t.Fatalf("hole chunk %x", h)
 	}
 	// DF: exactly one data chunk with the zeroes inside.
-	b, e, chunks = tc.readAt(off, n, cmdFlagDF)
-	if e != 0 || !bytes.Equal(b, f.img[off:off+int64(n)]) || len(chunks) != 1 || chunks[0].typ != replyOffsetData {
+	b, e, chunks = tc.readAt(off, n, proto.CmdFlagDF)
+	if e != 0 || !bytes.Equal(b, f.img[off:off+int64(n)]) || len(chunks) != 1 || chunks[0].typ != proto.ReplyTypeOffsetData {
 		t.Fatalf("DF read: errno %d, %d chunks", e, len(chunks))
 	}
 
 	status := func(off, n uint64, flags uint16) [][2]uint32 {
-		cookie := tc.send(cmdBlockStatus, flags, off, uint32(n), nil)
+		cookie := tc.send(proto.CmdBlockStatus, flags, off, uint32(n), nil)
 		c := tc.reply(0)
-		if c.cookie != cookie || c.typ != replyBlockStatus || c.flags&replyFlagDone == 0 {
+		if c.cookie != cookie || c.typ != proto.ReplyTypeBlockStatus || c.flags&proto.ReplyFlagDone == 0 {
 			t.Fatalf("block status reply %+v", c)
 		}
 		if binary.BigEndian.Uint32(c.data) != baseAllocationID {
@@ -275,13 +276,13 @@ func TestStructuredReadsAndBlockStatus(t *testing.T) {
 			t.Fatalf("block status %v, want %v", got, want)
 		}
 	}
-	if got := status(100, size-100, cmdFlagReqOne); len(got) != 1 || got[0] != [2]uint32{3*testChunk - 100, 0} {
+	if got := status(100, size-100, proto.CmdFlagReqOne); len(got) != 1 || got[0] != [2]uint32{3*testChunk - 100, 0} {
 		t.Fatalf("REQ_ONE: %v", got)
 	}
 	if got := status(3*testChunk+5, 10, 0); len(got) != 1 || got[0] != [2]uint32{10, 3} {
 		t.Fatalf("small range: %v", got)
 	}
-	if e := tc.simple(cmdBlockStatus, 0, size, 1, nil); e != errInval {
+	if e := tc.simple(proto.CmdBlockStatus, 0, size, 1, nil); e != proto.EINVAL {
 		t.Fatalf("block status past end: errno %d", e)
 	}
 }
@@ -302,7 +303,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 		tc := dialTest(t, f.sock)
 		tc.goExport(f.name(), structured)
 		_, e, chunks := tc.readAt(6*testChunk-10, 20, 0)
-		if e != errIO {
+		if e != proto.EIO {
 			t.Fatalf("structured=%v: read over the bad chunk: errno %d", structured, e)
 		}
 		if structured && !bytes.Contains(chunks[len(chunks)-1].data, []byte("offset 393216")) {
@@ -311,7 +312,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 		if b, e, _ := tc.readAt(7*testChunk, 100, 0); e != 0 || !bytes.Equal(b, f.img[7*testChunk:7*testChunk+100]) {
 			t.Fatalf("read after the error: errno %d", e)
 		}
-		if e := tc.simple(cmdCache, 0, 6*testChunk, 1, nil); e != errIO {
+		if e := tc.simple(proto.CmdCache, 0, 6*testChunk, 1, nil); e != proto.EIO {
 			t.Fatalf("cache of the bad chunk: errno %d", e)
 		}
 	}
@@ -323,9 +324,9 @@ func TestDisconnectMidRequest(t *testing.T) {
 	f := newFixture(t, t.TempDir())
 	tc := dialTest(t, f.sock)
 	tc.goExport(f.name(), false)
-	h := binary.BigEndian.AppendUint32(nil, magicRequest)
+	h := binary.BigEndian.AppendUint32(nil, proto.MagicRequest)
 	h = binary.BigEndian.AppendUint16(h, 0)
-	h = binary.BigEndian.AppendUint16(h, cmdWrite)
+	h = binary.BigEndian.AppendUint16(h, proto.CmdWrite)
 	h = binary.BigEndian.AppendUint64(h, 1)
 	h = binary.BigEndian.AppendUint64(h, 0)
 	h = binary.BigEndian.AppendUint32(h, 1<<20)
@@ -335,7 +336,7 @@ func TestDisconnectMidRequest(t *testing.T) {
 	tc2 := dialTest(t, f.sock)
 	tc2.goExport(f.name(), true)
 	for range 20 {
-		tc2.send(cmdRead, 0, 0, 1<<20, nil)
+		tc2.send(proto.CmdRead, 0, 0, 1<<20, nil)
 	}
 	tc2.c.Close() // without reading the replies
 
@@ -369,9 +370,9 @@ func TestConcurrentClients(t *testing.T) {
 					n := 1 + rng.IntN(min(len(f.img)-off, 300_000))
 					flags := uint16(0)
 					if i%2 == 0 {
-						flags = cmdFlagDF
+						flags = proto.CmdFlagDF
 					}
-					want[tc.send(cmdRead, flags, uint64(off), uint32(n), nil)] = [2]int{off, n}
+					want[tc.send(proto.CmdRead, flags, uint64(off), uint32(n), nil)] = [2]int{off, n}
 				}
 				for len(want) > 0 {
 					var c chunk
@@ -436,7 +437,7 @@ func TestShutdownFinishesInflight(t *testing.T) {
 	sock := serveUnix(t, srv)
 	tc := dialTest(t, sock)
 	tc.goExport("", false)
-	cookie := tc.send(cmdRead, 0, 4096, 4096, nil)
+	cookie := tc.send(proto.CmdRead, 0, 4096, 4096, nil)
 	<-dev.started
 	done := make(chan error)
 	go func() { done <- srv.Shutdown(context.Background()) }()
@@ -458,8 +459,8 @@ func TestWritableRequests(t *testing.T) {
 	f := newFixture(t, t.TempDir())
 	tc := dialTest(t, f.sock)
 	tc.goExport(f.name(), true)
-	want := tfSendFlush | tfSendFUA | tfSendTrim | tfWriteZeroes | tfFastZero | tfCanMultiConn
-	if tc.flags&want != want || tc.flags&tfReadOnly != 0 {
+	want := proto.FlagSendFlush | proto.FlagSendFUA | proto.FlagSendTrim | proto.FlagSendWriteZeroes | proto.FlagSendFastZero | proto.FlagCanMultiConn
+	if tc.flags&want != want || tc.flags&proto.FlagReadOnly != 0 {
 		t.Fatalf("flags %#x", tc.flags)
 	}
 	size := uint64(len(f.img))
@@ -469,16 +470,16 @@ func TestWritableRequests(t *testing.T) {
 		requestCase
 		apply func() // the change to the model on success
 	}{
-		{requestCase{"write", cmdWrite, 0, 1000, 5000, p, 0}, func() { copy(model[1000:], p) }},
-		{requestCase{"write FUA", cmdWrite, cmdFlagFUA, size - 10, 10, p[:10], 0}, func() { copy(model[size-10:], p[:10]) }},
-		{requestCase{"write past end", cmdWrite, 0, size - 10, 11, p[:11], errNoSpc}, nil},
-		{requestCase{"fast zero of a partial unwritten block", cmdWriteZeroes, cmdFlagFastZero, 20000, 100, nil, errNotSup}, nil},
-		{requestCase{"fast zero of whole blocks", cmdWriteZeroes, cmdFlagFastZero | cmdFlagNoHole, 8192, 8192, nil, 0}, func() { clear(model[8192:16384]) }},
-		{requestCase{"zero partial", cmdWriteZeroes, 0, 20000, 100, nil, 0}, func() { clear(model[20000:20100]) }},
-		{requestCase{"trim", cmdTrim, 0, 65536, 65536, nil, 0}, func() { clear(model[65536:131072]) }},
-		{requestCase{"zero past end", cmdWriteZeroes, 0, size, 1, nil, errNoSpc}, nil},
-		{requestCase{"flush", cmdFlush, 0, 0, 0, nil, 0}, nil},
-		{requestCase{"flush with offset", cmdFlush, 0, 1, 0, nil, errInval}, nil},
+		{requestCase{"write", proto.CmdWrite, 0, 1000, 5000, p, 0}, func() { copy(model[1000:], p) }},
+		{requestCase{"write FUA", proto.CmdWrite, proto.CmdFlagFUA, size - 10, 10, p[:10], 0}, func() { copy(model[size-10:], p[:10]) }},
+		{requestCase{"write past end", proto.CmdWrite, 0, size - 10, 11, p[:11], proto.ENOSPC}, nil},
+		{requestCase{"fast zero of a partial unwritten block", proto.CmdWriteZeroes, proto.CmdFlagFastZero, 20000, 100, nil, proto.ENOTSUP}, nil},
+		{requestCase{"fast zero of whole blocks", proto.CmdWriteZeroes, proto.CmdFlagFastZero | proto.CmdFlagNoHole, 8192, 8192, nil, 0}, func() { clear(model[8192:16384]) }},
+		{requestCase{"zero partial", proto.CmdWriteZeroes, 0, 20000, 100, nil, 0}, func() { clear(model[20000:20100]) }},
+		{requestCase{"trim", proto.CmdTrim, 0, 65536, 65536, nil, 0}, func() { clear(model[65536:131072]) }},
+		{requestCase{"zero past end", proto.CmdWriteZeroes, 0, size, 1, nil, proto.ENOSPC}, nil},
+		{requestCase{"flush", proto.CmdFlush, 0, 0, 0, nil, 0}, nil},
+		{requestCase{"flush with offset", proto.CmdFlush, 0, 1, 0, nil, proto.EINVAL}, nil},
 	}
 	for _, s := range steps {
 		if got := tc.simple(s.typ, s.flags, s.off, s.length, s.data); got != s.want {
@@ -575,15 +576,15 @@ func TestLentReads(t *testing.T) {
 		flags  uint16
 		chunks []uint16 // structured reply chunk types
 	}{
-		{"inside a piece", 10, 100, 0, []uint16{replyOffsetData}},
-		{"across pieces and a hole", 2*testChunk + 100, 3 * testChunk, 0, []uint16{replyOffsetData, replyOffsetHole, replyOffsetData}},
-		{"hole only", 3 * testChunk, testChunk, 0, []uint16{replyOffsetHole}},
-		{"DF keeps the zeroes inline", 2*testChunk + 100, 3 * testChunk, cmdFlagDF, []uint16{replyOffsetData}},
-		{"the short tail", int64(len(img)) - 5000, 5000, 0, []uint16{replyOffsetData}},
+		{"inside a piece", 10, 100, 0, []uint16{proto.ReplyTypeOffsetData}},
+		{"across pieces and a hole", 2*testChunk + 100, 3 * testChunk, 0, []uint16{proto.ReplyTypeOffsetData, proto.ReplyTypeOffsetHole, proto.ReplyTypeOffsetData}},
+		{"hole only", 3 * testChunk, testChunk, 0, []uint16{proto.ReplyTypeOffsetHole}},
+		{"DF keeps the zeroes inline", 2*testChunk + 100, 3 * testChunk, proto.CmdFlagDF, []uint16{proto.ReplyTypeOffsetData}},
+		{"the short tail", int64(len(img)) - 5000, 5000, 0, []uint16{proto.ReplyTypeOffsetData}},
 	}
 	for _, structured := range []bool{false, true} {
 		for _, c := range cases {
-			if c.flags&cmdFlagDF != 0 && !structured {
+			if c.flags&proto.CmdFlagDF != 0 && !structured {
 				continue // DF needs structured replies (EINVAL otherwise)
 			}
 			t.Run(fmt.Sprintf("structured=%v/%s", structured, c.name), func(t *testing.T) {
@@ -593,7 +594,7 @@ func TestLentReads(t *testing.T) {
 				const inflight = 16
 				sent := map[uint64]bool{}
 				for range inflight {
-					sent[tc.send(cmdRead, c.flags, uint64(c.off), uint32(c.n), nil)] = true
+					sent[tc.send(proto.CmdRead, c.flags, uint64(c.off), uint32(c.n), nil)] = true
 				}
 				for range inflight {
 					b, e, chunks := tc.readReply(c.off, int(c.n), func(cookie uint64) bool { return sent[cookie] })

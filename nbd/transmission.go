@@ -9,8 +9,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmvault/vmvault/nbd/proto"
 	"github.com/vmvault/vmvault/repo/extent"
 )
+
+// maxBlockStatusExtent bounds the descriptors of one BLOCK_STATUS reply.
+const maxBlockStatusExtent = 1 << 14
 
 // writeTimeout bounds one reply write, so a client that stops reading
 // holds its buffers (at most MaxBlockSize bytes) no longer than this.
@@ -35,105 +39,80 @@ func (c *conn) release(n int64) {
 	c.budget.Release(n)
 }
 
-// request is one parsed transmission request.
-type request struct {
-	flags  uint16
-	typ    uint16
-	cookie uint64
-	off    uint64
-	length uint32
-}
-
-// parseRequest decodes a 28-byte request header.
-func parseRequest(h []byte) (request, error) {
-	if len(h) != requestSize {
-		return request{}, fmt.Errorf("request header of %d bytes", len(h))
-	}
-	if m := binary.BigEndian.Uint32(h[0:]); m != magicRequest {
-		return request{}, fmt.Errorf("bad request magic %#x", m)
-	}
-	return request{
-		flags:  binary.BigEndian.Uint16(h[4:]),
-		typ:    binary.BigEndian.Uint16(h[6:]),
-		cookie: binary.BigEndian.Uint64(h[8:]),
-		off:    binary.BigEndian.Uint64(h[16:]),
-		length: binary.BigEndian.Uint32(h[24:]),
-	}, nil
-}
-
 var cmdNames = map[uint16]string{
-	cmdRead: "read", cmdWrite: "write", cmdDisc: "disc", cmdFlush: "flush", cmdTrim: "trim",
-	cmdCache: "cache", cmdWriteZeroes: "write-zeroes", cmdBlockStatus: "block-status",
+	proto.CmdRead: "read", proto.CmdWrite: "write", proto.CmdDisc: "disc", proto.CmdFlush: "flush", proto.CmdTrim: "trim",
+	proto.CmdCache: "cache", proto.CmdWriteZeroes: "write-zeroes", proto.CmdBlockStatus: "block-status",
 }
 
-func (r request) String() string {
-	name, ok := cmdNames[r.typ]
+// reqString names a request for the log.
+func reqString(r proto.Request) string {
+	name, ok := cmdNames[r.Type]
 	if !ok {
-		name = fmt.Sprintf("command %d", r.typ)
+		name = fmt.Sprintf("command %d", r.Type)
 	}
-	return fmt.Sprintf("%s [%d,+%d)", name, r.off, r.length)
+	return fmt.Sprintf("%s [%d,+%d)", name, r.Offset, r.Length)
 }
 
 // validate checks a request against the export and the negotiation; it
 // returns 0 or the NBD error to answer with.
-func (c *conn) validate(r request) (uint32, string) {
+func (c *conn) validate(r proto.Request) (uint32, string) {
 	size := uint64(c.exp.Device.Size())
 	writable := c.writable()
 	allowed := uint16(0)
 	if writable {
-		allowed |= cmdFlagFUA
+		allowed |= proto.CmdFlagFUA
 	}
-	inRange := r.off <= size && uint64(r.length) <= size-r.off
-	switch r.typ {
-	case cmdRead:
+	inRange := r.Offset <= size && uint64(r.Length) <= size-r.Offset
+	switch r.Type {
+	case proto.CmdRead:
 		if c.structured {
-			allowed |= cmdFlagDF
+			allowed |= proto.CmdFlagDF
 		}
-		if r.length > MaxBlockSize {
-			return errInval, fmt.Sprintf("read of %d bytes exceeds the maximum block size %d", r.length, MaxBlockSize)
+		if r.Length > MaxBlockSize {
+			return proto.EINVAL, fmt.Sprintf("read of %d bytes exceeds the maximum block size %d", r.Length, MaxBlockSize)
 		}
 		if !inRange {
-			return errInval, "read beyond the end of the export"
+			return proto.EINVAL, "read beyond the end of the export"
 		}
-	case cmdWrite, cmdTrim, cmdWriteZeroes:
-		if r.typ == cmdWriteZeroes {
-			allowed |= cmdFlagNoHole | cmdFlagFastZero
+	case proto.CmdWrite, proto.CmdTrim, proto.CmdWriteZeroes:
+		if r.Type == proto.CmdWriteZeroes {
+			allowed |= proto.CmdFlagNoHole | proto.CmdFlagFastZero
 		}
-		if r.typ == cmdWrite && r.length > MaxBlockSize {
-			return errInval, fmt.Sprintf("write of %d bytes exceeds the maximum block size %d", r.length, MaxBlockSize)
+		if r.Type == proto.CmdWrite && r.Length > MaxBlockSize {
+			return proto.EINVAL, fmt.Sprintf("write of %d bytes exceeds the maximum block size %d", r.Length, MaxBlockSize)
 		}
 		if !writable {
-			return errPerm, "export is read-only"
+			return proto.EPERM, "export is read-only"
 		}
 		if !inRange {
-			return errNoSpc, "write beyond the end of the export"
+			return proto.ENOSPC, "write beyond the end of the export"
 		}
-	case cmdFlush:
+	case proto.CmdFlush:
 		if !writable {
-			return errInval, "flush is not supported on a read-only export"
+			return proto.EINVAL, "flush is not supported on a read-only export"
 		}
-		if r.off != 0 || r.length != 0 {
-			return errInval, "flush with nonzero offset or length"
+		if r.Offset != 0 || r.Length != 0 {
+			return proto.EINVAL, "flush with nonzero offset or length"
 		}
-	case cmdCache:
+	case proto.CmdCache:
 		if !inRange {
-			return errInval, "cache beyond the end of the export"
+			return proto.EINVAL, "cache beyond the end of the export"
 		}
-	case cmdBlockStatus:
-		allowed |= cmdFlagReqOne
+	case proto.CmdBlockStatus:
+		allowed |= proto.CmdFlagReqOne
 		if c.metaExport == nil {
-			return errInval, "no metadata context was negotiated"
+			return proto.EINVAL, "no metadata context was negotiated"
 		}
-		if r.length == 0 || !inRange {
-			return errInval, "block status of an empty range or beyond the end of the export"
+		if r.Length == 0 || !inRange {
+			return proto.EINVAL, "block status of an empty range or beyond the end of the export"
 		}
-	case cmdDisc:
+	case proto.CmdDisc:
 		return 0, ""
 	default:
-		return errInval, fmt.Sprintf("unknown command %d", r.typ)
+		return proto.EINVAL, fmt.Sprintf("unknown command %d", r.Type)
 	}
-	if r.flags&^allowed != 0 {
-		return errInval, fmt.Sprintf("flags %#x not valid for this command", r.flags&^allowed)
+	if r.Flags&^allowed != 0 {
+		return proto.EINVAL, fmt.Sprintf("flags %#x not valid for this command", r.Flags&^allowed)
 	}
 	return 0, ""
 }
@@ -148,7 +127,7 @@ func (c *conn) transmit() error {
 		}
 		c.wmu.Unlock()
 	}()
-	var h [requestSize]byte
+	var h [proto.RequestSize]byte
 	for {
 		if c.stopping.Load() {
 			return errStopped
@@ -156,29 +135,29 @@ func (c *conn) transmit() error {
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			return err
 		}
-		r, err := parseRequest(h[:])
+		r, err := proto.ParseRequest(h[:])
 		if err != nil {
 			return err // no way to find the next request
 		}
-		if r.typ == cmdDisc {
+		if r.Type == proto.CmdDisc {
 			return nil
 		}
 		c.st.requests.Add(1)
 		code, msg := c.validate(r)
 		var payload []byte
-		if r.typ == cmdWrite {
+		if r.Type == proto.CmdWrite {
 			if code != 0 {
 				// Stay in step with the stream without holding the data.
-				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+				if _, err := io.CopyN(io.Discard, c.br, int64(r.Length)); err != nil {
 					return err
 				}
 			} else {
-				if err := c.acquire(int64(r.length)); err != nil {
+				if err := c.acquire(int64(r.Length)); err != nil {
 					return err
 				}
-				payload = payloads.Get(int(r.length))
+				payload = payloads.Get(int(r.Length))
 				if _, err := io.ReadFull(c.br, payload); err != nil {
-					c.release(int64(r.length))
+					c.release(int64(r.Length))
 					payloads.Put(payload)
 					return err
 				}
@@ -186,14 +165,14 @@ func (c *conn) transmit() error {
 		}
 		if code != 0 {
 			c.st.failed.Add(1)
-			c.log.Warn("request refused", "request", r.String(), "err", msg)
+			c.log.Warn("request refused", "request", reqString(r), "err", msg)
 			if err := c.replyError(r, code, msg); err != nil {
 				return err
 			}
 			continue
 		}
-		if r.typ == cmdRead {
-			if err := c.acquire(int64(r.length)); err != nil {
+		if r.Type == proto.CmdRead {
+			if err := c.acquire(int64(r.Length)); err != nil {
 				return err
 			}
 		}
@@ -210,69 +189,69 @@ func (c *conn) transmit() error {
 }
 
 // handle runs one validated request and replies.
-func (c *conn) handle(r request, payload []byte) {
+func (c *conn) handle(r proto.Request, payload []byte) {
 	ctx := c.ctx
 	dev := c.exp.Device
-	off, n := int64(r.off), int64(r.length)
+	off, n := int64(r.Offset), int64(r.Length)
 	var err error
-	switch r.typ {
-	case cmdRead:
+	switch r.Type {
+	case proto.CmdRead:
 		c.handleRead(r)
 		return
-	case cmdWrite:
+	case proto.CmdWrite:
 		err = dev.(WritableDevice).WriteAt(ctx, payload, off)
 		c.release(n)
 		payloads.Put(payload)
 		if err == nil {
 			c.st.bytesWrote.Add(n)
 		}
-	case cmdTrim:
+	case proto.CmdTrim:
 		err = dev.(WritableDevice).Trim(ctx, off, n)
 		c.st.bytesTrim.Add(n)
-	case cmdWriteZeroes:
-		err = dev.(WritableDevice).WriteZeroes(ctx, off, n, r.flags&cmdFlagFastZero != 0)
+	case proto.CmdWriteZeroes:
+		err = dev.(WritableDevice).WriteZeroes(ctx, off, n, r.Flags&proto.CmdFlagFastZero != 0)
 		if err == nil {
 			c.st.bytesZeroed.Add(n)
 		}
-	case cmdFlush:
+	case proto.CmdFlush:
 		err = dev.(WritableDevice).Flush(ctx)
-	case cmdCache:
+	case proto.CmdCache:
 		err = dev.Prefetch(ctx, off, n)
-	case cmdBlockStatus:
+	case proto.CmdBlockStatus:
 		c.handleBlockStatus(r)
 		return
 	}
-	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdFlush {
+	if err == nil && r.Flags&proto.CmdFlagFUA != 0 && r.Type != proto.CmdFlush {
 		err = dev.(WritableDevice).Flush(ctx)
 	}
 	if err != nil {
 		c.fail(r, err)
 		return
 	}
-	c.send(func() error { return c.writeSimple(r.cookie, 0) })
+	c.send(func() error { return c.writeSimple(r.Cookie, 0) })
 }
 
 // errno maps a device error to an NBD error value.
 func errno(err error) uint32 {
 	switch {
 	case errors.Is(err, ErrNotFast):
-		return errNotSup
+		return proto.ENOTSUP
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
-		return errNoSpc
+		return proto.ENOSPC
 	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS):
-		return errPerm
+		return proto.EPERM
 	case errors.Is(err, context.Canceled):
-		return errShutdown
+		return proto.ESHUTDOWN
 	}
-	return errIO
+	return proto.EIO
 }
 
 // fail answers r with the error err maps to, and logs it.
-func (c *conn) fail(r request, err error) {
+func (c *conn) fail(r proto.Request, err error) {
 	code := errno(err)
 	c.st.failed.Add(1)
-	if code != errNotSup {
-		c.log.Warn("request failed", "request", r.String(), "err", err)
+	if code != proto.ENOTSUP {
+		c.log.Warn("request failed", "request", reqString(r), "err", err)
 	}
 	c.replyError(r, code, err.Error())
 }
@@ -280,19 +259,13 @@ func (c *conn) fail(r request, err error) {
 // replyError writes an error reply: a structured error chunk (with the
 // message) where structured replies are in use for the command, else a
 // simple reply.
-func (c *conn) replyError(r request, code uint32, msg string) error {
-	if c.structured && (r.typ == cmdRead || r.typ == cmdBlockStatus) {
-		if len(msg) > maxErrorMessage {
-			msg = msg[:maxErrorMessage]
-		}
+func (c *conn) replyError(r proto.Request, code uint32, msg string) error {
+	if c.structured && (r.Type == proto.CmdRead || r.Type == proto.CmdBlockStatus) {
 		return c.send(func() error {
-			p := binary.BigEndian.AppendUint32(nil, code)
-			p = binary.BigEndian.AppendUint16(p, uint16(len(msg)))
-			p = append(p, msg...)
-			return c.writeChunk(r.cookie, replyFlagDone, replyError, p)
+			return c.writeChunk(r.Cookie, proto.ReplyFlagDone, proto.ReplyTypeError, proto.AppendError(nil, code, msg))
 		})
 	}
-	return c.send(func() error { return c.writeSimple(r.cookie, code) })
+	return c.send(func() error { return c.writeSimple(r.Cookie, code) })
 }
 
 // send runs one reply's writes under the write lock. The buffer is flushed
@@ -320,11 +293,8 @@ func (c *conn) send(write func() error) error {
 
 // writeSimple writes a simple reply followed by the pieces of data.
 func (c *conn) writeSimple(cookie uint64, code uint32, data ...[]byte) error {
-	var h [simpleHdrLen]byte
-	binary.BigEndian.PutUint32(h[0:], magicSimpleReply)
-	binary.BigEndian.PutUint32(h[4:], code)
-	binary.BigEndian.PutUint64(h[8:], cookie)
-	_, err := c.bw.Write(h[:])
+	var h [proto.SimpleReplySize]byte
+	_, err := c.bw.Write(proto.SimpleReply{Error: code, Cookie: cookie}.Append(h[:0]))
 	for _, d := range data {
 		if err != nil {
 			break
@@ -341,13 +311,8 @@ func (c *conn) writeChunk(cookie uint64, flags, typ uint16, p []byte, data ...[]
 	for _, d := range data {
 		n += len(d)
 	}
-	var h [structHdrLen]byte
-	binary.BigEndian.PutUint32(h[0:], magicStructReply)
-	binary.BigEndian.PutUint16(h[4:], flags)
-	binary.BigEndian.PutUint16(h[6:], typ)
-	binary.BigEndian.PutUint64(h[8:], cookie)
-	binary.BigEndian.PutUint32(h[16:], uint32(n))
-	c.bw.Write(h[:])
+	var h [proto.StructuredReplySize]byte
+	c.bw.Write(proto.StructuredReply{Flags: flags, Type: typ, Cookie: cookie, Length: uint32(n)}.Append(h[:0]))
 	_, err := c.bw.Write(p)
 	for _, d := range data {
 		if err != nil {
@@ -381,10 +346,10 @@ func (l *lent) take(n int64) [][]byte {
 // readLent answers a read from bytes the device lends: no payload buffer,
 // no copy. Extents (structured replies without DF) come from the index,
 // so holes are sent as holes and their lent zeroes skipped.
-func (c *conn) readLent(r request, sr SliceReader) {
-	off, n := int64(r.off), int64(r.length)
+func (c *conn) readLent(r proto.Request, sr SliceReader) {
+	off, n := int64(r.Offset), int64(r.Length)
 	exts := []extent.Extent{{Offset: off, Length: n}}
-	if c.structured && r.flags&cmdFlagDF == 0 {
+	if c.structured && r.Flags&proto.CmdFlagDF == 0 {
 		var err error
 		if exts, err = c.exp.Device.Extents(c.ctx, off, n); err != nil {
 			c.fail(r, err)
@@ -397,7 +362,7 @@ func (c *conn) readLent(r request, sr SliceReader) {
 		c.st.bytesRead.Add(n)
 		src := lent(bufs)
 		return c.send(func() error {
-			return c.writeRead(r.cookie, exts, func(e extent.Extent) [][]byte { return src.take(e.Length) })
+			return c.writeRead(r.Cookie, exts, func(e extent.Extent) [][]byte { return src.take(e.Length) })
 		})
 	})
 	if err != nil && !called {
@@ -409,16 +374,16 @@ func (c *conn) readLent(r request, sr SliceReader) {
 	c.readAhead(off, n)
 }
 
-func (c *conn) handleRead(r request) {
-	defer c.release(int64(r.length))
+func (c *conn) handleRead(r proto.Request) {
+	defer c.release(int64(r.Length))
 	ctx := c.ctx
 	dev := c.exp.Device
-	off, n := int64(r.off), int64(r.length)
+	off, n := int64(r.Offset), int64(r.Length)
 	if n == 0 {
 		if c.structured {
-			c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyNone, nil) })
+			c.send(func() error { return c.writeChunk(r.Cookie, proto.ReplyFlagDone, proto.ReplyTypeNone, nil) })
 		} else {
-			c.send(func() error { return c.writeSimple(r.cookie, 0) })
+			c.send(func() error { return c.writeSimple(r.Cookie, 0) })
 		}
 		return
 	}
@@ -430,7 +395,7 @@ func (c *conn) handleRead(r request) {
 	defer payloads.Put(buf)
 	var exts []extent.Extent
 	var err error
-	if c.structured && r.flags&cmdFlagDF == 0 {
+	if c.structured && r.Flags&proto.CmdFlagDF == 0 {
 		exts, err = dev.Extents(ctx, off, n)
 		if err == nil {
 			for _, e := range exts {
@@ -454,7 +419,7 @@ func (c *conn) handleRead(r request) {
 		exts = []extent.Extent{{Offset: off, Length: n}}
 	}
 	c.send(func() error {
-		return c.writeRead(r.cookie, exts, func(e extent.Extent) [][]byte { return [][]byte{buf[e.Offset-off : e.Offset-off+e.Length]} })
+		return c.writeRead(r.Cookie, exts, func(e extent.Extent) [][]byte { return [][]byte{buf[e.Offset-off : e.Offset-off+e.Length]} })
 	})
 }
 
@@ -473,48 +438,44 @@ func (c *conn) writeRead(cookie uint64, exts []extent.Extent, data func(extent.E
 	for i, e := range exts {
 		flags := uint16(0)
 		if i == len(exts)-1 {
-			flags = replyFlagDone
+			flags = proto.ReplyFlagDone
 		}
 		d := data(e)
 		p := binary.BigEndian.AppendUint64(make([]byte, 0, 12), uint64(e.Offset))
 		if e.Zero {
 			p = binary.BigEndian.AppendUint32(p, uint32(e.Length))
-			if err := c.writeChunk(cookie, flags, replyOffsetHole, p); err != nil {
+			if err := c.writeChunk(cookie, flags, proto.ReplyTypeOffsetHole, p); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := c.writeChunk(cookie, flags, replyOffsetData, p, d...); err != nil {
+		if err := c.writeChunk(cookie, flags, proto.ReplyTypeOffsetData, p, d...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *conn) handleBlockStatus(r request) {
-	off, n := int64(r.off), int64(r.length)
+func (c *conn) handleBlockStatus(r proto.Request) {
+	off, n := int64(r.Offset), int64(r.Length)
 	exts, err := c.exp.Device.Extents(c.ctx, off, n)
 	if err != nil {
 		c.fail(r, err)
 		return
 	}
 	limit := maxBlockStatusExtent
-	if r.flags&cmdFlagReqOne != 0 {
+	if r.Flags&proto.CmdFlagReqOne != 0 {
 		limit = 1
 	}
-	p := binary.BigEndian.AppendUint32(make([]byte, 0, 4+8*min(len(exts), limit)), baseAllocationID)
-	for i, e := range exts {
-		if i == limit {
-			break
+	ds := make([]proto.Descriptor, min(len(exts), limit))
+	for i := range ds {
+		ds[i].Length = uint32(exts[i].Length) // ≤ request length, a uint32
+		if exts[i].Zero {
+			ds[i].Flags = proto.StateHole | proto.StateZero
 		}
-		var st uint32
-		if e.Zero {
-			st = stateHole | stateZero
-		}
-		p = binary.BigEndian.AppendUint32(p, uint32(e.Length)) // ≤ request length, a uint32
-		p = binary.BigEndian.AppendUint32(p, st)
 	}
-	c.send(func() error { return c.writeChunk(r.cookie, replyFlagDone, replyBlockStatus, p) })
+	p := proto.AppendBlockStatus(make([]byte, 0, 4+8*len(ds)), baseAllocationID, ds)
+	c.send(func() error { return c.writeChunk(r.Cookie, proto.ReplyFlagDone, proto.ReplyTypeBlockStatus, p) })
 }
 
 // readAhead prefetches beyond a sequential reader. Reads of one stream may

@@ -20,7 +20,7 @@ import (
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/soap"
 
-	"github.com/vmvault/vmvault/nbd"
+	"github.com/vmvault/vmvault/nbd/client"
 )
 
 // Transport reads a snapshot's disk.
@@ -265,7 +265,7 @@ func (t *NBD) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader, er
 	uri := "nbd+unix:///" + url.PathEscape(t.Export) + "?socket=" + url.QueryEscape(sock)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		c, err := nbd.Dial(ctx, uri)
+		c, err := client.Dial(ctx, uri, client.Options{})
 		if err == nil {
 			if c.Size() < d.Capacity {
 				c.Close()
@@ -291,7 +291,7 @@ func (t *NBD) Open(ctx context.Context, s *Snapshot, d DiskInfo) (DiskReader, er
 }
 
 type nbdDisk struct {
-	c    *nbd.Client
+	c    *client.Client
 	stop func()
 }
 

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,10 +12,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cbt"
+	cbtoverlay "github.com/vmvault/vmvault/cbt/overlay"
 	"github.com/vmvault/vmvault/cmd/internal/cli"
-	"github.com/vmvault/vmvault/nbd"
+	"github.com/vmvault/vmvault/nbd/overlay"
 	"github.com/vmvault/vmvault/repo"
-	"github.com/vmvault/vmvault/repo/extent"
 )
 
 func newOverlayCommand(g *cli.Global) *cobra.Command {
@@ -58,7 +55,7 @@ func overlayRoot(cmd *cobra.Command, g *cli.Global, flag string) (*repo.Reposito
 	return r, dir, nil
 }
 
-// overlayEntry is one overlay found on disk.
+// overlayEntry is how 'overlay list' shows an overlay (also as JSON).
 type overlayEntry struct {
 	VM           string    `json:"vm"`
 	RestorePoint string    `json:"restore_point"`
@@ -70,48 +67,20 @@ type overlayEntry struct {
 	Dir          string    `json:"dir"`
 }
 
-// findOverlays lists the overlays below root (rp/disk directories).
-func findOverlays(root string) ([]overlayEntry, error) {
-	rpDirs, err := os.ReadDir(root)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+// findOverlays lists the overlays below root, warning on stderr about
+// those it cannot read.
+func findOverlays(root string) ([]overlay.Found, error) {
+	list, skipped, err := overlay.List(root)
+	for _, err := range skipped {
+		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("list overlays: %w", err)
-	}
-	var out []overlayEntry
-	for _, rd := range rpDirs {
-		if !rd.IsDir() {
-			continue
-		}
-		disks, err := os.ReadDir(filepath.Join(root, rd.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("list overlays: %w", err)
-		}
-		for _, dd := range disks {
-			dir := filepath.Join(root, rd.Name(), dd.Name())
-			m, err := nbd.ReadOverlayMeta(dir)
-			if err != nil {
-				if !errors.Is(err, os.ErrNotExist) {
-					fmt.Fprintf(os.Stderr, "warning: %v\n", err)
-				}
-				continue
-			}
-			e := overlayEntry{VM: m.VM, RestorePoint: m.RestorePoint, Disk: m.Disk, Size: m.Size, Created: m.Created, Dir: dir, InUse: nbd.OverlayInUse(dir)}
-			e.Allocated, _ = nbd.OverlayWrittenBytes(dir, m)
-			out = append(out, e)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].VM != out[j].VM {
-			return out[i].VM < out[j].VM
-		}
-		if !out[i].Created.Equal(out[j].Created) {
-			return out[i].Created.Before(out[j].Created)
-		}
-		return out[i].Dir < out[j].Dir
-	})
-	return out, nil
+	return list, err
+}
+
+// entryOf is f as 'overlay list' shows it.
+func entryOf(f overlay.Found) overlayEntry {
+	m := f.Meta
+	return overlayEntry{VM: m.VM, RestorePoint: m.RestorePoint, Disk: m.Disk, Size: m.Size, Allocated: f.Written, InUse: f.InUse, Created: m.Created, Dir: f.Dir}
 }
 
 func newOverlayListCommand(g *cli.Global, dirFlag *string) *cobra.Command {
@@ -126,14 +95,15 @@ func newOverlayListCommand(g *cli.Global, dirFlag *string) *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			list, err := findOverlays(root)
+			found, err := findOverlays(root)
 			if err != nil {
 				return err
 			}
+			list := []overlayEntry{}
+			for _, f := range found {
+				list = append(list, entryOf(f))
+			}
 			if asJSON {
-				if list == nil {
-					list = []overlayEntry{}
-				}
 				return cli.PrintJSON(cmd.OutOrStdout(), list)
 			}
 			if len(list) == 0 {
@@ -161,17 +131,12 @@ func newOverlayListCommand(g *cli.Global, dirFlag *string) *cobra.Command {
 }
 
 // overlaysOf returns the overlays of restore point id (full hex).
-func overlaysOf(root, id string, disk string) ([]overlayEntry, error) {
+func overlaysOf(root, id string, disk string) ([]overlay.Found, error) {
 	all, err := findOverlays(root)
 	if err != nil {
 		return nil, err
 	}
-	var out []overlayEntry
-	for _, e := range all {
-		if e.RestorePoint == id && (disk == "" || e.Disk == disk) {
-			out = append(out, e)
-		}
-	}
+	out := overlay.ForRestorePoint(all, id, disk)
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no overlay for restore point %s in %s", id[:min(len(id), 8)], root)
 	}
@@ -193,16 +158,8 @@ func resolveOverlayRP(cmd *cobra.Command, r *repo.Repository, root, name string,
 	if lerr != nil {
 		return "", nil, lerr
 	}
-	match := map[string]bool{}
-	for _, e := range all {
-		if len(name) >= 4 && len(e.RestorePoint) >= len(name) && e.RestorePoint[:len(name)] == name {
-			match[e.RestorePoint] = true
-		}
-	}
-	if len(match) == 1 {
-		for id := range match {
-			return id, nil, nil
-		}
+	if id := overlay.MatchRestorePoint(all, name); id != "" {
+		return id, nil, nil
 	}
 	return "", nil, err
 }
@@ -232,11 +189,11 @@ An overlay a running server has open is not touched.`,
 			}
 			var errs []error
 			for _, e := range list {
-				if err := nbd.DiscardOverlay(e.Dir); err != nil {
+				if err := overlay.Discard(e.Dir); err != nil {
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Disk, cli.Bytes(e.Allocated))
+				fmt.Fprintf(cmd.OutOrStdout(), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Meta.Disk, cli.Bytes(e.Written))
 			}
 			os.Remove(filepath.Join(root, id))
 			return errors.Join(errs...)
@@ -244,26 +201,6 @@ An overlay a running server has open is not touched.`,
 	}
 	cmd.Flags().StringVar(&disk, "disk", "", "only this disk's overlay")
 	return cmd
-}
-
-// overlayReader is an io.ReaderAt over an overlay (for the repository writer).
-type overlayReader struct {
-	ctx context.Context
-	ov  *nbd.Overlay
-}
-
-func (o overlayReader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= o.ov.Size() {
-		return 0, io.EOF
-	}
-	n := min(int64(len(p)), o.ov.Size()-off)
-	if err := o.ov.ReadAt(o.ctx, p[:n], off); err != nil {
-		return 0, err
-	}
-	if n < int64(len(p)) {
-		return int(n), io.EOF
-	}
-	return int(n), nil
 }
 
 func newOverlayCommitCommand(g *cli.Global, dirFlag *string) *cobra.Command {
@@ -304,53 +241,23 @@ They are kept unless --discard is given.`,
 			if err != nil {
 				return err
 			}
-			byDisk := map[string]*nbd.Overlay{}
-			defer func() {
-				for _, ov := range byDisk {
-					ov.Close()
-				}
-			}()
-			src := &cbt.DerivedSource{Repo: r, Base: rp, Changes: map[string]cbt.Change{},
-				Source: "overlay commit of restore point " + rp.ID.String()}
-			changedBytes := int64(0)
-			for _, e := range list {
-				if _, err := rp.Disk(e.Disk); err != nil {
-					return fmt.Errorf("overlay %s is for disk %s, which restore point %s does not have", e.Dir, e.Disk, rp.ID.Short())
-				}
-				d, err := r.OpenDisk(ctx, rp, e.Disk)
-				if err != nil {
-					return err
-				}
-				ov, err := nbd.OpenOverlay(e.Dir, nbd.OverlayMeta{VM: rp.VM, RestorePoint: id, Disk: e.Disk}, nbd.DiskDevice{D: d})
-				if err != nil {
-					return err
-				}
-				byDisk[e.Disk] = ov
-				var changed []extent.Range
-				for _, a := range ov.Allocated() {
-					changed = append(changed, extent.Range{Offset: a.Offset, Length: a.Length})
-					changedBytes += a.Length
-				}
-				src.Changes[e.Disk] = cbt.Change{Reader: overlayReader{ctx, ov}, Changed: changed}
+			src, err := cbtoverlay.Open(ctx, r, rp, list)
+			if err != nil {
+				return err
 			}
+			defer src.Close()
 			start := time.Now()
 			p := &repo.Progress{}
 			stop := cli.ShowProgress("commit", p, g.Quiet)
-			newRP, err := cbt.Capture(ctx, r, src, cbt.Options{
-				VM: rp.VM, Tags: append(append([]string{}, rp.Tags...), tags...), Base: rp, Progress: p, LockWait: g.LockWait,
-			})
+			newRP, err := src.Commit(ctx, cbt.Options{Tags: tags, Progress: p, LockWait: g.LockWait})
 			stop()
 			if err != nil {
 				return err
 			}
+			changedBytes := src.ChangedBytes
 			if discard {
-				for disk, ov := range byDisk {
-					dir := ov.Dir()
-					ov.Close()
-					delete(byDisk, disk)
-					if err := nbd.DiscardOverlay(dir); err != nil {
-						return fmt.Errorf("restore point %s committed, but: %w", newRP.ID.Short(), err)
-					}
+				if err := src.Discard(); err != nil {
+					return fmt.Errorf("restore point %s committed, but: %w", newRP.ID.Short(), err)
 				}
 				os.Remove(filepath.Join(root, id))
 			}

@@ -1,4 +1,26 @@
-package nbd
+// Package overlay keeps the writes made to a read-only disk (a restore
+// point's, served by 'vmvault serve --writable') in a copy-on-write
+// overlay directory: a sparse data file as large as the disk, a bitmap of
+// the blocks written, and meta.json naming the base. It also finds the
+// overlays below an overlay root (List, ForRestorePoint,
+// MatchRestorePoint) and reads an overlay as an io.ReaderAt (ReaderAt),
+// so code that stores "restore point + overlay" needs neither the NBD
+// server nor the command line.
+//
+// Invariants:
+//   - The base is never written; a block reads from the data file exactly
+//     when its bitmap bit is set, and bits are only ever set.
+//   - Flush syncs the data file before the bitmap pages that mark new
+//     blocks, so after a crash every persisted bit has its data; writes
+//     after the last Flush may be lost (NBD semantics).
+//   - One process at a time has an overlay directory open (an flock on
+//     its lock file); an existing overlay only opens for the base it was
+//     made for (same restore point, disk and size). Listing, InUse and
+//     WrittenBytes read only persisted state and work while another
+//     process has the overlay open.
+//   - Overlays live at root/RESTOREPOINT-ID/DISK (Path); List walks
+//     exactly that layout.
+package overlay
 
 import (
 	"context"
@@ -18,26 +40,26 @@ import (
 	"github.com/vmvault/vmvault/repo/extent"
 )
 
-// OverlayBlockSize is the overlay's allocation granularity: a write of
+// BlockSize is the overlay's allocation granularity: a write of
 // part of a block first copies the rest of that block from the base.
-const OverlayBlockSize = 4096
+const BlockSize = 4096
 
-// OverlayVersion is the on-disk format version of an overlay directory.
-const OverlayVersion = 1
+// Version is the on-disk format version of an overlay directory.
+const Version = 1
 
 // Files of an overlay directory. The data file is sparse and as large as
 // the disk; the bitmap file holds one bit per block (little-endian uint64
 // words), set when the block's content lives in the data file; meta.json
 // names the base. The lock file is flock'ed by whoever has it open.
 const (
-	overlayMeta   = "meta.json"
-	overlayData   = "data"
-	overlayBitmap = "bitmap"
-	overlayLock   = "lock"
+	metaFile   = "meta.json"
+	dataFile   = "data"
+	bitmapFile = "bitmap"
+	lockFile   = "lock"
 )
 
-// OverlayMeta describes an overlay and the base it applies to.
-type OverlayMeta struct {
+// Meta describes an overlay and the base it applies to.
+type Meta struct {
 	Version      int       `json:"version"`
 	VM           string    `json:"vm"`
 	RestorePoint string    `json:"restore_point"` // full id of the base
@@ -47,10 +69,32 @@ type OverlayMeta struct {
 	Created      time.Time `json:"created"`
 }
 
-// ErrOverlayBusy means another process has the overlay open.
-var ErrOverlayBusy = errors.New("overlay is in use by another process")
+// Base is what an overlay reads the blocks it has not written from (a
+// restore point's disk). It is never written. An implementation must be
+// safe for concurrent use; a Base that also has a method
+// Prefetch(ctx, off, length int64) error gets Overlay.Prefetch passed on.
+type Base interface {
+	Size() int64
+	// ReadAt fills p from off; len(p) bytes or an error.
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// Extents describes [off, off+length) in order, without gaps.
+	Extents(ctx context.Context, off, length int64) ([]extent.Extent, error)
+}
 
-// Overlay is a copy-on-write layer over a read-only base Device: writes go
+// prefetcher is a Base that can warm its cache.
+type prefetcher interface {
+	Prefetch(ctx context.Context, off, length int64) error
+}
+
+// ErrNotFast is returned by WriteZeroes(fast=true) when zeroing the range
+// would cost as much as writing it (the NBD server answers it as
+// NBD_CMD_FLAG_FAST_ZERO asks).
+var ErrNotFast = errors.New("zeroing this range is not faster than writing it")
+
+// ErrBusy means another process has the overlay open.
+var ErrBusy = errors.New("overlay is in use by another process")
+
+// Overlay is a copy-on-write layer over a read-only Base: writes go
 // to a sparse local file, reads take each block from the file if it was
 // written and from the base otherwise. The base is never written.
 //
@@ -60,8 +104,8 @@ var ErrOverlayBusy = errors.New("overlay is in use by another process")
 // Concurrent use is safe; a directory is opened by one process at a time.
 type Overlay struct {
 	dir  string
-	meta OverlayMeta
-	base Device
+	meta Meta
+	base Base
 	data *os.File
 	bmf  *os.File
 	lock *os.File
@@ -76,15 +120,15 @@ type Overlay struct {
 
 const bitmapPage = 4096
 
-// OpenOverlay opens the overlay in dir for base, creating it if dir holds
+// Open opens the overlay in dir for base, creating it if dir holds
 // none. An existing overlay must describe the same base (meta's VM,
 // restore point, disk and size).
-func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
-	meta.Version, meta.BlockSize, meta.Size = OverlayVersion, OverlayBlockSize, base.Size()
+func Open(dir string, meta Meta, base Base) (*Overlay, error) {
+	meta.Version, meta.BlockSize, meta.Size = Version, BlockSize, base.Size()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", dir, err)
 	}
-	lock, err := lockOverlay(dir)
+	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -95,10 +139,10 @@ func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
 			o.closeFiles()
 		}
 	}()
-	old, err := ReadOverlayMeta(dir)
+	old, err := ReadMeta(dir)
 	switch {
 	case err == nil:
-		if old.Version != OverlayVersion || old.BlockSize != OverlayBlockSize {
+		if old.Version != Version || old.BlockSize != BlockSize {
 			return nil, fmt.Errorf("overlay %s: format version %d with %d-byte blocks is not supported", dir, old.Version, old.BlockSize)
 		}
 		if old.RestorePoint != meta.RestorePoint || old.Disk != meta.Disk || old.Size != meta.Size {
@@ -113,10 +157,10 @@ func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
 		return nil, err
 	}
 	words := (blockCount(o.meta.Size) + 63) / 64
-	if o.data, err = os.OpenFile(filepath.Join(dir, overlayData), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+	if o.data, err = os.OpenFile(filepath.Join(dir, dataFile), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", dir, err)
 	}
-	if o.bmf, err = os.OpenFile(filepath.Join(dir, overlayBitmap), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+	if o.bmf, err = os.OpenFile(filepath.Join(dir, bitmapFile), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", dir, err)
 	}
 	if old == nil {
@@ -146,7 +190,7 @@ func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
 		if err := syncFiles(o.data, o.bmf); err != nil {
 			return nil, fmt.Errorf("overlay %s: %w", dir, err)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, overlayMeta), o.meta); err != nil {
+		if err := writeFileAtomic(filepath.Join(dir, metaFile), o.meta); err != nil {
 			return nil, err
 		}
 	}
@@ -154,43 +198,43 @@ func OpenOverlay(dir string, meta OverlayMeta, base Device) (*Overlay, error) {
 	return o, nil
 }
 
-func lockOverlay(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, overlayLock), os.O_RDWR|os.O_CREATE, 0o600)
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("overlay %s: %w", dir, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("overlay %s: %w", dir, ErrOverlayBusy)
+			return nil, fmt.Errorf("overlay %s: %w", dir, ErrBusy)
 		}
 		return nil, fmt.Errorf("overlay %s: lock: %w", dir, err)
 	}
 	return f, nil
 }
 
-// OverlayInUse reports whether a process has the overlay in dir open.
-func OverlayInUse(dir string) bool {
-	f, err := lockOverlay(dir)
+// InUse reports whether a process has the overlay in dir open.
+func InUse(dir string) bool {
+	f, err := lockDir(dir)
 	if err != nil {
-		return errors.Is(err, ErrOverlayBusy)
+		return errors.Is(err, ErrBusy)
 	}
 	f.Close()
 	return false
 }
 
-// ReadOverlayMeta reads dir's meta.json.
-func ReadOverlayMeta(dir string) (*OverlayMeta, error) {
-	b, err := os.ReadFile(filepath.Join(dir, overlayMeta))
+// ReadMeta reads dir's meta.json.
+func ReadMeta(dir string) (*Meta, error) {
+	b, err := os.ReadFile(filepath.Join(dir, metaFile))
 	if err != nil {
 		return nil, err
 	}
-	var m OverlayMeta
+	var m Meta
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("overlay %s: %s: %w", dir, overlayMeta, err)
+		return nil, fmt.Errorf("overlay %s: %s: %w", dir, metaFile, err)
 	}
 	if m.Size < 0 || m.BlockSize <= 0 {
-		return nil, fmt.Errorf("overlay %s: %s: invalid size or block size", dir, overlayMeta)
+		return nil, fmt.Errorf("overlay %s: %s: invalid size or block size", dir, metaFile)
 	}
 	return &m, nil
 }
@@ -238,15 +282,15 @@ func syncFiles(fs ...*os.File) error {
 	return nil
 }
 
-func blockCount(size int64) int64 { return (size + OverlayBlockSize - 1) / OverlayBlockSize }
+func blockCount(size int64) int64 { return (size + BlockSize - 1) / BlockSize }
 
 // Meta returns the overlay's description.
-func (o *Overlay) Meta() OverlayMeta { return o.meta }
+func (o *Overlay) Meta() Meta { return o.meta }
 
 // Dir returns the overlay's directory.
 func (o *Overlay) Dir() string { return o.dir }
 
-// Size implements Device.
+// Size is the disk size in bytes.
 func (o *Overlay) Size() int64 { return o.meta.Size }
 
 func (o *Overlay) isSet(b int64) bool { return o.bits[b/64]&(1<<(b%64)) != 0 }
@@ -277,23 +321,23 @@ func (o *Overlay) runs(off, length int64) []run {
 	defer o.mu.Unlock()
 	end := off + length
 	for pos := off; pos < end; {
-		b := pos / OverlayBlockSize
+		b := pos / BlockSize
 		set := o.isSet(b)
 		// Skip whole words of one state quickly.
-		next := (b + 1) * OverlayBlockSize
+		next := (b + 1) * BlockSize
 		for next < end {
-			nb := next / OverlayBlockSize
+			nb := next / BlockSize
 			if nb%64 == 0 && nb/64 < int64(len(o.bits)) {
 				w := o.bits[nb/64]
 				if (set && w == ^uint64(0)) || (!set && w == 0) {
-					next += 64 * OverlayBlockSize
+					next += 64 * BlockSize
 					continue
 				}
 			}
 			if o.isSet(nb) != set {
 				break
 			}
-			next += OverlayBlockSize
+			next += BlockSize
 		}
 		next = min(next, end)
 		out = append(out, run{off: pos, length: next - pos, set: set})
@@ -302,7 +346,8 @@ func (o *Overlay) runs(off, length int64) []run {
 	return out
 }
 
-// ReadAt implements Device.
+// ReadAt fills p from off: written blocks from the data file, the rest
+// from the base.
 func (o *Overlay) ReadAt(ctx context.Context, p []byte, off int64) error {
 	for _, r := range o.runs(off, int64(len(p))) {
 		q := p[r.off-off : r.off-off+r.length]
@@ -317,8 +362,8 @@ func (o *Overlay) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// Extents implements Device: written blocks are data, the rest is the
-// base's extents.
+// Extents describes [off, off+length): written blocks are data, the rest
+// is the base's extents.
 func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]extent.Extent, error) {
 	var out []extent.Extent
 	add := func(e extent.Extent) {
@@ -344,9 +389,13 @@ func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]extent.Exte
 	return out, nil
 }
 
-// Prefetch implements Device (the base's blocks only).
+// Prefetch warms the base's cache for [off, off+length) if the base can
+// (the overlay's own blocks are local).
 func (o *Overlay) Prefetch(ctx context.Context, off, length int64) error {
-	return o.base.Prefetch(ctx, off, length)
+	if p, ok := o.base.(prefetcher); ok {
+		return p.Prefetch(ctx, off, length)
+	}
+	return nil
 }
 
 // lockBlocks locks the stripes of blocks [first, last] in a fixed order.
@@ -379,8 +428,8 @@ func (o *Overlay) lockBlocks(first, last int64) func() {
 // fillBlock copies block b from the base into the data file unless it is
 // already there or fully overwritten by [off, end).
 func (o *Overlay) fillBlock(ctx context.Context, b, off, end int64) error {
-	bs := b * OverlayBlockSize
-	be := min(bs+OverlayBlockSize, o.meta.Size)
+	bs := b * BlockSize
+	be := min(bs+BlockSize, o.meta.Size)
 	if off <= bs && end >= be {
 		return nil
 	}
@@ -400,13 +449,14 @@ func (o *Overlay) fillBlock(ctx context.Context, b, off, end int64) error {
 	return nil
 }
 
-// WriteAt implements WritableDevice.
+// WriteAt writes p at off (into the data file; partial blocks are first
+// completed from the base).
 func (o *Overlay) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
 	end := off + int64(len(p))
-	first, last := off/OverlayBlockSize, (end-1)/OverlayBlockSize
+	first, last := off/BlockSize, (end-1)/BlockSize
 	unlock := o.lockBlocks(first, last)
 	defer unlock()
 	if err := o.fillBlock(ctx, first, off, end); err != nil {
@@ -424,20 +474,22 @@ func (o *Overlay) WriteAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// WriteZeroes implements WritableDevice: whole blocks become holes in the
-// data file; partial blocks are written.
+// WriteZeroes makes [off, off+length) read as zeroes: whole blocks become
+// holes in the data file; partial blocks are written. With fast set it
+// fails with ErrNotFast when a partial block would first have to be
+// copied from the base.
 func (o *Overlay) WriteZeroes(ctx context.Context, off, length int64, fast bool) error {
 	if length == 0 {
 		return nil
 	}
 	end := off + length
-	first, last := off/OverlayBlockSize, (end-1)/OverlayBlockSize
+	first, last := off/BlockSize, (end-1)/BlockSize
 	unlock := o.lockBlocks(first, last)
 	defer unlock()
 	if fast {
 		for _, b := range []int64{first, last} {
-			bs := b * OverlayBlockSize
-			whole := off <= bs && end >= min(bs+OverlayBlockSize, o.meta.Size)
+			bs := b * BlockSize
+			whole := off <= bs && end >= min(bs+BlockSize, o.meta.Size)
 			o.mu.Lock()
 			set := o.isSet(b)
 			o.mu.Unlock()
@@ -480,13 +532,13 @@ func (o *Overlay) zeroRange(off, end int64) error {
 	return nil
 }
 
-// Trim implements WritableDevice: whole blocks inside the range read as
+// Trim discards [off, off+length): whole blocks inside the range read as
 // zeroes afterwards; partial blocks at the edges are left alone (allowed:
 // a trim may be rounded inwards).
 func (o *Overlay) Trim(ctx context.Context, off, length int64) error {
-	first := (off + OverlayBlockSize - 1) / OverlayBlockSize
+	first := (off + BlockSize - 1) / BlockSize
 	end := off + length
-	last := end/OverlayBlockSize - 1
+	last := end/BlockSize - 1
 	if end == o.meta.Size {
 		last = blockCount(o.meta.Size) - 1
 	}
@@ -495,14 +547,14 @@ func (o *Overlay) Trim(ctx context.Context, off, length int64) error {
 	}
 	unlock := o.lockBlocks(first, last)
 	defer unlock()
-	if err := o.zeroRange(first*OverlayBlockSize, min((last+1)*OverlayBlockSize, o.meta.Size)); err != nil {
+	if err := o.zeroRange(first*BlockSize, min((last+1)*BlockSize, o.meta.Size)); err != nil {
 		return err
 	}
 	o.setBits(first, last)
 	return nil
 }
 
-// Flush implements WritableDevice. The bitmap pages are captured before
+// Flush makes every completed write durable. The bitmap pages are captured before
 // the data file is synced: every bit they hold was set after its block's
 // data was written, so the data is durable before the bit is.
 func (o *Overlay) Flush(context.Context) error {
@@ -564,11 +616,11 @@ func (o *Overlay) Allocated() []extent.Extent {
 	return out
 }
 
-// OverlayWrittenBytes counts the bytes the persisted bitmap in dir marks as
+// WrittenBytes counts the bytes the persisted bitmap in dir marks as
 // written (as of the last flush), capped at the disk size. It works on an
 // overlay another process has open.
-func OverlayWrittenBytes(dir string, meta *OverlayMeta) (int64, error) {
-	b, err := os.ReadFile(filepath.Join(dir, overlayBitmap))
+func WrittenBytes(dir string, meta *Meta) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, bitmapFile))
 	if err != nil {
 		return 0, err
 	}
@@ -600,19 +652,19 @@ func (o *Overlay) closeFiles() error {
 	return err
 }
 
-// DiscardOverlay deletes the overlay in dir unless it is in use.
-func DiscardOverlay(dir string) error {
-	lock, err := lockOverlay(dir)
+// Discard deletes the overlay in dir unless it is in use.
+func Discard(dir string) error {
+	lock, err := lockDir(dir)
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
-	for _, n := range []string{overlayMeta, overlayData, overlayBitmap, overlayMeta + ".tmp"} {
+	for _, n := range []string{metaFile, dataFile, bitmapFile, metaFile + ".tmp"} {
 		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("discard overlay %s: %w", dir, err)
 		}
 	}
-	os.Remove(filepath.Join(dir, overlayLock))
+	os.Remove(filepath.Join(dir, lockFile))
 	os.Remove(dir)
 	return nil
 }

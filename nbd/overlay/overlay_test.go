@@ -1,18 +1,38 @@
-package nbd
+package overlay
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/vmvault/vmvault/repo/extent"
 )
+
+// bytesBase is a Base over a byte slice, all data.
+type bytesBase []byte
+
+func (b bytesBase) Size() int64 { return int64(len(b)) }
+
+func (b bytesBase) ReadAt(_ context.Context, p []byte, off int64) error {
+	if off < 0 || off+int64(len(p)) > int64(len(b)) {
+		return io.ErrUnexpectedEOF
+	}
+	copy(p, b[off:])
+	return nil
+}
+
+func (b bytesBase) Extents(_ context.Context, off, length int64) ([]extent.Extent, error) {
+	return []extent.Extent{{Offset: off, Length: length}}, nil
+}
 
 func openTestOverlay(t *testing.T, dir string, base []byte) *Overlay {
 	t.Helper()
-	o, err := OpenOverlay(dir, OverlayMeta{VM: "vm", RestorePoint: "rp", Disk: "d"}, ReaderDevice{R: bytes.NewReader(base), N: int64(len(base))})
+	o, err := Open(dir, Meta{VM: "vm", RestorePoint: "rp", Disk: "d"}, bytesBase(base))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +43,7 @@ func openTestOverlay(t *testing.T, dir string, base []byte) *Overlay {
 // trims, flushes and reopenings; the base is never touched.
 func TestOverlayModel(t *testing.T) {
 	ctx := context.Background()
-	for _, size := range []int{3*OverlayBlockSize + 100, 1 << 20, 1<<20 + 1} {
+	for _, size := range []int{3*BlockSize + 100, 1 << 20, 1<<20 + 1} {
 		base := make([]byte, size)
 		rng := rand.New(rand.NewPCG(uint64(size), 9))
 		for i := range base {
@@ -35,7 +55,7 @@ func TestOverlayModel(t *testing.T) {
 		o := openTestOverlay(t, dir, base)
 		for step := range 400 {
 			off := rng.IntN(size)
-			n := 1 + rng.IntN(min(size-off, 3*OverlayBlockSize))
+			n := 1 + rng.IntN(min(size-off, 3*BlockSize))
 			switch op := rng.IntN(10); {
 			case op < 5:
 				p := make([]byte, n)
@@ -60,8 +80,8 @@ func TestOverlayModel(t *testing.T) {
 					t.Fatal(err)
 				}
 				// Whole blocks inside the range read as zero.
-				first := (off + OverlayBlockSize - 1) / OverlayBlockSize * OverlayBlockSize
-				end := (off + n) / OverlayBlockSize * OverlayBlockSize
+				first := (off + BlockSize - 1) / BlockSize * BlockSize
+				end := (off + n) / BlockSize * BlockSize
 				if off+n == size {
 					end = size
 				}
@@ -121,23 +141,59 @@ func TestOverlayLockAndMismatch(t *testing.T) {
 	dir := t.TempDir()
 	base := make([]byte, 1<<16)
 	o := openTestOverlay(t, dir, base)
-	if !OverlayInUse(dir) {
+	if !InUse(dir) {
 		t.Fatal("open overlay not reported in use")
 	}
-	if _, err := OpenOverlay(dir, OverlayMeta{VM: "vm", RestorePoint: "rp", Disk: "d"}, ReaderDevice{R: bytes.NewReader(base), N: int64(len(base))}); !errors.Is(err, ErrOverlayBusy) {
+	if _, err := Open(dir, Meta{VM: "vm", RestorePoint: "rp", Disk: "d"}, bytesBase(base)); !errors.Is(err, ErrBusy) {
 		t.Fatalf("second open: %v", err)
 	}
-	if err := DiscardOverlay(dir); !errors.Is(err, ErrOverlayBusy) {
+	if err := Discard(dir); !errors.Is(err, ErrBusy) {
 		t.Fatalf("discard while open: %v", err)
 	}
 	o.Close()
-	if _, err := OpenOverlay(dir, OverlayMeta{VM: "vm", RestorePoint: "other", Disk: "d"}, ReaderDevice{R: bytes.NewReader(base), N: int64(len(base))}); err == nil {
+	if _, err := Open(dir, Meta{VM: "vm", RestorePoint: "other", Disk: "d"}, bytesBase(base)); err == nil {
 		t.Fatal("overlay opened for another restore point")
 	}
-	if err := DiscardOverlay(dir); err != nil {
+	if err := Discard(dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, overlayMeta)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, metaFile)); !os.IsNotExist(err) {
 		t.Fatalf("meta survived discard: %v", err)
+	}
+}
+
+// prefetchBase is a Base that counts Prefetch calls.
+type prefetchBase struct {
+	bytesBase
+	calls int
+}
+
+func (b *prefetchBase) Prefetch(context.Context, int64, int64) error {
+	b.calls++
+	return nil
+}
+
+// Prefetch reaches a base that can prefetch, and is a no-op otherwise.
+func TestPrefetchPassesOn(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		base Base
+	}{
+		{"prefetching base", &prefetchBase{bytesBase: make([]byte, 1<<16)}},
+		{"plain base", bytesBase(make([]byte, 1<<16))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := Open(t.TempDir(), Meta{VM: "vm", RestorePoint: "rp", Disk: "d"}, tc.base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer o.Close()
+			if err := o.Prefetch(context.Background(), 0, 4096); err != nil {
+				t.Fatal(err)
+			}
+			if pb, ok := tc.base.(*prefetchBase); ok && pb.calls != 1 {
+				t.Errorf("base prefetched %d times, want 1", pb.calls)
+			}
+		})
 	}
 }

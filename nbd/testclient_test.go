@@ -11,6 +11,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/vmvault/vmvault/nbd/proto"
 )
 
 type testClient struct {
@@ -39,10 +41,10 @@ func dialTest(t *testing.T, addr string) *testClient {
 	t.Cleanup(func() { c.Close() })
 	var hello [18]byte
 	tc.read(hello[:])
-	if binary.BigEndian.Uint64(hello[0:]) != magicInit || binary.BigEndian.Uint64(hello[8:]) != magicOpt {
+	if binary.BigEndian.Uint64(hello[0:]) != proto.MagicInit || binary.BigEndian.Uint64(hello[8:]) != proto.MagicOption {
 		t.Fatalf("bad greeting %x", hello)
 	}
-	tc.write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZeroes))
+	tc.write(binary.BigEndian.AppendUint32(nil, proto.ClientFlagFixedNewstyle|proto.ClientFlagNoZeroes))
 	return tc
 }
 
@@ -63,7 +65,7 @@ func (tc *testClient) write(b []byte) {
 // option sends an option and collects replies up to the final one.
 func (tc *testClient) option(opt uint32, data []byte) []optReply {
 	tc.t.Helper()
-	h := binary.BigEndian.AppendUint64(nil, magicOpt)
+	h := binary.BigEndian.AppendUint64(nil, proto.MagicOption)
 	h = binary.BigEndian.AppendUint32(h, opt)
 	h = binary.BigEndian.AppendUint32(h, uint32(len(data)))
 	tc.write(append(h, data...))
@@ -71,13 +73,13 @@ func (tc *testClient) option(opt uint32, data []byte) []optReply {
 	for {
 		var rh [20]byte
 		tc.read(rh[:])
-		if binary.BigEndian.Uint64(rh[0:]) != magicOptReply || binary.BigEndian.Uint32(rh[8:]) != opt {
+		if binary.BigEndian.Uint64(rh[0:]) != proto.MagicOptionReply || binary.BigEndian.Uint32(rh[8:]) != opt {
 			tc.t.Fatalf("bad option reply header %x", rh)
 		}
 		r := optReply{typ: binary.BigEndian.Uint32(rh[12:]), data: make([]byte, binary.BigEndian.Uint32(rh[16:]))}
 		tc.read(r.data)
 		out = append(out, r)
-		if r.typ == repAck || r.typ&(1<<31) != 0 {
+		if r.typ == proto.RepAck || r.typ&(1<<31) != 0 {
 			return out
 		}
 	}
@@ -103,22 +105,22 @@ func metaReq(name string, queries ...string) []byte {
 func (tc *testClient) goExport(name string, structured bool) {
 	tc.t.Helper()
 	if structured {
-		if r := tc.option(optStructured, nil); r[0].typ != repAck {
+		if r := tc.option(proto.OptStructuredReply, nil); r[0].typ != proto.RepAck {
 			tc.t.Fatalf("structured reply refused: %+v", r)
 		}
-		r := tc.option(optSetMetaCtx, metaReq(name, baseAllocation))
-		if len(r) != 2 || r[0].typ != repMetaContext {
+		r := tc.option(proto.OptSetMetaContext, metaReq(name, proto.MetaBaseAllocation))
+		if len(r) != 2 || r[0].typ != proto.RepMetaContext {
 			tc.t.Fatalf("set meta context: %+v", r)
 		}
 		tc.structured = true
 	}
-	r := tc.option(optGo, nameReq(name, 0, 1, 0, byte(infoBlockSize)))
+	r := tc.option(proto.OptGo, nameReq(name, 0, 1, 0, byte(proto.InfoBlockSize)))
 	last := r[len(r)-1]
-	if last.typ != repAck {
+	if last.typ != proto.RepAck {
 		tc.t.Fatalf("GO %q: reply %#x %s", name, last.typ, last.data)
 	}
 	for _, x := range r {
-		if x.typ == repInfo && binary.BigEndian.Uint16(x.data) == infoExport {
+		if x.typ == proto.RepInfo && binary.BigEndian.Uint16(x.data) == proto.InfoExport {
 			tc.size = int64(binary.BigEndian.Uint64(x.data[2:]))
 			tc.flags = binary.BigEndian.Uint16(x.data[10:])
 		}
@@ -128,7 +130,7 @@ func (tc *testClient) goExport(name string, structured bool) {
 func (tc *testClient) send(typ, flags uint16, off uint64, length uint32, payload []byte) uint64 {
 	tc.t.Helper()
 	tc.cookie++
-	h := binary.BigEndian.AppendUint32(nil, magicRequest)
+	h := binary.BigEndian.AppendUint32(nil, proto.MagicRequest)
 	h = binary.BigEndian.AppendUint16(h, flags)
 	h = binary.BigEndian.AppendUint16(h, typ)
 	h = binary.BigEndian.AppendUint64(h, tc.cookie)
@@ -156,16 +158,16 @@ func (tc *testClient) reply(dataLen int) chunk {
 	var m [4]byte
 	tc.read(m[:])
 	switch binary.BigEndian.Uint32(m[:]) {
-	case magicSimpleReply:
+	case proto.MagicSimpleReply:
 		var h [12]byte
 		tc.read(h[:])
-		ch := chunk{typ: simpleReplyType, errno: binary.BigEndian.Uint32(h[0:]), cookie: binary.BigEndian.Uint64(h[4:]), flags: replyFlagDone}
+		ch := chunk{typ: simpleReplyType, errno: binary.BigEndian.Uint32(h[0:]), cookie: binary.BigEndian.Uint64(h[4:]), flags: proto.ReplyFlagDone}
 		if ch.errno == 0 && dataLen > 0 {
 			ch.data = make([]byte, dataLen)
 			tc.read(ch.data)
 		}
 		return ch
-	case magicStructReply:
+	case proto.MagicStructuredReply:
 		var h [16]byte
 		tc.read(h[:])
 		ch := chunk{flags: binary.BigEndian.Uint16(h[0:]), typ: binary.BigEndian.Uint16(h[2:]), cookie: binary.BigEndian.Uint64(h[4:])}
@@ -183,7 +185,7 @@ func (tc *testClient) reply(dataLen int) chunk {
 // readAt performs one READ and assembles the result; errno is 0 on success.
 func (tc *testClient) readAt(off int64, n int, flags uint16) ([]byte, uint32, []chunk) {
 	tc.t.Helper()
-	cookie := tc.send(cmdRead, flags, uint64(off), uint32(n), nil)
+	cookie := tc.send(proto.CmdRead, flags, uint64(off), uint32(n), nil)
 	return tc.readReply(off, n, func(c uint64) bool { return c == cookie })
 }
 
@@ -201,7 +203,7 @@ func (tc *testClient) readReply(off int64, n int, ok func(cookie uint64) bool) (
 		}
 		chunks = append(chunks, ch)
 		if ch.errno != 0 {
-			if ch.flags&replyFlagDone == 0 {
+			if ch.flags&proto.ReplyFlagDone == 0 {
 				continue
 			}
 			return nil, ch.errno, chunks
@@ -209,14 +211,14 @@ func (tc *testClient) readReply(off int64, n int, ok func(cookie uint64) bool) (
 		switch ch.typ {
 		case simpleReplyType:
 			return ch.data, 0, chunks
-		case replyOffsetData:
+		case proto.ReplyTypeOffsetData:
 			o := int64(binary.BigEndian.Uint64(ch.data))
 			copy(out[o-off:], ch.data[8:])
-		case replyOffsetHole:
+		case proto.ReplyTypeOffsetHole:
 			o := int64(binary.BigEndian.Uint64(ch.data))
 			clear(out[o-off : o-off+int64(binary.BigEndian.Uint32(ch.data[8:]))])
 		}
-		if ch.flags&replyFlagDone != 0 {
+		if ch.flags&proto.ReplyFlagDone != 0 {
 			return out, 0, chunks
 		}
 	}
