@@ -247,3 +247,33 @@ func Resolve(rps []*RestorePoint, name string) (*RestorePoint, error) {
 		return nil, fmt.Errorf("restore point %q: prefix matches %d restore points", name, len(found))
 	}
 }
+
+// SplitRestorePoint finds the restore point named at the start of arg,
+// "RP:REST" (as in RP:DISK/PARTITION/PATH), and returns it with REST; an
+// arg that is only a restore point name returns REST "". Restore point
+// names may themselves contain ':' (VM@2026-11-23T10:00), so every ':' is
+// tried from the left and the first prefix that names a restore point wins.
+// When none does, the error wraps the first prefix's Resolve error.
+func SplitRestorePoint(rps []*RestorePoint, arg string) (*RestorePoint, string, error) {
+	var firstErr error
+	for i := 0; i < len(arg); i++ {
+		if arg[i] != ':' {
+			continue
+		}
+		rp, err := Resolve(rps, arg[:i])
+		if err == nil {
+			return rp, arg[i+1:], nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	rp, err := Resolve(rps, arg)
+	if err == nil {
+		return rp, "", nil
+	}
+	if firstErr == nil {
+		firstErr = err
+	}
+	return nil, "", fmt.Errorf("%q does not start with a restore point (RP:DISK/PARTITION/PATH): %w", arg, firstErr)
+}

@@ -7,10 +7,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/fs/restore"
 )
 
 func newCatCommand(g *cli.Global) *cobra.Command {
-	b := &browser{g: g}
+	b := newBrowser(g)
 	cmd := &cobra.Command{
 		Use:   "cat PATH...",
 		Short: "Print files from inside a restore point's disk",
@@ -25,7 +26,7 @@ point, disk and offset.
 		RunE: func(cmd *cobra.Command, args []string) error {
 			defer b.close()
 			ctx := cmd.Context()
-			// Smaller than copyRange's blocks, so those go straight to
+			// Smaller than CopyRange's blocks, so those go straight to
 			// stdout (bufio copies a write that fits its free space).
 			w := bufio.NewWriterSize(cmd.OutOrStdout(), 64<<10)
 			defer w.Flush()
@@ -34,16 +35,16 @@ point, disk and offset.
 				if err != nil {
 					return err
 				}
-				ino, err := l.resolve(ctx, true)
+				ino, err := l.Resolve(ctx, true)
 				if err != nil {
 					return err
 				}
-				f, err := l.fsys.Open(ctx, ino)
+				f, err := l.FS.Open(ctx, ino)
 				if err != nil {
-					return fmt.Errorf("%s%s: %w", l.prefix(), l.path, err)
+					return fmt.Errorf("%s%s: %w", l.Prefix(), l.Path, err)
 				}
-				if err := copyRange(ctx, w, f, 0, f.Size(), nil); err != nil {
-					return fmt.Errorf("cat %s%s: %w", l.prefix(), l.path, err)
+				if err := restore.CopyRange(ctx, w, f, 0, f.Size(), nil); err != nil {
+					return fmt.Errorf("cat %s%s: %w", l.Prefix(), l.Path, err)
 				}
 			}
 			return w.Flush()

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/fs"
+	"github.com/vmvault/vmvault/fs/browse"
 	"github.com/vmvault/vmvault/repo"
 )
 
@@ -30,12 +30,12 @@ type findHit struct {
 	RPTime    string `json:"rp_time,omitempty"`
 	Disk      string `json:"disk,omitempty"`
 	Partition string `json:"partition"`
-	entry
+	browse.Entry
 }
 
 func newFindCommand(g *cli.Global) *cobra.Command {
 	var o findOptions
-	b := &browser{g: g}
+	b := newBrowser(g)
 	cmd := &cobra.Command{
 		Use:   "find [RP...] [--name GLOB] [--newer TIME]",
 		Short: "Search for files across restore points",
@@ -79,42 +79,22 @@ func parseWhen(s string) (time.Time, error) {
 }
 
 func runFind(ctx context.Context, b *browser, out, errOut io.Writer, args []string, o findOptions) error {
-	var newer time.Time
+	q := browse.Query{Name: o.name, IName: o.iname}
 	if o.newer != "" {
 		t, err := parseWhen(o.newer)
 		if err != nil {
 			return cli.Usagef("--newer: %v", err)
 		}
-		newer = t
+		q.Newer = t
 	}
-	for _, g := range []string{o.name, o.iname} {
-		if _, err := path.Match(g, ""); err != nil {
-			return cli.Usagef("bad glob %q: %v", g, err)
-		}
+	if err := q.Check(); err != nil {
+		return cli.Usagef("%v", err)
 	}
-	var typ fs.Type
 	if o.typ != "" {
-		m := map[string]fs.Type{"f": fs.TypeRegular, "d": fs.TypeDir, "l": fs.TypeSymlink, "p": fs.TypeFIFO, "c": fs.TypeCharDev, "b": fs.TypeBlockDev, "s": fs.TypeSocket}
 		var ok bool
-		if typ, ok = m[o.typ]; !ok {
+		if q.Type, ok = browse.ParseType(o.typ); !ok {
 			return cli.Usagef("--type must be one of f, d, l, p, c, b, s")
 		}
-	}
-	match := func(name string, st fs.Stat) bool {
-		if o.name != "" {
-			if ok, _ := path.Match(o.name, name); !ok {
-				return false
-			}
-		}
-		if o.iname != "" {
-			if ok, _ := path.Match(strings.ToLower(o.iname), strings.ToLower(name)); !ok {
-				return false
-			}
-		}
-		if !newer.IsZero() && !st.Mtime.After(newer) {
-			return false
-		}
-		return typ == fs.TypeUnknown || st.Type == typ
 	}
 	w := bufio.NewWriterSize(out, 256<<10)
 	defer w.Flush()
@@ -127,22 +107,20 @@ func runFind(ctx context.Context, b *browser, out, errOut io.Writer, args []stri
 	}
 	var errs []error
 	for _, l := range targets {
-		ino, err := l.resolve(ctx, false)
+		ino, err := l.Resolve(ctx, false)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		err = walk(ctx, l.fsys, ino, l.path, b.all, map[fs.Ino]bool{}, func(p, name string, st fs.Stat) error {
-			if !match(name, st) {
-				return nil
-			}
+		rp := b.rp(l)
+		err = browse.Find(ctx, l.FS, ino, l.Path, b.all, q, func(p, name string, st fs.Stat) error {
 			if !o.json {
-				_, err := fmt.Fprintf(w, "%s%s\n", l.prefix(), quoteName(p))
+				_, err := fmt.Fprintf(w, "%s%s\n", l.Prefix(), browse.QuoteName(p))
 				return err
 			}
-			h := findHit{Partition: l.part.Name, Disk: l.diskName, entry: makeEntry(ctx, l.fsys, p, name, st)}
-			if l.rp != nil {
-				h.RP, h.VM, h.RPTime = l.rp.ID.String(), l.rp.VM, l.rp.Time.UTC().Format(time.RFC3339)
+			h := findHit{Partition: l.Part.Name, Disk: l.DiskName, Entry: browse.NewEntry(ctx, l.FS, p, name, st)}
+			if rp != nil {
+				h.RP, h.VM, h.RPTime = rp.ID.String(), rp.VM, rp.Time.UTC().Format(time.RFC3339)
 			}
 			return enc.Encode(h)
 		})
@@ -163,21 +141,8 @@ func runFind(ctx context.Context, b *browser, out, errOut io.Writer, args []stri
 // findTargets expands find's arguments into filesystems (and subtrees) to
 // search. Partitions without a readable filesystem are skipped silently
 // when the argument did not name them.
-func findTargets(ctx context.Context, b *browser, args []string) ([]*location, error) {
-	var out []*location
-	expand := func(l *location) {
-		for i := range l.disk.Partitions {
-			p := l.disk.Partitions[i]
-			if p.Extended {
-				continue
-			}
-			nl := &location{rp: l.rp, diskName: l.diskName, disk: l.disk, part: &p, path: "/"}
-			if err := b.openFS(nl); err != nil {
-				continue
-			}
-			out = append(out, nl)
-		}
-	}
+func findTargets(ctx context.Context, b *browser, args []string) ([]*browse.Location, error) {
+	var out []*browse.Location
 	// addPath adds an argument naming a disk (all its partitions) or a
 	// path inside a partition.
 	addPath := func(a string) error {
@@ -185,8 +150,8 @@ func findTargets(ctx context.Context, b *browser, args []string) ([]*location, e
 		if err != nil {
 			return err
 		}
-		if l.part == nil {
-			expand(l)
+		if l.Part == nil {
+			out = append(out, b.paths.Filesystems(l)...)
 		} else {
 			out = append(out, l)
 		}
@@ -230,7 +195,7 @@ func findTargets(ctx context.Context, b *browser, args []string) ([]*location, e
 		names = append(names, a)
 	}
 	for _, a := range names {
-		rp, rest, err := splitRP(rps, a)
+		rp, rest, err := repo.SplitRestorePoint(rps, a)
 		if err != nil {
 			return nil, cli.Usagef("%v", err)
 		}
@@ -240,12 +205,13 @@ func findTargets(ctx context.Context, b *browser, args []string) ([]*location, e
 			}
 			continue
 		}
+		src := b.rpSource(rp)
 		for _, d := range rp.Disks {
-			disk, err := b.openDisk(ctx, rp, d.Name)
+			l, err := b.paths.OpenDisk(ctx, src, d.Name)
 			if err != nil {
 				return nil, err
 			}
-			expand(&location{rp: rp, diskName: d.Name, disk: disk})
+			out = append(out, b.paths.Filesystems(l)...)
 		}
 	}
 	return out, nil

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/fs"
+	"github.com/vmvault/vmvault/fs/browse"
 )
 
 type lsOptions struct {
@@ -22,7 +22,7 @@ type lsOptions struct {
 
 func newLsCommand(g *cli.Global) *cobra.Command {
 	var o lsOptions
-	b := &browser{g: g}
+	b := newBrowser(g)
 	cmd := &cobra.Command{
 		Use:   "ls PATH...",
 		Short: "List files inside a restore point's disk (no FUSE needed)",
@@ -71,17 +71,17 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 	if err != nil {
 		return err
 	}
-	if l.part == nil {
+	if l.Part == nil {
 		return printPartitions(w, l, o.json)
 	}
-	st, err := l.stat(ctx)
+	st, err := l.Stat(ctx)
 	if err != nil {
 		return err
 	}
 	ino := st.Ino
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	print := func(e entry, name string) error {
+	print := func(e browse.Entry, name string) error {
 		switch {
 		case o.json:
 			return enc.Encode(e)
@@ -89,20 +89,20 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 			_, err := fmt.Fprintln(w, longLine(e, name))
 			return err
 		default:
-			_, err := fmt.Fprintln(w, quoteName(name))
+			_, err := fmt.Fprintln(w, browse.QuoteName(name))
 			return err
 		}
 	}
 	if st.Type != fs.TypeDir {
-		return print(makeEntry(ctx, l.fsys, l.path, l.path, st), l.path)
+		return print(browse.NewEntry(ctx, l.FS, l.Path, l.Path, st), l.Path)
 	}
 	if header && !o.json {
-		fmt.Fprintf(w, "%s%s:\n", l.prefix(), l.path)
+		fmt.Fprintf(w, "%s%s:\n", l.Prefix(), l.Path)
 	}
 	if !o.recursive {
-		ents, err := readDirStat(ctx, l.fsys, ino, l.path, b.all)
+		ents, err := browse.ReadDirStat(ctx, l.FS, ino, l.Path, b.all)
 		for _, e := range ents {
-			if perr := print(e, e.name); perr != nil {
+			if perr := print(e, e.Name); perr != nil {
 				return perr
 			}
 		}
@@ -110,13 +110,13 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 	}
 	// -R: JSON lines in walk order; text grouped per directory as ls -R.
 	if o.json {
-		return walk(ctx, l.fsys, ino, l.path, b.all, map[fs.Ino]bool{}, func(p, name string, st fs.Stat) error {
-			return print(makeEntry(ctx, l.fsys, p, name, st), p)
+		return browse.Walk(ctx, l.FS, ino, l.Path, b.all, func(p, name string, st fs.Stat) error {
+			return print(browse.NewEntry(ctx, l.FS, p, name, st), p)
 		})
 	}
 	var dirs []string
 	var cur string
-	err = walk(ctx, l.fsys, ino, l.path, b.all, map[fs.Ino]bool{}, func(p, name string, st fs.Stat) error {
+	err = browse.Walk(ctx, l.FS, ino, l.Path, b.all, func(p, name string, st fs.Stat) error {
 		dir := strings.TrimSuffix(p[:len(p)-len(name)], "/")
 		if dir == "" {
 			dir = "/"
@@ -125,51 +125,28 @@ func runLs(ctx context.Context, b *browser, w io.Writer, arg string, o lsOptions
 			if cur != "" || len(dirs) > 0 {
 				fmt.Fprintln(w)
 			}
-			fmt.Fprintf(w, "%s:\n", quoteName(dir))
+			fmt.Fprintf(w, "%s:\n", browse.QuoteName(dir))
 			cur = dir
 			dirs = append(dirs, dir)
 		}
-		return print(makeEntry(ctx, l.fsys, p, name, st), name)
+		return print(browse.NewEntry(ctx, l.FS, p, name, st), name)
 	})
 	return err
 }
 
-// readDirStat lists one directory with every entry stat'ed, sorted by name.
-func readDirStat(ctx context.Context, fsys fs.FileSystem, dir fs.Ino, p string, all bool) ([]entry, error) {
-	children, err := statDir(ctx, fsys, dir, p, all)
-	out := make([]entry, len(children))
-	for i, c := range children {
-		out[i] = makeEntry(ctx, fsys, c.path, c.name, c.st)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
-	return out, err
-}
-
-func longLine(e entry, name string) string {
+func longLine(e browse.Entry, name string) string {
 	t := "-"
 	if e.Mtime != nil {
-		t = e.st.Mtime.UTC().Format("2006-01-02 15:04:05")
+		t = e.Stat.Mtime.UTC().Format("2006-01-02 15:04:05")
 	}
 	size := strconv.FormatInt(e.Size, 10)
-	if e.st.Type == fs.TypeCharDev || e.st.Type == fs.TypeBlockDev {
-		r := e.st.Rdev
+	if e.Stat.Type == fs.TypeCharDev || e.Stat.Type == fs.TypeBlockDev {
+		r := e.Stat.Rdev
 		size = fmt.Sprintf("%d, %d", (r>>8)&0xfff, (r&0xff)|((r>>12)&0xfff00))
 	}
-	s := fmt.Sprintf("%s %3d %5d %5d %12s %s %s", modeString(e.st), e.Nlink, e.UID, e.GID, size, t, quoteName(name))
+	s := fmt.Sprintf("%s %3d %5d %5d %12s %s %s", browse.ModeString(e.Stat), e.Nlink, e.UID, e.GID, size, t, browse.QuoteName(name))
 	if e.Target != "" {
-		s += " -> " + quoteName(e.Target)
-	}
-	return s
-}
-
-// quoteName makes a name from an image safe to print on a terminal:
-// control characters and invalid UTF-8 are escaped, as ls -b does.
-func quoteName(s string) string {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == 0xfffd {
-			q := strconv.Quote(s)
-			return q[1 : len(q)-1]
-		}
+		s += " -> " + browse.QuoteName(e.Target)
 	}
 	return s
 }

@@ -9,11 +9,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/fs/browse"
 )
 
 func newPartitionsCommand(g *cli.Global) *cobra.Command {
 	var asJSON bool
-	b := &browser{g: g}
+	b := newBrowser(g)
 	cmd := &cobra.Command{
 		Use:   "partitions RP[:DISK]",
 		Short: "Show the partition table of a restore point's disk",
@@ -46,8 +47,8 @@ extended partition that holds them is listed too.
 	return cmd
 }
 
-func printPartitions(w io.Writer, l *location, asJSON bool) error {
-	d := l.disk
+func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
+	d := l.Disk
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetEscapeHTML(false)
@@ -77,7 +78,7 @@ func printPartitions(w io.Writer, l *location, asJSON bool) error {
 		if fsys == "" {
 			fsys = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Start, cli.Bytes(p.Size), typ, fsys, quoteName(p.Label), p.UUID)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Start, cli.Bytes(p.Size), typ, fsys, browse.QuoteName(p.Label), p.UUID)
 	}
 	return tw.Flush()
 }

@@ -1,6 +1,8 @@
 // Package fstest builds the filesystem test images (scripts/make-fs-images.sh)
 // once per machine and gives tests the tools they need, skipping — outside
-// CI only — when a tool or root is missing.
+// CI only — when a tool or root is missing. MemFS is an in-memory
+// filesystem for tests of the code above the readers, able to hold what a
+// hostile image holds.
 package fstest
 
 import (

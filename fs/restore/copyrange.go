@@ -1,4 +1,4 @@
-package main
+package restore
 
 import (
 	"context"
@@ -8,16 +8,18 @@ import (
 )
 
 const (
-	readBlock   = 1 << 20
+	// readBlock is the size of one read of CopyRange.
+	readBlock = 1 << 20
+	// readWorkers is how many blocks CopyRange reads ahead.
 	readWorkers = 4
 )
 
-// copyRange streams r[off:off+n] to w in order, reading up to readWorkers
-// blocks ahead in parallel so decompression and hashing of the
-// repository's chunks use both cores while w consumes the data.
-// Memory is bounded by readWorkers+1 blocks. done, if not nil, counts the
-// bytes written.
-func copyRange(ctx context.Context, w io.Writer, r io.ReaderAt, off, n int64, done *atomic.Int64) error {
+// CopyRange streams r[off:off+n] to w in order, reading up to readWorkers
+// 1 MiB blocks ahead in parallel, so decompression and hashing of a
+// repository's chunks use several cores while w consumes the data. Memory
+// is bounded by readWorkers+1 blocks. A short read is an error naming the
+// offset. done, if not nil, counts the bytes written.
+func CopyRange(ctx context.Context, w io.Writer, r io.ReaderAt, off, n int64, done *atomic.Int64) error {
 	if n <= 0 {
 		return nil
 	}
