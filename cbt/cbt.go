@@ -1,15 +1,27 @@
-// Package cbt turns capture sources into what the repository writer takes:
-// a disk readable at any offset, its size, and the byte ranges that changed
-// since the previous restore point (changed block tracking).
+// Package cbt is vmvault's capture layer: source → cbt.Capture → repo
+// writer → backend.
 //
-// This file covers plain sources: raw image files and block devices, and
-// changed-extent lists in text form (one "offset<TAB>length" line per
-// range, bytes, as produced by CBT tools). The vSphere and QEMU sources
-// build on the same types.
+// A Source (capture.go) describes a VM's disks as of one capture (size,
+// identity, change token), opens them, and answers two questions: which
+// ranges may hold data, and which changed since a given earlier restore
+// point. Capture alone decides, for every disk, which restore point it
+// builds on and whether it may read only changed ranges (PlanDisk), and
+// records the decision with its reason in the manifest. Adapters stay
+// small: raw files and block devices with changed-extent lists
+// (FileSource), a restore point with known changes (DerivedSource, and
+// cbt/overlay for overlay commit), vSphere snapshots with Changed Block
+// Tracking (cbt/vsphere).
 //
-// Invariant: a changed-range list handed to the writer lies within the disk
-// and is sorted and merged; anything malformed is an error, never a silently
-// shorter list (a missed range would be a silently wrong restore point).
+// This file holds what plain sources share: opening image files and block
+// devices, their allocated ranges, and changed-extent lists in text form
+// (one "offset<TAB>length" line per range, bytes, as CBT tools write them).
+//
+// Invariants: a changed-range list handed to the writer lies within the
+// disk and is sorted and merged; anything malformed is an error, never a
+// silently shorter list. A changed-ranges incremental only builds on a
+// restore point of the source's own lineage with the same disk size and
+// identity, and only with the source's say-so; everything else reads the
+// whole disk (a missed range would be a silently wrong restore point).
 package cbt
 
 import (

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmvault/vmvault/nbd/overlay"
+	"github.com/vmvault/vmvault/repo/extent"
 )
 
 var binDir string
@@ -405,4 +409,69 @@ func TestCrashSafety(t *testing.T) {
 	e.ok("vmvault", "gc", "--grace", "0s")
 	e.ok("vmvault", "verify")
 	t.Logf("%d captures killed, %d restore points checked", kills, len(want))
+}
+
+// imageBase is a disk image as the base of an overlay the test writes
+// itself (what 'vmvault serve --writable' does for a client).
+type imageBase []byte
+
+func (b imageBase) Size() int64 { return int64(len(b)) }
+func (b imageBase) ReadAt(_ context.Context, p []byte, off int64) error {
+	copy(p, b[off:])
+	return nil
+}
+func (b imageBase) Extents(_ context.Context, off, n int64) ([]extent.Extent, error) {
+	return []extent.Extent{{Offset: off, Length: n}}, nil
+}
+
+// TestFileCaptureAfterOverlayCommit: an overlay commit holds writes the
+// source disk never saw, so a file capture with changed extents (relative
+// to the file capture before the commit) must not build on it. It reads
+// the whole disk, stores only new chunks, prints why, and restores
+// byte-identical to the source. This was a silent wrong restore point.
+func TestFileCaptureAfterOverlayCommit(t *testing.T) {
+	e := newEnv(t, "--chunk-size", "64KiB")
+	src := filepath.Join(e.dir, "disk.raw")
+	img := makeImage(t, src, 3<<20, 9)
+	id := e.capture("--vm", "web01", "--disk", "disk0="+src).ID
+
+	// What a VM booted from the restore point wrote, in its overlay.
+	ovDir := filepath.Join(e.dir, "overlays")
+	ov, err := overlay.Open(overlay.Path(ovDir, id, "disk0"), overlay.Meta{VM: "web01", RestorePoint: id, Disk: "disk0"}, imageBase(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := ov.WriteAt(ctx, bytes.Repeat([]byte{0xee}, 200000), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := ov.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var commit struct{ ID string }
+	if err := json.Unmarshal([]byte(e.ok("vmvault", "overlay", "commit", id, "--overlay-dir", ovDir, "--json", "-q")), &commit); err != nil {
+		t.Fatal(err)
+	}
+
+	// The source changes in a range its CBT reports.
+	copy(img[100000:], bytes.Repeat([]byte{0x11}, 5000))
+	os.WriteFile(src, img, 0o600)
+	ext := filepath.Join(e.dir, "changed.tsv")
+	os.WriteFile(ext, []byte("100000\t5000\n"), 0o600)
+	out := e.ok("vmvault-capture", "file", "--vm", "web01", "--disk", "disk0="+src, "--changed-extents", "disk0="+ext)
+	if !strings.Contains(out, "dedup (the changed extents are relative to the VM's latest restore point "+commit.ID[:8]) {
+		t.Fatalf("capture after the overlay commit did not say why it read everything:\n%s", out)
+	}
+	rps := e.ok("vmvault", "snapshots", "--json")
+	var list []struct{ ID string }
+	if err := json.Unmarshal([]byte(rps), &list); err != nil || len(list) != 3 {
+		t.Fatalf("snapshots: %v %s", err, rps)
+	}
+	latest := list[len(list)-1].ID
+	if latest == commit.ID || latest == id {
+		t.Fatalf("the newest restore point is not the new capture: %s", rps)
+	}
+	if e.restoreSHA(latest, "disk0") != sha(img) {
+		t.Fatal("the restore point differs from the source disk")
+	}
 }
