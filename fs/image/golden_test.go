@@ -78,8 +78,6 @@ var knownDivergences = map[string]string{
 	"ntfs.img /compressed/holey.bin sha256": "go-ntfs reads a compressed unit as zeros when the sparse run after " +
 		"its clusters also covers the following all-sparse units",
 	"ntfs.img /dir-with-stream streams":      "streams of directories are not listed",
-	"ntfs.img /links/junction type":          "a directory with a mount-point reparse point is a directory, not a symlink",
-	"ntfs.img /links/junction target":        "a directory with a mount-point reparse point is a directory, not a symlink",
 	"ntfs.img /links/wsl-link type":          "WSL symlink reparse points (tag 0xa000001d) are not decoded",
 	"ntfs.img /links/wsl-link size":          "WSL symlink reparse points (tag 0xa000001d) are not decoded",
 	"ntfs.img /links/wsl-link target":        "WSL symlink reparse points (tag 0xa000001d) are not decoded",
