@@ -221,10 +221,10 @@ func (f *FS) Stat(ctx context.Context, ino fs.Ino) (st fs.Stat, err error) {
 		}
 		stream = in.streams[idx-1]
 		st.Nlink = 1
-	} else if in.dir {
-		st.Type, st.Mode, stream = fs.TypeDir, 0o755, nil
 	} else if t, ok := f.symlinkTarget(e, in); ok {
 		st.Type, st.Mode, st.Size, stream = fs.TypeSymlink, 0o777, int64(len(t)), nil
+	} else if in.dir {
+		st.Type, st.Mode, stream = fs.TypeDir, 0o755, nil
 	}
 	if stream != nil {
 		st.Size = stream.DataSize()
