@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
@@ -14,12 +16,20 @@ import (
 // removes it.
 const DefaultGCGrace = time.Hour
 
+// gcFalsePositive is the mark filter's false-positive rate: the share of
+// dead chunks one gc run keeps.
+const gcFalsePositive = 0.01
+
 // GCOptions tune GC.
 type GCOptions struct {
-	// Grace protects unreferenced objects younger than this: chunks and
-	// indexes of a capture that is still running without a valid lock.
-	Grace    time.Duration
-	DryRun   bool
+	// Grace protects unreferenced objects younger than this (on the
+	// storage's clock): the objects of captures by builds that do not
+	// announce themselves, and of captures that crashed only just.
+	Grace  time.Duration
+	DryRun bool
+	// LockWait is how long gc waits for another gc, and then for a moment
+	// when no capture runs, before it gives up removing (it still reports
+	// what it would remove).
 	LockWait time.Duration
 	// Ignore lists restore points to treat as already forgotten, so a
 	// dry run of prune can show what the sweep after forgetting would do.
@@ -29,111 +39,258 @@ type GCOptions struct {
 // GCReport is what GC did (or would do, with DryRun).
 type GCReport struct {
 	RestorePoints     int
-	ReferencedChunks  int
+	PinnedIndexes     int // indexes kept only because a lock pins them
 	ReferencedIndexes int
+	LiveChunks        int // stored chunks the mark filter holds
 	RemovedChunks     int
 	RemovedIndexes    int
 	RemovedBytes      int64
 	KeptYoung         int
 	RemovedTemp       int
+	// Deferred is set when removal did not happen because captures kept
+	// running for the whole of LockWait; Writers names them.
+	Deferred     bool
+	Writers      []string
+	FilterBytes  int // memory of the mark filter
+	MarkSeconds  float64
+	SweepSeconds float64
 }
 
-// GC removes chunks and indexes no restore point references (mark and
-// sweep) under an exclusive lock. It refuses to sweep when any manifest or
+// GC removes chunks and indexes that no restore point references and no
+// lock pins (mark and sweep). It runs beside readers and captures; see the
+// package doc for the protocol. It refuses to sweep when any manifest or
 // index cannot be read, since the chunks it references are then unknown.
 func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) {
-	lock, err := r.Lock(ctx, true, "gc", opts.LockWait)
-	if err != nil {
-		return nil, err
+	// A dry run removes nothing and takes no lock.
+	var lock *Lock
+	if !opts.DryRun {
+		var err error
+		if lock, err = r.Lock(ctx, LockOptions{Kind: format.LockMaintenance, Operation: "gc", Wait: opts.LockWait}); err != nil {
+			return nil, err
+		}
+		defer lock.Unlock()
 	}
-	defer lock.Unlock()
-	start := r.now()
-	cutoff := start.Add(-opts.Grace)
-	rps, bad, err := r.ListRestorePoints(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if len(bad) > 0 {
-		return nil, fmt.Errorf("gc: manifest %s cannot be read (%v); refusing to sweep: remove it with 'vmvault forget %s' if it is beyond repair", bad[0].Name, bad[0].Err, bad[0].Name)
+	markStart := time.Now()
+	cutoff := r.storageNow().Add(-opts.Grace)
+	if lock != nil && !lock.Epoch().IsZero() {
+		cutoff = lock.Epoch().Add(-opts.Grace)
 	}
 	ignore := map[format.ID]bool{}
 	for _, id := range opts.Ignore {
 		ignore[id] = true
 	}
-	kept := rps[:0]
-	for _, rp := range rps {
-		if !ignore[rp.ID] {
-			kept = append(kept, rp)
-		}
-	}
-	rps = kept
-	rep := &GCReport{RestorePoints: len(rps)}
-	liveChunks := map[format.ID]struct{}{}
-	liveIndexes := map[string]struct{}{}
-	for _, rp := range rps {
-		for _, d := range rp.Disks {
-			if _, ok := liveIndexes[d.Index]; ok {
-				continue
-			}
-			liveIndexes[d.Index] = struct{}{}
-			idx, err := r.loadIndex(ctx, d.Index)
-			if errors.Is(err, backend.ErrNotFound) {
-				continue // nothing left to protect for this disk; verify reports it
-			}
-			if err != nil {
-				return nil, fmt.Errorf("gc: restore point %s disk %s: %w; refusing to sweep", rp.ID.Short(), d.Name, err)
-			}
-			for _, id := range idx.IDs {
-				liveChunks[id] = struct{}{}
-			}
-		}
-	}
-	delete(liveChunks, format.ZeroID)
-	rep.ReferencedChunks, rep.ReferencedIndexes = len(liveChunks), len(liveIndexes)
+	m := &marker{r: r, indexes: map[string]bool{}, manifests: map[format.ID]bool{}, ignore: ignore}
 
-	sweep := func(t backend.FileType, live func(name string) bool, removed *int) error {
-		var victims []backend.FileInfo
-		if err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
-			if live(fi.Name) {
-				return nil
-			}
-			if fi.ModTime.After(cutoff) {
-				rep.KeptYoung++
-				return nil
-			}
-			victims = append(victims, fi)
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, fi := range victims {
-			if !opts.DryRun {
-				if err := r.be.Remove(ctx, backend.Handle{Type: t, Name: fi.Name}); err != nil {
-					return err
-				}
-			}
-			*removed++
-			rep.RemovedBytes += fi.Size
+	// Size the filter by what is stored: live chunks are at most that.
+	stored := 0
+	if err := r.be.List(ctx, backend.ChunkFile, func(backend.FileInfo) error { stored++; return nil }); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	m.live = newBloom(stored, gcFalsePositive)
+	if err := m.mark(ctx); err != nil {
+		return nil, err
+	}
+	rep := &GCReport{FilterBytes: m.live.bytes()}
+	rep.MarkSeconds = time.Since(markStart).Seconds()
+
+	sweepStart := time.Now()
+	var chunks, indexes []backend.FileInfo
+	if err := r.be.List(ctx, backend.ChunkFile, func(fi backend.FileInfo) error {
+		id, err := format.ParseID(fi.Name)
+		switch {
+		case err != nil: // not ours to judge
+		case m.live.has(id):
+			rep.LiveChunks++
+		case fi.ModTime.After(cutoff):
+			rep.KeptYoung++
+		default:
+			chunks = append(chunks, fi)
 		}
 		return nil
-	}
-	if err := sweep(backend.IndexFile, func(n string) bool { _, ok := liveIndexes[n]; return ok }, &rep.RemovedIndexes); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
-	if err := sweep(backend.ChunkFile, func(n string) bool {
-		id, err := format.ParseID(n)
-		if err != nil {
-			return true // not ours to judge
+	if err := r.be.List(ctx, backend.IndexFile, func(fi backend.FileInfo) error {
+		switch {
+		case m.indexes[fi.Name]:
+		case fi.ModTime.After(cutoff):
+			rep.KeptYoung++
+		default:
+			indexes = append(indexes, fi)
 		}
-		_, ok := liveChunks[id]
-		return ok
-	}, &rep.RemovedChunks); err != nil {
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
-	if tc, ok := r.be.(backend.TempCleaner); ok && !opts.DryRun {
+
+	// Removal needs a moment without captures: announce the deleting
+	// phase, then look for writers (a writer announces itself, then looks
+	// for a deleting gc: at least one of the two sees the other). Whatever
+	// was committed or pinned while the sweep ran is marked before anything
+	// is removed.
+	if !opts.DryRun {
+		deadline := time.Now().Add(opts.LockWait)
+		for {
+			if err := lock.setPhase(ctx, format.LockPhaseDeleting); err != nil {
+				return nil, fmt.Errorf("gc: %w", err)
+			}
+			writers, err := r.runningWriters(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("gc: %w", err)
+			}
+			if len(writers) == 0 {
+				break
+			}
+			if err := lock.setPhase(ctx, ""); err != nil {
+				return nil, fmt.Errorf("gc: %w", err)
+			}
+			if time.Now().After(deadline) {
+				rep.Deferred, rep.Writers = true, writers
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Second):
+			}
+		}
+		if !rep.Deferred {
+			defer lock.setPhase(context.WithoutCancel(ctx), "")
+			if err := m.mark(ctx); err != nil { // what appeared meanwhile
+				return nil, err
+			}
+			chunks = slices.DeleteFunc(chunks, func(fi backend.FileInfo) bool {
+				id, _ := format.ParseID(fi.Name)
+				return m.live.has(id)
+			})
+			indexes = slices.DeleteFunc(indexes, func(fi backend.FileInfo) bool { return m.indexes[fi.Name] })
+		}
+	}
+	rep.RestorePoints, rep.ReferencedIndexes, rep.PinnedIndexes = len(m.manifests), len(m.indexes), m.pinned
+	remove := !opts.DryRun && !rep.Deferred
+	for _, set := range []struct {
+		t       backend.FileType
+		objs    []backend.FileInfo
+		removed *int
+	}{{backend.IndexFile, indexes, &rep.RemovedIndexes}, {backend.ChunkFile, chunks, &rep.RemovedChunks}} {
+		for _, fi := range set.objs {
+			if remove {
+				if err := r.be.Remove(ctx, backend.Handle{Type: set.t, Name: fi.Name}); err != nil {
+					return nil, fmt.Errorf("gc: %w", err)
+				}
+			}
+			*set.removed++
+			rep.RemovedBytes += fi.Size
+		}
+	}
+	if remove {
+		if err := r.forgetState(ctx, func(id format.ID) bool { return m.manifests[id] }); err != nil {
+			return nil, fmt.Errorf("gc: verify records: %w", err)
+		}
+	}
+	if tc, ok := r.be.(backend.TempCleaner); ok && remove {
+		var err error
 		if rep.RemovedTemp, err = tc.RemoveTemp(ctx, cutoff); err != nil {
 			return nil, fmt.Errorf("gc: %w", err)
 		}
 	}
+	rep.SweepSeconds = time.Since(sweepStart).Seconds()
 	return rep, nil
+}
+
+// marker is gc's mark phase; mark may run again to add what appeared
+// since the last run.
+type marker struct {
+	r         *Repository
+	ignore    map[format.ID]bool
+	live      *bloom
+	indexes   map[string]bool    // marked indexes
+	manifests map[format.ID]bool // restore points marked
+	pinned    int
+}
+
+// mark adds the chunks of every restore point and every pinned index not
+// marked yet. Pins are read before the manifests: a reader pins, then
+// checks that its restore point still exists, so either its pin is seen
+// here or its restore point's manifest is.
+func (m *marker) mark(ctx context.Context) error {
+	locks, err := m.r.Locks(ctx)
+	if err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	rps, bad, err := m.r.ListRestorePoints(ctx)
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("gc: manifest %s cannot be read (%v); refusing to sweep: remove it with 'vmvault forget %s' if it is beyond repair", bad[0].Name, bad[0].Err, bad[0].Name)
+	}
+	for _, rp := range rps {
+		if m.ignore[rp.ID] || m.manifests[rp.ID] {
+			continue
+		}
+		m.manifests[rp.ID] = true
+		for _, d := range rp.Disks {
+			if err := m.markIndex(ctx, d.Index, false); err != nil {
+				return fmt.Errorf("gc: restore point %s disk %s: %w; refusing to sweep", rp.ID.Short(), d.Name, err)
+			}
+		}
+	}
+	for _, l := range locks {
+		if l.Stale || l.Garbage {
+			continue
+		}
+		for _, idx := range l.Indexes {
+			if !m.indexes[idx] {
+				m.pinned++
+			}
+			if err := m.markIndex(ctx, idx, true); err != nil {
+				return fmt.Errorf("gc: index %s pinned by %q on %s: %w; refusing to sweep", idx[:8], l.Operation, l.Hostname, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *marker) markIndex(ctx context.Context, name string, pinned bool) error {
+	if m.indexes[name] {
+		return nil
+	}
+	idx, err := m.r.loadIndex(ctx, name)
+	if errors.Is(err, backend.ErrNotFound) {
+		if !pinned {
+			m.indexes[name] = true // nothing left to protect for this disk; verify reports it
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m.indexes[name] = true
+	for _, id := range idx.IDs {
+		if !id.IsZero() {
+			m.live.add(id)
+		}
+	}
+	return nil
+}
+
+// runningWriters names the live locks of writers (and lock objects that
+// cannot be read and are not yet stale: they may be writers).
+func (r *Repository) runningWriters(ctx context.Context) ([]string, error) {
+	locks, err := r.Locks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range locks {
+		switch {
+		case l.Stale:
+		case l.Garbage:
+			out = append(out, fmt.Sprintf("unreadable lock %s (%s)", l.Name[:min(8, len(l.Name))], strings.TrimSpace(l.StaleReason)))
+		case l.EffectiveKind() == format.LockWriter:
+			out = append(out, fmt.Sprintf("%q on %s (pid %d) since %s", l.Operation, l.Hostname, l.PID, l.Started.Format(time.RFC3339)))
+		}
+	}
+	return out, nil
 }

@@ -145,11 +145,13 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) (err 
 	// Created read-only: the descriptor is still writable, and the object
 	// never needs changing once renamed into place.
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
-	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.ChunkFile {
-		// A chunk prefix directory is missing (e.g. names shorter than the
-		// usual hash): create it on demand.
+	if errors.Is(err, fs.ErrNotExist) && h.Type != backend.ConfigFile {
+		// The type's directory is missing (a chunk prefix of an unusual
+		// name, or a type newer than the repository): create it durably.
 		if err = os.MkdirAll(dir, 0o700); err == nil {
-			f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			if err = syncDir(filepath.Dir(dir)); err == nil {
+				f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			}
 		}
 	}
 	if err != nil {
@@ -340,7 +342,11 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		}
 	}
 	for _, d := range dirs {
-		if err := listDir(ctx, d, fn); err != nil {
+		err := listDir(ctx, d, fn)
+		if errors.Is(err, fs.ErrNotExist) && d == base && t == backend.StateFile {
+			continue // a repository from before the type existed
+		}
+		if err != nil {
 			return fmt.Errorf("list %v: %w", t, err)
 		}
 	}
