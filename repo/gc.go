@@ -16,6 +16,10 @@ import (
 // removes it.
 const DefaultGCGrace = time.Hour
 
+// tempAge is the age past which a backend's temporary file (a save that
+// crashed) is removed: saves last seconds.
+const tempAge = time.Hour
+
 // gcFalsePositive is the mark filter's false-positive rate: the share of
 // dead chunks one gc run keeps.
 const gcFalsePositive = 0.01
@@ -123,17 +127,23 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 
-	// Removal needs a moment without captures: announce the deleting
-	// phase, then look for writers (a writer announces itself, then looks
-	// for a deleting gc: at least one of the two sees the other). Whatever
-	// was committed or pinned while the sweep ran is marked before anything
-	// is removed.
+	// Removal needs a moment without captures. gc announces its deleting
+	// phase, then looks for writers; a writer announces itself, then looks
+	// for a deleting gc (and waits, marked as waiting, while there is one):
+	// each looks after announcing, so at least one sees the other. New
+	// captures wait from here; running ones are given LockWait to finish.
+	// Whatever was committed or pinned while the sweep ran is marked
+	// before anything is removed.
 	if !opts.DryRun {
+		// Writers waiting for an earlier gc go first.
+		if err := r.letWaitingWritersStart(ctx); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+		if err := lock.setPhase(ctx, format.LockPhaseDeleting); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
 		deadline := time.Now().Add(opts.LockWait)
 		for {
-			if err := lock.setPhase(ctx, format.LockPhaseDeleting); err != nil {
-				return nil, fmt.Errorf("gc: %w", err)
-			}
 			writers, err := r.runningWriters(ctx)
 			if err != nil {
 				return nil, fmt.Errorf("gc: %w", err)
@@ -141,17 +151,17 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			if len(writers) == 0 {
 				break
 			}
-			if err := lock.setPhase(ctx, ""); err != nil {
-				return nil, fmt.Errorf("gc: %w", err)
-			}
 			if time.Now().After(deadline) {
 				rep.Deferred, rep.Writers = true, writers
+				if err := lock.setPhase(ctx, ""); err != nil {
+					return nil, fmt.Errorf("gc: %w", err)
+				}
 				break
 			}
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-time.After(time.Second):
+			case <-time.After(500 * time.Millisecond):
 			}
 		}
 		if !rep.Deferred {
@@ -189,8 +199,14 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		}
 	}
 	if tc, ok := r.be.(backend.TempCleaner); ok && remove {
+		// Readers and writers save objects while gc runs: only temporary
+		// files no live save can own go.
+		tempCutoff := r.storageNow().Add(-tempAge)
+		if cutoff.Before(tempCutoff) {
+			tempCutoff = cutoff
+		}
 		var err error
-		if rep.RemovedTemp, err = tc.RemoveTemp(ctx, cutoff); err != nil {
+		if rep.RemovedTemp, err = tc.RemoveTemp(ctx, tempCutoff); err != nil {
 			return nil, fmt.Errorf("gc: %w", err)
 		}
 	}
@@ -275,8 +291,9 @@ func (m *marker) markIndex(ctx context.Context, name string, pinned bool) error 
 	return nil
 }
 
-// runningWriters names the live locks of writers (and lock objects that
-// cannot be read and are not yet stale: they may be writers).
+// runningWriters names the live locks of writers that are not waiting for
+// a gc (and lock objects that cannot be read and are not yet stale: they
+// may be writers).
 func (r *Repository) runningWriters(ctx context.Context) ([]string, error) {
 	locks, err := r.Locks(ctx)
 	if err != nil {
@@ -288,9 +305,30 @@ func (r *Repository) runningWriters(ctx context.Context) ([]string, error) {
 		case l.Stale:
 		case l.Garbage:
 			out = append(out, fmt.Sprintf("unreadable lock %s (%s)", l.Name[:min(8, len(l.Name))], strings.TrimSpace(l.StaleReason)))
-		case l.EffectiveKind() == format.LockWriter:
+		case l.EffectiveKind() == format.LockWriter && l.Phase != format.LockPhaseWaiting:
 			out = append(out, fmt.Sprintf("%q on %s (pid %d) since %s", l.Operation, l.Hostname, l.PID, l.Started.Format(time.RFC3339)))
 		}
 	}
 	return out, nil
+}
+
+// letWaitingWritersStart gives writers that wait for a gc's deletions (an
+// earlier run's, or another host's) a few seconds to announce themselves
+// active, so back-to-back gc runs do not starve captures.
+func (r *Repository) letWaitingWritersStart(ctx context.Context) error {
+	for range 10 {
+		locks, err := r.Locks(ctx)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(locks, func(l LockInfo) bool { return !l.Stale && l.Phase == format.LockPhaseWaiting }) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	return nil
 }

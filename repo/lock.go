@@ -271,8 +271,8 @@ func (r *Repository) tryLock(ctx context.Context, opts LockOptions) (*Lock, erro
 	}
 	if opts.Kind == format.LockWriter {
 		// Announced first, then checked: a gc that starts deleting after
-		// this sees the writer and defers; one deleting now is waited for.
-		if err := r.waitForDeletions(ctx); err != nil {
+		// this sees the writer; one deleting now is waited for.
+		if err := l.waitForDeletions(ctx); err != nil {
 			_ = l.Unlock()
 			return nil, err
 		}
@@ -283,33 +283,53 @@ func (r *Repository) tryLock(ctx context.Context, opts LockOptions) (*Lock, erro
 	return l, nil
 }
 
-// waitForDeletions returns once no live maintenance lock is in its
-// deleting phase.
-func (r *Repository) waitForDeletions(ctx context.Context) error {
+// waitForDeletions returns once no live gc is deleting, with the writer's
+// lock announced as active. While one is, the lock says the writer is
+// waiting (gc does not wait for waiting writers), and is announced active
+// again before the next check, so gc and writer never miss each other.
+func (l *Lock) waitForDeletions(ctx context.Context) error {
 	for logged := false; ; {
-		locks, err := r.Locks(ctx)
-		if err != nil {
+		gc, err := l.r.deletingGC(ctx)
+		if err != nil || gc == nil {
 			return err
-		}
-		var gc *LockInfo
-		for i, o := range locks {
-			if !o.Stale && !o.Garbage && o.Phase == format.LockPhaseDeleting {
-				gc = &locks[i]
-			}
-		}
-		if gc == nil {
-			return nil
 		}
 		if !logged {
 			slog.Info("waiting for a gc to finish removing objects", "gc_host", gc.Hostname, "gc_pid", gc.PID)
 			logged = true
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		l.lock.Phase = format.LockPhaseWaiting
+		if err := l.save(ctx); err != nil {
+			return err
+		}
+		for gc != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+			if gc, err = l.r.deletingGC(ctx); err != nil {
+				return err
+			}
+		}
+		l.lock.Phase = ""
+		if err := l.save(ctx); err != nil {
+			return err
 		}
 	}
+}
+
+// deletingGC returns the lock of a live gc in its deleting phase, or nil.
+func (r *Repository) deletingGC(ctx context.Context) (*LockInfo, error) {
+	locks, err := r.Locks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, o := range locks {
+		if !o.Stale && !o.Garbage && o.Phase == format.LockPhaseDeleting {
+			return &locks[i], nil
+		}
+	}
+	return nil, nil
 }
 
 func (l *Lock) marshal() []byte {

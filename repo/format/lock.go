@@ -39,14 +39,18 @@ type Lock struct {
 	// lock lives, even when the restore points are forgotten meanwhile.
 	Pins    []string `json:"pins,omitempty"`
 	Indexes []string `json:"indexes,omitempty"`
-	// Phase is set by maintenance: LockPhaseDeleting while gc removes
-	// objects. Writers wait while a gc deletes; gc deletes only while no
-	// writer runs.
+	// Phase is LockPhaseDeleting on a gc's lock while it removes objects
+	// (and while it waits for running writers to finish before it does),
+	// and LockPhaseWaiting on a writer's lock while it waits for such a gc
+	// and has not touched the repository.
 	Phase string `json:"phase,omitempty"`
 }
 
-// LockPhaseDeleting marks a maintenance lock whose holder removes objects.
-const LockPhaseDeleting = "deleting"
+// Lock phases.
+const (
+	LockPhaseDeleting = "deleting"
+	LockPhaseWaiting  = "waiting"
+)
 
 // EffectiveKind is the lock's kind, derived for locks without one.
 func (l *Lock) EffectiveKind() string {
@@ -79,7 +83,7 @@ func ParseLock(b []byte) (*Lock, error) {
 	default:
 		return nil, fmt.Errorf("lock: unknown kind %q: %w", l.Kind, ErrCorrupt)
 	}
-	if l.Phase != "" && l.Phase != LockPhaseDeleting {
+	if l.Phase != "" && l.Phase != LockPhaseDeleting && l.Phase != LockPhaseWaiting {
 		return nil, fmt.Errorf("lock: unknown phase %q: %w", l.Phase, ErrCorrupt)
 	}
 	if len(l.Pins) > maxLockPins || len(l.Indexes) > maxLockPins {
