@@ -91,7 +91,7 @@ func TestGCKeepsChunksACaptureReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Mark sees no restore point; the capture commits before removal.
-	m := &marker{r: r, indexes: map[string]bool{}, manifests: map[format.ID]bool{}, live: newBloom(100, 0.01)}
+	m := &marker{r: r, indexes: map[string]bool{}, manifests: map[format.ID]bool{}, live: newBloom(100)}
 	if err := m.mark(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@
 // data). A reader on a repository it cannot write pins nothing and says so.
 //
 // gc marks every chunk of every manifest and pinned index in a Bloom
-// filter (9.6 bits per stored chunk; a false positive keeps a dead chunk
+// filter (11 bits per stored chunk; a false positive keeps a dead chunk
 // one more run), sweeps by listing stored objects, and removes an object
 // only when it is unmarked and older than the grace period on the
 // storage's clock. Removal needs a moment without writers: gc sets its

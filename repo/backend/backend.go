@@ -220,6 +220,12 @@ type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
 }
 
+// Counter is implemented by backends that count a type's objects much
+// faster than List describes them (names only, no sizes or times).
+type Counter interface {
+	Count(ctx context.Context, t FileType) (int, error)
+}
+
 // Prefetcher is implemented by backends that can start fetching objects
 // ahead of their Load, so a sequential reader's next chunks come from
 // several requests in flight instead of one read after another. Prefetch
