@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -49,6 +50,10 @@ type GCReport struct {
 	RemovedBytes      int64
 	KeptYoung         int
 	RemovedTemp       int
+	// Pack compaction (repositories that store chunks in packs).
+	RemovedPacks   int   // packs with nothing live, and orphans
+	RepackedPacks  int   // packs whose live chunks were copied into new packs
+	RewrittenBytes int64 // live bytes so copied
 	// Deferred is set when removal did not happen because captures kept
 	// running for the whole of LockWait; Writers names them.
 	Deferred     bool
@@ -196,6 +201,25 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			rep.RemovedBytes += o.size
 		}
 	}
+	if c, ok := r.be.(pack.Compactor); ok {
+		// Removed chunks only leave the pack index; compaction frees
+		// their space (and that of packs orphaned by crashed captures).
+		if remove {
+			if f, ok := r.be.(backend.Flusher); ok {
+				if err := f.Flush(ctx); err != nil {
+					return nil, fmt.Errorf("gc: %w", err)
+				}
+			}
+		}
+		crep, err := c.Compact(ctx, pack.CompactOptions{OrphansBefore: cutoff, DryRun: !remove})
+		if err != nil {
+			return nil, fmt.Errorf("gc: compact packs: %w", err)
+		}
+		rep.RemovedPacks, rep.RepackedPacks, rep.RewrittenBytes = crep.PacksRemoved, crep.PacksRepacked, crep.BytesRewritten
+		if remove {
+			rep.RemovedBytes = crep.BytesFreed + indexBytes(indexes)
+		}
+	}
 	if remove {
 		if err := r.forgetState(ctx, func(id format.ID) bool { return m.manifests[id] }); err != nil {
 			return nil, fmt.Errorf("gc: verify records: %w", err)
@@ -215,6 +239,14 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	}
 	rep.SweepSeconds = time.Since(sweepStart).Seconds()
 	return rep, nil
+}
+
+func indexBytes(objs []deadObject) int64 {
+	var n int64
+	for _, o := range objs {
+		n += o.size
+	}
+	return n
 }
 
 // deadObject is a chunk or index the sweep found unreferenced.

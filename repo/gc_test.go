@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -302,13 +300,12 @@ func TestVerifyRecordsAndHeals(t *testing.T) {
 	img := testImage(51, 8*cs)
 	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))})
 	victim := mustIndex(t, r, rp1).IDs[4] // a random chunk
-	path := filepath.Join(dir, "chunks", victim.String()[:2], victim.String())
-	os.Chmod(path, 0o600)
-	b, _ := os.ReadFile(path)
-	b[len(b)-1] ^= 0xff
-	if err := os.WriteFile(path, b, 0o400); err != nil {
+	frame, err := r.be.Load(ctx, chunkHandle(victim), 0, -1)
+	if err != nil {
 		t.Fatal(err)
 	}
+	flipChunkByte(t, r, dir, victim, int64(len(frame)-1))
+	b, _ := r.be.Load(ctx, chunkHandle(victim), 0, -1) // as damaged
 	rep, err := r.Verify(ctx, VerifyOptions{})
 	if err != nil || rep.OK() || rep.Quarantined != 1 {
 		t.Fatalf("verify of a damaged chunk: %v %+v", err, rep)
@@ -339,10 +336,7 @@ func TestVerifyRecordsAndHeals(t *testing.T) {
 	}
 
 	// Extents: damage it again; a capture whose changes lie elsewhere reads it.
-	b, _ = os.ReadFile(path)
-	os.Chmod(path, 0o600)
-	b[len(b)-1] ^= 0xff
-	os.WriteFile(path, b, 0o400)
+	flipChunkByte(t, r, dir, victim, int64(len(frame)-1))
 	if rep, _ := r.Verify(ctx, VerifyOptions{}); rep.OK() {
 		t.Fatal("second damage not found")
 	}

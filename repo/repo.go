@@ -78,6 +78,7 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
 )
@@ -106,6 +107,9 @@ type Options struct {
 	// CacheSize bounds the decoded-chunk cache shared by all Disks, in bytes.
 	// Zero means DefaultCacheSize.
 	CacheSize int64
+	// IndexCacheDir, when set, keeps local copies of pack indexes (a
+	// repository on object storage then opens without fetching them all).
+	IndexCacheDir string
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -115,6 +119,10 @@ const DefaultCacheSize = 256 << 20
 type InitOptions struct {
 	ChunkSize   int64  // zero means format.DefaultChunkSize
 	Compression string // empty means zstd-fastest
+	// PackSize is the target size of packs; zero means
+	// format.DefaultPackSize, negative one object per chunk (format
+	// version 1, as repositories before packs).
+	PackSize int64
 }
 
 // Init creates a repository in an empty backend.
@@ -134,7 +142,13 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	}
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
-		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(),
+		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
+	}
+	switch {
+	case opts.PackSize == 0:
+		cfg.PackSize = format.DefaultPackSize
+	case opts.PackSize < 0:
+		cfg.Version, cfg.PackSize = 1, 0
 	}
 	b, err := cfg.Marshal()
 	if err != nil {
@@ -165,6 +179,9 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Repository {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
+	}
+	if cfg.PackSize > 0 {
+		be = pack.New(be, pack.Options{PackSize: cfg.PackSize, IndexCacheDir: opts.IndexCacheDir})
 	}
 	host, _ := os.Hostname()
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))

@@ -18,6 +18,7 @@ import (
 	"github.com/vmvault/vmvault/repo/backend/faulty"
 	"github.com/vmvault/vmvault/repo/backend/local"
 	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
@@ -35,12 +36,24 @@ func newRepo(t *testing.T) *Repository {
 
 func newLocalRepo(t *testing.T) (*Repository, string) {
 	t.Helper()
+	return newLocalRepoWith(t, InitOptions{ChunkSize: cs})
+}
+
+// newLooseRepo is a local repository of format version 1: one object per
+// chunk, so a test can damage one chunk's object in every way.
+func newLooseRepo(t *testing.T) (*Repository, string) {
+	t.Helper()
+	return newLocalRepoWith(t, InitOptions{ChunkSize: cs, PackSize: -1})
+}
+
+func newLocalRepoWith(t *testing.T, opts InitOptions) (*Repository, string) {
+	t.Helper()
 	dir := t.TempDir()
 	be, err := local.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(context.Background(), be, InitOptions{ChunkSize: cs})
+	r, err := Init(context.Background(), be, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,8 +228,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	victim := d.Index().IDs[4]
-	p := filepath.Join(dir, "chunks", victim.String()[:2], victim.String())
-	flipByte(t, p, 100)
+	flipChunkByte(t, r, dir, victim, 100)
 
 	rep, err := r.Verify(context.Background(), VerifyOptions{})
 	if err != nil {
@@ -292,6 +304,22 @@ func TestStreamingReads(t *testing.T) {
 	}
 }
 
+// flipChunkByte flips byte at of a chunk's frame, in its pack or its own
+// object.
+func flipChunkByte(t *testing.T, r *Repository, dir string, id format.ID, at int64) {
+	t.Helper()
+	pb, ok := r.be.(*pack.Backend)
+	if !ok {
+		flipByte(t, filepath.Join(dir, "chunks", id.String()[:2], id.String()), at)
+		return
+	}
+	name, off, _, found, err := pb.Locate(context.Background(), id)
+	if err != nil || !found {
+		t.Fatalf("locate chunk %s: %v", id.Short(), err)
+	}
+	flipByte(t, filepath.Join(dir, "packs", name.String()), off+at)
+}
+
 func flipByte(t *testing.T, p string, at int64) {
 	t.Helper()
 	if err := os.Chmod(p, 0o600); err != nil {
@@ -340,10 +368,10 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// A capture that fails part-way (the 5th chunk save fails) leaves
-	// orphans; gc with no grace removes only those.
-	fb := faulty.New(r.be, 1)
-	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.ChunkFile, From: 5, Effect: faulty.Fail(errInjected)})
+	// A capture that fails part-way (its pack is stored, but the backend
+	// reports an error) leaves orphans; gc with no grace removes only those.
+	fb := faulty.New(r.be.(*pack.Backend).Inner(), 1)
+	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.PackFile, From: 1, Effect: faulty.FailAfter(errInjected)})
 	fr := newRepository(fb, r.cfg, Options{})
 	orphan := testImage(77, size)
 	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
@@ -354,7 +382,7 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.RemovedChunks == 0 {
+	if rep.RemovedPacks == 0 || rep.RemovedBytes == 0 {
 		t.Errorf("gc removed nothing after an abandoned capture: %+v", rep)
 	}
 	for vm, rp := range rps {
@@ -760,7 +788,7 @@ func TestDamagedMetadata(t *testing.T) {
 		t.Fatalf("open with truncated config: %v", err)
 	}
 	// Nothing was deleted.
-	if n, _ := filepath.Glob(filepath.Join(dir, "chunks", "*", "*")); len(n) == 0 {
+	if n, _ := filepath.Glob(filepath.Join(dir, "packs", "*")); len(n) == 0 {
 		t.Fatal("chunks gone")
 	}
 }
@@ -891,7 +919,7 @@ func TestDiskExtentsAndPrefetch(t *testing.T) {
 // chunk, and a failure must neither stop a worker nor leak into the next
 // chunk's check.
 func TestVerifyReportsEveryDamagedChunk(t *testing.T) {
-	r, dir := newLocalRepo(t)
+	r, dir := newLooseRepo(t)
 	n := 4 * (r.props.ReadParallelism + 8) // every 4th chunk of testImage is random: unique
 	img := testImage(7, n*cs)
 	rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(n * cs)})

@@ -51,21 +51,25 @@ type FileType uint8
 
 // The object types of a repository.
 const (
-	ConfigFile   FileType = iota + 1 // the single repository config, named "config"
-	LockFile                         // one per running operation
-	SnapshotFile                     // restore point manifests, named by id
-	IndexFile                        // fixed disk indexes, named by content hash
-	ChunkFile                        // disk chunks, named by content hash
-	StateFile                        // repository state kept beside the data: verify records, quarantined chunks
+	ConfigFile    FileType = iota + 1 // the single repository config, named "config"
+	LockFile                          // one per running operation
+	SnapshotFile                      // restore point manifests, named by id
+	IndexFile                         // fixed disk indexes, named by content hash
+	ChunkFile                         // disk chunks, named by content hash
+	StateFile                         // repository state kept beside the data: verify records, quarantined chunks
+	PackFile                          // packs of chunk frames (repo/backend/pack), named by content hash
+	PackIndexFile                     // where chunks sit in packs, named by content hash
 )
 
 var typeNames = map[FileType]string{
-	ConfigFile:   "config",
-	LockFile:     "locks",
-	SnapshotFile: "snapshots",
-	IndexFile:    "index",
-	ChunkFile:    "chunks",
-	StateFile:    "state",
+	ConfigFile:    "config",
+	LockFile:      "locks",
+	SnapshotFile:  "snapshots",
+	IndexFile:     "index",
+	ChunkFile:     "chunks",
+	StateFile:     "state",
+	PackFile:      "packs",
+	PackIndexFile: "packidx",
 }
 
 // String returns the type's directory-style name.
@@ -78,7 +82,7 @@ func (t FileType) String() string {
 
 // Types lists every object type, for backends that prepare storage per type.
 func Types() []FileType {
-	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile}
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile}
 }
 
 // Handle names one object.
@@ -218,6 +222,20 @@ type Flusher interface {
 // lock.
 type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// RangeLoader is implemented by backends that load a range of an object
+// into a caller's buffer (the pack layer reads chunk frames so).
+// LoadRangeInto returns the range in buf[:length] when cap(buf) suffices,
+// else in a new slice; errors are those of Load.
+type RangeLoader interface {
+	LoadRangeInto(ctx context.Context, h Handle, off, length int64, buf []byte) ([]byte, error)
+}
+
+// RangePrefetcher is a Prefetcher for part of an object (a chunk's frame
+// in a pack).
+type RangePrefetcher interface {
+	PrefetchRange(h Handle, off, length int64)
 }
 
 // Counter is implemented by backends that count a type's objects much

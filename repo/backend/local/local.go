@@ -48,11 +48,13 @@ type Backend struct {
 }
 
 var (
-	_ backend.Backend     = (*Backend)(nil)
-	_ backend.TempCleaner = (*Backend)(nil)
-	_ backend.Flusher     = (*Backend)(nil)
-	_ backend.Prefetcher  = (*Backend)(nil)
-	_ backend.Counter     = (*Backend)(nil)
+	_ backend.Backend         = (*Backend)(nil)
+	_ backend.TempCleaner     = (*Backend)(nil)
+	_ backend.Flusher         = (*Backend)(nil)
+	_ backend.Prefetcher      = (*Backend)(nil)
+	_ backend.Counter         = (*Backend)(nil)
+	_ backend.RangeLoader     = (*Backend)(nil)
+	_ backend.RangePrefetcher = (*Backend)(nil)
 )
 
 func init() {
@@ -244,6 +246,11 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, off, length int64)
 	return b.load(ctx, h, off, length, nil)
 }
 
+// LoadRangeInto implements backend.RangeLoader.
+func (b *Backend) LoadRangeInto(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
+	return b.load(ctx, h, off, length, buf)
+}
+
 // LoadInto implements backend.BufferLoader.
 func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([]byte, error) {
 	return b.load(ctx, h, 0, -1, buf)
@@ -304,6 +311,20 @@ func (b *Backend) Prefetch(h backend.Handle) {
 	_ = unix.Close(fd)
 }
 
+// PrefetchRange implements backend.RangePrefetcher like Prefetch, for a
+// range of the object.
+func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
+	if h.Valid() != nil {
+		return
+	}
+	fd, err := unix.Open(b.path(h), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_ = unix.Fadvise(fd, off, length, unix.FADV_WILLNEED)
+	_ = unix.Close(fd)
+}
+
 // Stat implements backend.Backend.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
 	if err := h.Valid(); err != nil {
@@ -344,7 +365,7 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 	}
 	for _, d := range dirs {
 		err := listDir(ctx, d, fn)
-		if errors.Is(err, fs.ErrNotExist) && d == base && t == backend.StateFile {
+		if errors.Is(err, fs.ErrNotExist) && d == base && newerType(t) {
 			continue // a repository from before the type existed
 		}
 		if err != nil {
@@ -379,7 +400,7 @@ func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
 	n := 0
 	for _, d := range dirs {
 		f, err := os.Open(d)
-		if errors.Is(err, fs.ErrNotExist) && t == backend.StateFile {
+		if errors.Is(err, fs.ErrNotExist) && newerType(t) {
 			continue
 		}
 		if err != nil {
@@ -407,6 +428,12 @@ func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
 		f.Close()
 	}
 	return n, nil
+}
+
+// newerType reports whether repositories created before the type existed
+// lack its directory (it is made by the first Save of the type).
+func newerType(t backend.FileType) bool {
+	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
