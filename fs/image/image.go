@@ -30,6 +30,7 @@ import (
 	"github.com/vmvault/vmvault/fs/ext"
 	"github.com/vmvault/vmvault/fs/fat"
 	"github.com/vmvault/vmvault/fs/ntfs"
+	"github.com/vmvault/vmvault/fs/xfs"
 )
 
 const (
@@ -169,6 +170,8 @@ func openFS(r io.ReaderAt, size int64, kind string) (fs.FileSystem, error) {
 		return ntfs.Open(r, size)
 	case strings.HasPrefix(kind, "fat"):
 		return fat.Open(r, size)
+	case kind == "xfs":
+		return xfs.Open(r, size)
 	case kind == "":
 		return nil, errors.New("no filesystem recognised")
 	}
