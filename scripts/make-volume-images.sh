@@ -184,4 +184,166 @@ rm -f xfs4.img && truncate -s 400M xfs4.img
 mkfs.xfs -q -f -m crc=0 -i size=256 -L vmv-xfs4 -p proto4 xfs4.img 2>/dev/null
 rm -f proto4
 
+# ---- LVM2: real lvm tools on loop devices, without device-mapper ----
+export LVM_SUPPRESS_FD_WARNINGS=1
+# lvmconf DEV...: a configuration that sees only these devices and writes
+# no backups; --driverloaded n keeps the tools away from device-mapper.
+lvmconf() {
+	local f='' d
+	for d in "$@"; do f+="\"a|^$d\$|\","; done
+	echo "devices { use_devicesfile=0 filter=[${f}\"r|.*|\"] } backup { backup=0 archive=0 } activation { udev_sync=0 udev_rules=0 }"
+}
+lvmrun() { # lvmrun CONF CMD ARGS...
+	local conf=$1 cmd=$2
+	shift 2
+	"$cmd" --config "$conf" --driverloaded n "$@" >/dev/null 2> >(grep -v -e 'Activation disabled' -e 'not zeroed' -e 'WARNING: This metadata update is NOT backed up' >&2)
+}
+attach() { # attach VAR IMG OFFSET SIZE: VAR=the new loop device
+	local l
+	l=$(losetup -f --show -o "$3" --sizelimit "$4" "$2")
+	loops+=("$l")
+	printf -v "$1" %s "$l"
+}
+detach_all() {
+	for l in "${loops[@]}"; do losetup -d "$l"; done
+	loops=()
+}
+# copy_into IMG LVS-JSON LV FSIMG: write a filesystem image into an LV's
+# extents, as lvs reports them (dm-linear / dm-striped layout).
+copy_into() {
+	python3 - "$@" <<'PY'
+import json, sys
+img, report, lv, fsimg = sys.argv[1:5]
+rep = json.load(open(report))["report"][0]["seg"]
+devs = json.load(open(report + ".pvs"))
+segs = [s for s in rep if s["lv_name"] == lv]
+data = open(fsimg, "rb").read()
+out = open(img, "r+b")
+ext = int(segs[0]["vg_extent_size"].rstrip("B"))
+for s in segs:
+    start = int(s["seg_start_pe"]) * ext
+    size = int(s["seg_size_pe"]) * ext
+    areas = []
+    for r in s["seg_pe_ranges"].split():
+        dev, pes = r.rsplit(":", 1)
+        first = int(pes.split("-")[0])
+        areas.append(devs[dev]["offset"] + devs[dev]["pe_start"] + first * ext)
+    chunk = int(s["stripe_size"].rstrip("B")) if len(areas) > 1 else size
+    for o in range(0, size, chunk):
+        c = o // chunk
+        disk = areas[c % len(areas)] + (c // len(areas)) * chunk
+        piece = data[start + o:start + o + chunk]
+        if piece:
+            out.seek(disk)
+            out.write(piece)
+PY
+}
+# report DEVS...: lvs segments as JSON, plus where each PV starts
+report() { # report NAME OFFSET... with loop devices in $devs
+	local name=$1 conf
+	shift
+	conf=$(lvmconf "${devs[@]}")
+	lvs --config "$conf" --driverloaded n -a --segments --units b --nosuffix --reportformat json \
+		-o vg_name,lv_name,lv_attr,lv_size,seg_start_pe,seg_size_pe,seg_pe_ranges,stripes,stripe_size,segtype,vg_extent_size,vg_seqno >"$name"
+	python3 - "$name" "$@" <<'PY'
+import json, subprocess, sys
+name, offsets = sys.argv[1], sys.argv[2:]
+out = {}
+for pair in offsets:
+    dev, off = pair.split("=")
+    out[dev] = {"offset": int(off)}
+conf = open(name + ".conf").read()
+r = subprocess.run(["pvs", "--config", conf, "--driverloaded", "n", "--units", "b", "--nosuffix", "--reportformat", "json",
+                    "-o", "pv_name,pe_start,pv_uuid,vg_name"], capture_output=True, text=True, check=True)
+for pv in json.loads(r.stdout)["report"][0]["pv"]:
+    d = out.setdefault(pv["pv_name"], {})
+    d["pe_start"] = int(pv["pe_start"])
+    d["uuid"] = pv["pv_uuid"]
+json.dump(out, open(name + ".pvs", "w"), indent=1)
+PY
+}
+
+rm -rf lvm-fs && mkdir lvm-fs
+rm -rf src-lvm && mkdir -p src-lvm/etc src-lvm/many
+echo lvm-root >src-lvm/etc/hostname
+for i in $(seq -w 1 300); do echo "$i" >"src-lvm/many/f$i"; done
+head -c 2000000 /dev/urandom >src-lvm/random.bin
+ln -s etc/hostname src-lvm/link
+find src-lvm -exec touch -h -d "@$T0" {} +
+mke2fs -q -F -t ext4 -L lvm-root -d src-lvm lvm-fs/root.img 16M
+mke2fs -q -F -t ext4 -L lvm-split -d src-lvm lvm-fs/split.img 12M
+rm -f lvm-fs/striped.img && truncate -s 40M lvm-fs/striped.img
+TEST_DEV=1 TEST_DIR=1 QA_CHECK_FS=1 mkfs.xfs -q -f -L lvm-xfs lvm-fs/striped.img
+mount -o loop lvm-fs/striped.img "$mnt"
+cp -a src-lvm/. "$mnt/"
+head -c 5000000 /dev/urandom >"$mnt/big.bin"
+touch -d "@$T0" "$mnt/big.bin" "$mnt"
+umount "$mnt"
+rm -f lvm-fs/swap.img && truncate -s 4M lvm-fs/swap.img && mkswap -q -L lvm-swap lvm-fs/swap.img
+rm -f lvm-fs/crypt.img && truncate -s 20M lvm-fs/crypt.img
+if command -v cryptsetup >/dev/null; then
+	printf pass | cryptsetup luksFormat -q --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - lvm-fs/crypt.img
+fi
+
+# lvm.img: GPT, p1 and p2 are PVs of VG vgtest (1 MiB extents).
+rm -f lvm.img && truncate -s 200M lvm.img
+sfdisk -q lvm.img <<'EOT'
+label: gpt
+start=2048, size=184320, type=E6D6D379-F807-44C2-A23C-238F2A3DF928, name="pv-a"
+start=186368, size=184320, type=E6D6D379-F807-44C2-A23C-238F2A3DF928, name="pv-b"
+EOT
+offA=$((2048 * 512)) offB=$((186368 * 512)) psize=$((184320 * 512))
+attach a lvm.img $offA $psize
+attach b lvm.img $offB $psize
+devs=("$a" "$b")
+conf=$(lvmconf "$a" "$b")
+echo "$conf" >lvm.lvs.json.conf
+lvmrun "$conf" pvcreate -q "$a" "$b"
+lvmrun "$conf" vgcreate -q -s 1M vgtest "$a" "$b"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 16 -n root vgtest "$a:0-15"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 4 -n tmp vgtest "$a:16-19"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 8 -n split-ext4 vgtest "$a:24-31"
+lvmrun "$conf" lvremove -q -f vgtest/tmp
+lvmrun "$conf" lvextend -q -l +4 vgtest/split-ext4 "$a:16-19" # second segment before the first
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -i 2 -I 64k -l 40 -n data-x vgtest "$a:40-59" "$b:0-19"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 4 -n swap vgtest "$b:30-33"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 20 -n crypt vgtest "$b:40-59"
+# pv-b keeps the metadata as it is now; one more LV is then made, so
+# pv-a's metadata is newer than pv-b's (the reader must take pv-a's)
+dd if=lvm.img of=old-pv-b.bin bs=1M skip=$((offB >> 20)) count=1 status=none
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 2 -n late vgtest "$b:70-71"
+report lvm.lvs.json "$a=$offA" "$b=$offB"
+lvmrun "$conf" vgcfgbackup -q -f lvm.vgcfg vgtest
+detach_all
+dd if=old-pv-b.bin of=lvm.img bs=1M seek=$((offB >> 20)) conv=notrunc status=none
+rm -f old-pv-b.bin
+python3 - lvm.img lvm.lvs.json <<'PY'
+import json, sys
+seg = json.load(open(sys.argv[2]))["report"][0]["seg"]
+runs = {(s["lv_name"], s["seg_start_pe"]): s["seg_pe_ranges"] for s in seg}
+assert int(next(s for s in seg if s["lv_name"] == "split-ext4" and s["seg_start_pe"] == "8")["seg_pe_ranges"].split(":")[1].split("-")[0]) < 24, runs
+PY
+copy_into lvm.img lvm.lvs.json root lvm-fs/root.img
+copy_into lvm.img lvm.lvs.json split-ext4 lvm-fs/split.img
+copy_into lvm.img lvm.lvs.json data-x lvm-fs/striped.img
+copy_into lvm.img lvm.lvs.json swap lvm-fs/swap.img
+copy_into lvm.img lvm.lvs.json crypt lvm-fs/crypt.img
+
+# lvm-whole.img is a PV without a partition table; VG vgw also has a PV on
+# lvm-other.img: vgw/local lies on this disk, vgw/span on both.
+rm -f lvm-whole.img lvm-other.img && truncate -s 64M lvm-whole.img lvm-other.img
+attach w lvm-whole.img 0 $((64 << 20))
+attach o lvm-other.img 0 $((64 << 20))
+devs=("$w" "$o")
+conf=$(lvmconf "$w" "$o")
+echo "$conf" >lvm-whole.lvs.json.conf
+lvmrun "$conf" pvcreate -q "$w" "$o"
+lvmrun "$conf" vgcreate -q -s 1M vgw "$w" "$o"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 16 -n local vgw "$w"
+lvmrun "$conf" lvcreate -q -an -Zn -Wn -l 50 -n span vgw "$w:16-40" "$o:0-24"
+report lvm-whole.lvs.json "$w=0"
+detach_all
+copy_into lvm-whole.img lvm-whole.lvs.json local lvm-fs/root.img
+rm -f ./*.conf
+
 echo "$stamp" >"$out/.done"

@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +21,8 @@ import (
 
 	"github.com/vmvault/vmvault/fs"
 	"github.com/vmvault/vmvault/fs/fstest"
+	"github.com/vmvault/vmvault/fs/image"
+	"github.com/vmvault/vmvault/fs/lvm"
 	"github.com/vmvault/vmvault/repo/extent"
 )
 
@@ -71,7 +76,7 @@ func TestXFSAgainstKernel(t *testing.T) {
 			for p, n := range got {
 				host := filepath.Join(mnt, p)
 				if n.typ == fs.TypeRegular {
-					compareContent(t, fsys, fs.Ino(n.ino), host)
+					compareSmall(t, fsys, n, host)
 					files++
 				}
 				if n.typ != fs.TypeSymlink {
@@ -129,7 +134,7 @@ func TestXFSv4AgainstSource(t *testing.T) {
 			t.Errorf("%s:\n got  %v\n want %v", p, g, w)
 		}
 		if g.typ == fs.TypeRegular {
-			compareContent(t, fsys, fs.Ino(g.ino), filepath.Join(src, p))
+			compareSmall(t, fsys, g, filepath.Join(src, p))
 		}
 	}
 	if len(got) != len(want) {
@@ -234,6 +239,31 @@ func TestXFSAllocated(t *testing.T) {
 	}
 }
 
+// compareSmall compares a file's content with a host file's byte for
+// byte when it is small, through compareContent's SHA-256 otherwise.
+func compareSmall(t *testing.T, fsys fs.FileSystem, n node, host string) {
+	t.Helper()
+	if n.size > 1<<20 {
+		compareContent(t, fsys, fs.Ino(n.ino), host)
+		return
+	}
+	f, err := fsys.Open(context.Background(), fs.Ino(n.ino))
+	if err != nil {
+		t.Fatalf("open %s: %v", host, err)
+	}
+	got := make([]byte, f.Size())
+	if _, err := f.ReadAt(got, 0); err != nil && err != io.EOF {
+		t.Fatalf("read %s: %v", host, err)
+	}
+	want, err := os.ReadFile(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s: content differs", host)
+	}
+}
+
 func xfsGeometry(t *testing.T, img string) map[string]int64 {
 	t.Helper()
 	out, err := exec.Command("xfs_db", "-r", "-c", "sb 0", "-c", "print blocksize agblocks dblocks", img).Output()
@@ -288,4 +318,322 @@ func fiemap(t *testing.T, path string) []extent.Range {
 			}
 		}
 	}
+}
+
+// lvsReport is what the build script saved from the real lvm tools: lvs
+// segments and, per PV device, where it starts on the disk.
+type lvsReport struct {
+	Segs []struct {
+		VG       string `json:"vg_name"`
+		LV       string `json:"lv_name"`
+		Size     string `json:"lv_size"`
+		StartPE  string `json:"seg_start_pe"`
+		SizePE   string `json:"seg_size_pe"`
+		PERanges string `json:"seg_pe_ranges"`
+		Stripes  string `json:"stripes"`
+		SegType  string `json:"segtype"`
+		Extent   string `json:"vg_extent_size"`
+	}
+	PVs map[string]struct {
+		Offset  *int64 `json:"offset"` // nil: not on this disk
+		PEStart int64  `json:"pe_start"`
+		UUID    string `json:"uuid"`
+	}
+}
+
+func readLVS(t *testing.T, path string) lvsReport {
+	t.Helper()
+	var rep lvsReport
+	var raw struct {
+		Report []struct {
+			Seg json.RawMessage `json:"seg"`
+		} `json:"report"`
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw.Report) != 1 {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if err := json.Unmarshal(raw.Report[0].Seg, &rep.Segs); err != nil {
+		t.Fatal(err)
+	}
+	b, err = os.ReadFile(path + ".pvs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep.PVs); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// diskRanges is where lvs says an LV lies on the disk, normalized; ok is
+// false when one of its PVs is not on the disk.
+func (rep lvsReport) diskRanges(t *testing.T, lv string) (out []extent.Range, ok bool) {
+	t.Helper()
+	ok = true
+	for _, s := range rep.Segs {
+		if s.LV != lv {
+			continue
+		}
+		ext, _ := strconv.ParseInt(s.Extent, 10, 64)
+		size, _ := strconv.ParseInt(s.SizePE, 10, 64)
+		areas := strings.Fields(s.PERanges)
+		for _, a := range areas {
+			dev, pes, _ := strings.Cut(a, ":")
+			first, last, _ := strings.Cut(pes, "-")
+			f, _ := strconv.ParseInt(first, 10, 64)
+			l, _ := strconv.ParseInt(last, 10, 64)
+			if l-f+1 != size/int64(len(areas)) {
+				t.Fatalf("%s: area %s of a %d-extent segment", lv, a, size)
+			}
+			pv, found := rep.PVs[dev]
+			if !found || pv.Offset == nil {
+				ok = false
+				continue
+			}
+			out = append(out, extent.Range{Offset: *pv.Offset + pv.PEStart + f*ext, Length: (l - f + 1) * ext})
+		}
+	}
+	return extent.Normalize(out), ok
+}
+
+func openDisk(t *testing.T, path string) (*image.Disk, *os.File) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, _ := f.Stat()
+	d, err := image.Open(f, fi.Size())
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	return d, f
+}
+
+// TestLVMAgainstLVMTools reads the LVs of a disk whose two PVs were made
+// by pvcreate/vgcreate/lvcreate (linear, striped over both PVs, two
+// segments in reverse order, swap, LUKS, an LV only the newer metadata
+// copy has) and checks them against lvs: names, sizes, where every LV
+// lies on the disk; each LV's bytes against the filesystem image copied
+// into it; and the files of each filesystem against the kernel's loop
+// mount of that image.
+func TestLVMAgainstLVMTools(t *testing.T) {
+	dir := volumeImages(t)
+	path := filepath.Join(dir, "lvm.img")
+	rep := readLVS(t, path[:len(path)-len(".img")]+".lvs.json")
+	d, _ := openDisk(t, path)
+	want := map[string]int64{}
+	for _, s := range rep.Segs {
+		size, _ := strconv.ParseInt(s.Size, 10, 64)
+		want[image.DMName(s.VG, s.LV)] = size
+	}
+	got := map[string]image.Partition{}
+	for _, p := range d.Partitions {
+		if p.Table == "lvm" {
+			got[p.Name] = p
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("LVs %v, lvs lists %v", keys(got), want)
+	}
+	for name, size := range want {
+		v, ok := got[name]
+		if !ok {
+			t.Errorf("LV %s missing", name)
+			continue
+		}
+		if v.Size != size || v.Error != "" {
+			t.Errorf("%s: size %d (lvs %d), error %q", name, v.Size, size, v.Error)
+		}
+		wantRanges, _ := rep.diskRanges(t, v.LV)
+		if g := v.DiskRanges(extent.Range{Offset: 0, Length: v.Size}); !slicesEqual(g, wantRanges) {
+			t.Errorf("%s: disk ranges %v, lvs %v", name, g, wantRanges)
+		}
+		// any piece of the volume maps to as many bytes inside its ranges
+		for _, r := range []extent.Range{{Offset: 1, Length: 70000}, {Offset: v.Size/2 - 4097, Length: 3 << 20}, {Offset: v.Size - 10, Length: 100}} {
+			g := v.DiskRanges(r)
+			if n := extent.Sum(g); n != min(r.End(), v.Size)-r.Offset || extent.Sum(extent.Intersect(g, wantRanges)) != n {
+				t.Errorf("%s: DiskRanges(%+v) = %v", name, r, g)
+			}
+		}
+	}
+	for _, p := range d.Partitions[:2] {
+		if p.Filesystem != "LVM2_member" {
+			t.Errorf("%s: filesystem %q", p.Name, p.Filesystem)
+		}
+		if _, err := d.OpenFS(p); err == nil || !strings.Contains(err.Error(), "volume group vgtest") {
+			t.Errorf("%s: OpenFS error %v", p.Name, err)
+		}
+	}
+	for _, c := range []struct{ lv, img, fsType string }{
+		{"vgtest-root", "root.img", "ext4"}, {"vgtest-split--ext4", "split.img", "ext4"},
+		{"vgtest-data--x", "striped.img", "xfs"}, {"vgtest-swap", "swap.img", "swap"},
+		{"vgtest-crypt", "crypt.img", "crypto_LUKS"}, {"vgtest-late", "", ""},
+	} {
+		t.Run(c.lv, func(t *testing.T) {
+			v, err := d.Partition(c.lv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Filesystem != c.fsType {
+				t.Errorf("filesystem %q, want %q", v.Filesystem, c.fsType)
+			}
+			if c.img == "" {
+				return
+			}
+			fsimg := filepath.Join(dir, "lvm-fs", c.img)
+			want, err := os.ReadFile(fsimg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gotBytes := make([]byte, len(want))
+			if _, err := d.Reader(v).ReadAt(gotBytes, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(gotBytes, want) {
+				t.Fatalf("LV bytes differ from %s", c.img)
+			}
+			fsys, err := d.OpenFS(v)
+			if c.fsType == "swap" || c.fsType == "crypto_LUKS" {
+				if err == nil {
+					t.Fatalf("%s opened as a filesystem", c.fsType)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			mnt := mount(t, fsimg, "mount", "-o", "ro,loop")
+			gotTree := ours(t, fsys, true)
+			compareTrees(t, gotTree, kernelTree(t, mnt), true)
+			for p, n := range gotTree {
+				if n.typ == fs.TypeRegular {
+					compareSmall(t, fsys, n, filepath.Join(mnt, p))
+				}
+			}
+		})
+	}
+}
+
+// TestLVMNewestValidMetadata: the two PVs of lvm.img hold metadata of
+// seqno 10 (p1) and 9 (p2, without LV "late"). With p1's copy damaged
+// (one byte of its text changed), the reader falls back to p2's.
+func TestLVMNewestValidMetadata(t *testing.T) {
+	dir := volumeImages(t)
+	b, err := os.ReadFile(filepath.Join(dir, "lvm.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := b[1<<20 : 2<<20]
+	i := bytes.LastIndex(p1, []byte("seqno = 10\n"))
+	if i < 0 {
+		t.Fatal("no seqno 10 in p1's metadata")
+	}
+	p1[i+len("seqno = 1")] = '9'
+	d, err := image.Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Partition("vgtest-late"); err == nil {
+		t.Error("LV late of the damaged newer metadata is listed")
+	}
+	if _, err := d.Partition("vgtest-root"); err != nil {
+		t.Error(err)
+	}
+	d, _ = openDisk(t, filepath.Join(dir, "lvm.img"))
+	if _, err := d.Partition("vgtest-late"); err != nil {
+		t.Errorf("undamaged image: %v", err)
+	}
+}
+
+// TestLVMSpansAnotherDisk reads a disk that is one PV of a VG whose other
+// PV is on another disk: the LV on this disk is read, the one spanning
+// both is listed with an error and never guessed.
+func TestLVMSpansAnotherDisk(t *testing.T) {
+	dir := volumeImages(t)
+	d, _ := openDisk(t, filepath.Join(dir, "lvm-whole.img"))
+	if d.Table != "none" || d.Partitions[0].Filesystem != "LVM2_member" {
+		t.Fatalf("table %s, p0 %+v", d.Table, d.Partitions[0])
+	}
+	local, err := d.Partition("vgw-local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(dir, "lvm-fs", "root.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := d.Reader(local).ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("vgw-local differs from root.img (%v)", err)
+	}
+	if fsys, err := d.OpenFS(local); err != nil || fsys.Label() != "lvm-root" {
+		t.Errorf("vgw-local: %v", err)
+	}
+	span, err := d.Partition("vgw-span")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(span.Error, "spans another disk") {
+		t.Errorf("vgw-span error %q", span.Error)
+	}
+	if _, err := d.OpenFS(span); err == nil || !strings.Contains(err.Error(), "spans another disk") {
+		t.Errorf("vgw-span OpenFS: %v", err)
+	}
+	if r := span.DiskRanges(extent.Range{Offset: 0, Length: 4096}); r != nil {
+		t.Errorf("vgw-span maps to %v", r)
+	}
+}
+
+// TestLVMVgcfgbackup parses vgcfgbackup's file of the VG with fs/lvm and
+// compares its LVs with lvs.
+func TestLVMVgcfgbackup(t *testing.T) {
+	dir := volumeImages(t)
+	text, err := os.ReadFile(filepath.Join(dir, "lvm.vgcfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vg, err := lvm.ParseVG(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := readLVS(t, filepath.Join(dir, "lvm.lvs.json"))
+	segs := map[string]int{}
+	for _, s := range rep.Segs {
+		segs[s.LV]++
+	}
+	if len(vg.LVs) != len(segs) {
+		t.Errorf("%d LVs, lvs lists %d", len(vg.LVs), len(segs))
+	}
+	for _, lv := range vg.LVs {
+		if len(lv.Segments) != segs[lv.Name] || !lv.Visible || lv.Unsupported != "" {
+			t.Errorf("%s: %d segments (lvs %d), visible %v, %q", lv.Name, len(lv.Segments), segs[lv.Name], lv.Visible, lv.Unsupported)
+		}
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func slicesEqual(a, b []extent.Range) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
