@@ -109,6 +109,9 @@ func (f *FS) parseDirData(b []byte, out []fs.DirEntry, what string) ([]fs.DirEnt
 			pos += n
 			continue
 		}
+		if pos+16 > end {
+			return out, corrupt("%s: entry at %d runs past the data", what, pos)
+		}
 		child := be.Uint64(b[pos:])
 		n := int(b[pos+8])
 		size := (8 + 1 + n + ft + 2 + 7) &^ 7
