@@ -9,11 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"unsafe"
 
@@ -26,41 +24,12 @@ import (
 	"github.com/vmvault/vmvault/repo/extent"
 )
 
-var (
-	volOnce   sync.Once
-	volDir    string
-	volErr    error
-	volOutput []byte
-)
-
-// volumeImages builds the XFS and LVM images of
-// scripts/make-volume-images.sh once per machine ($TMPDIR/vmvault-volimg,
-// or VMVAULT_VOLIMG) and returns their directory.
-func volumeImages(t *testing.T) string {
-	t.Helper()
-	fstest.NeedRoot(t)
-	fstest.NeedTools(t, "mkfs.xfs", "xfs_db", "pvcreate", "vgcreate", "lvcreate", "lvs", "mke2fs", "sfdisk", "setfattr", "setfacl", "python3")
-	volOnce.Do(func() {
-		volDir = os.Getenv("VMVAULT_VOLIMG")
-		if volDir == "" {
-			volDir = filepath.Join(os.TempDir(), "vmvault-volimg")
-		}
-		_, file, _, _ := runtime.Caller(0)
-		script := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "make-volume-images.sh")
-		volOutput, volErr = exec.Command("bash", script, volDir).CombinedOutput()
-	})
-	if volErr != nil {
-		t.Fatalf("make-volume-images.sh: %v\n%s", volErr, volOutput)
-	}
-	return volDir
-}
-
 // TestXFSAgainstKernel compares every path of the v5 XFS images with the
 // kernel's loop mount: type, inode number, size, mode, owner, link count,
 // all three times to the nanosecond, symlink target, device number,
 // creation time, every xattr (ACLs included) and every file's SHA-256.
 func TestXFSAgainstKernel(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	for _, img := range []string{"xfs5.img", "xfs5-1k.img"} {
 		t.Run(img, func(t *testing.T) {
 			path := filepath.Join(dir, img)
@@ -115,7 +84,7 @@ func TestXFSAgainstKernel(t *testing.T) {
 // types, sizes, modes, owners, targets, device numbers and content; and
 // inode numbers with xfs_db's directory listings.
 func TestXFSv4AgainstSource(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	path := filepath.Join(dir, "xfs4.img")
 	fsys, _, _ := openPart(t, path, "p0")
 	src := filepath.Join(dir, "src4")
@@ -171,7 +140,7 @@ func TestXFSv4AgainstSource(t *testing.T) {
 // extents (exactly its complement) and against the kernel's FIEMAP of
 // every file (no file block in free space).
 func TestXFSAllocated(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	for _, img := range []string{"xfs5.img", "xfs5-1k.img", "xfs4.img"} {
 		t.Run(img, func(t *testing.T) {
 			path := filepath.Join(dir, img)
@@ -423,7 +392,7 @@ func openDisk(t *testing.T, path string) (*image.Disk, *os.File) {
 // into it; and the files of each filesystem against the kernel's loop
 // mount of that image.
 func TestLVMAgainstLVMTools(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	path := filepath.Join(dir, "lvm.img")
 	rep := readLVS(t, path[:len(path)-len(".img")]+".lvs.json")
 	d, _ := openDisk(t, path)
@@ -524,7 +493,7 @@ func TestLVMAgainstLVMTools(t *testing.T) {
 // seqno 10 (p1) and 9 (p2, without LV "late"). With p1's copy damaged
 // (one byte of its text changed), the reader falls back to p2's.
 func TestLVMNewestValidMetadata(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	b, err := os.ReadFile(filepath.Join(dir, "lvm.img"))
 	if err != nil {
 		t.Fatal(err)
@@ -555,7 +524,7 @@ func TestLVMNewestValidMetadata(t *testing.T) {
 // PV is on another disk: the LV on this disk is read, the one spanning
 // both is listed with an error and never guessed.
 func TestLVMSpansAnotherDisk(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	d, _ := openDisk(t, filepath.Join(dir, "lvm-whole.img"))
 	if d.Table != "none" || d.Partitions[0].Filesystem != "LVM2_member" {
 		t.Fatalf("table %s, p0 %+v", d.Table, d.Partitions[0])
@@ -593,7 +562,7 @@ func TestLVMSpansAnotherDisk(t *testing.T) {
 // TestLVMVgcfgbackup parses vgcfgbackup's file of the VG with fs/lvm and
 // compares its LVs with lvs.
 func TestLVMVgcfgbackup(t *testing.T) {
-	dir := volumeImages(t)
+	dir := fstest.VolumeImages(t)
 	text, err := os.ReadFile(filepath.Join(dir, "lvm.vgcfg"))
 	if err != nil {
 		t.Fatal(err)
