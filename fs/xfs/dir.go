@@ -16,6 +16,9 @@ const (
 	// dirLeafOffset is where a directory's leaf (hash index) space starts;
 	// every entry lives in a data block below it.
 	dirLeafOffset = 32 << 30
+	// maxDirData bounds the directory data blocks read for one directory
+	// (about 20 million entries), and so the memory its listing takes.
+	maxDirData = 1 << 30
 )
 
 // parseShortDir decodes a short-form directory held in the inode's data
@@ -209,6 +212,7 @@ func (f *FS) readBlockDir(ctx context.Context, in *inode) ([]fs.DirEntry, error)
 	dirBlk := f.blockSize << f.dirBlkLog
 	perDir := uint64(1) << f.dirBlkLog
 	var out []fs.DirEntry
+	var read int64
 	buf := make([]byte, dirBlk)
 	last := uint64(1<<64 - 1)
 	for _, r := range fl.runs {
@@ -223,6 +227,9 @@ func (f *FS) readBlockDir(ctx context.Context, in *inode) ([]fs.DirEntry, error)
 			off := int64(b) * f.blockSize
 			if off+dirBlk > size {
 				break
+			}
+			if read += dirBlk; read > maxDirData {
+				return nil, corrupt("directory inode %d holds more than %d bytes of entries", in.ino, maxDirData)
 			}
 			if _, err := fl.ReadAt(buf, off); err != nil {
 				return nil, fmt.Errorf("xfs: directory inode %d block %d: %w", in.ino, b, err)

@@ -563,13 +563,14 @@ func (f *FS) Readlink(ctx context.Context, ino fs.Ino) (string, error) {
 	}
 	// v5: every extent starts with a header saying which bytes it holds.
 	const hdr = 56
-	fl, err := f.openFork(ctx, in, false, maxSymlink*f.blockSize)
+	maxBlocks := (maxSymlink + f.blockSize - hdr - 1) / (f.blockSize - hdr)
+	fl, err := f.openFork(ctx, in, false, maxBlocks*f.blockSize)
 	if err != nil {
 		return "", err
 	}
 	out := make([]byte, 0, in.size)
 	for i, r := range fl.runs {
-		if r.unwritten || r.count > maxSymlink {
+		if r.unwritten || int64(r.count) > maxBlocks {
 			return "", corrupt("symlink inode %d extent %d", ino, i)
 		}
 		b := make([]byte, int64(r.count)*f.blockSize)
