@@ -147,3 +147,33 @@ func TestParseVG(t *testing.T) {
 		})
 	}
 }
+
+// TestHiddenAndSnapshot: LVs without the VISIBLE flag (pool internals)
+// are marked hidden; an old-style snapshot's copy-on-write LV says whose
+// snapshot it is instead of pretending to hold a filesystem.
+func TestHiddenAndSnapshot(t *testing.T) {
+	text := `vg { id = "v" seqno = 1 extent_size = 8 physical_volumes { pv0 { id = "p" pe_start = 8 pe_count = 100 } }
+logical_volumes {
+origin { status = ["READ", "VISIBLE"] segment1 { start_extent = 0 extent_count = 4 type = "striped" stripe_count = 1 stripes = ["pv0", 0] } }
+snap { status = ["READ", "VISIBLE"] segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv0", 10] } }
+snapshot0 { status = ["READ"] segment1 { start_extent = 0 extent_count = 4 type = "snapshot" origin = "origin" cow_store = "snap" chunk_size = 8 } }
+pool_tdata { status = ["READ", "WRITE"] segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv0", 20] } }
+} }`
+	vg, err := ParseVG(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]LV{}
+	for _, lv := range vg.LVs {
+		got[lv.Name] = lv
+	}
+	if l := got["origin"]; !l.Visible || l.Unsupported != "" {
+		t.Errorf("origin: %+v", l)
+	}
+	if l := got["snap"]; !l.Visible || !strings.Contains(l.Unsupported, "snapshot of origin") {
+		t.Errorf("snap: %+v", l)
+	}
+	if got["snapshot0"].Visible || got["pool_tdata"].Visible {
+		t.Errorf("hidden LVs visible: %+v %+v", got["snapshot0"], got["pool_tdata"])
+	}
+}
