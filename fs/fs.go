@@ -148,6 +148,16 @@ type FileSystem interface {
 	Warnings() []string
 }
 
+// AllocationMapper is implemented by filesystems that know which of their
+// blocks are in use (their allocation bitmaps or free-space trees).
+type AllocationMapper interface {
+	// Allocated returns the byte ranges, relative to the start of the
+	// filesystem, that hold file data or metadata, normalized. Everything
+	// else is free space: its content is not reachable through the
+	// filesystem. When unsure about a region, include it.
+	Allocated(ctx context.Context) ([]extent.Range, error)
+}
+
 // HiddenChecker is implemented by filesystems with metadata files that are
 // hidden from listings unless asked for (NTFS $MFT and friends).
 type HiddenChecker interface {
