@@ -361,7 +361,7 @@ func (s *session) teardown(ctx context.Context, ok bool) error {
 		}
 	}
 	if s.serverUp || s.added {
-		_, err := removeOwn(ctx, s.m, s.run, s.log)
+		_, _, err := removeOwn(ctx, s.m, s.run, s.log)
 		errs = append(errs, err)
 	}
 	if s.serverUp {

@@ -15,12 +15,14 @@ import (
 // of run, or every vmvault-* one when run is "". It waits for the
 // asynchronous removals (export deleted, job cancelled) before deleting
 // the nodes below them, and deletes the overlay files of nodes it removes.
-// It returns what it removed.
-func removeOwn(ctx context.Context, m *Monitor, run string, log *slog.Logger) ([]string, error) {
+// It returns what it removed, and the capture temp directories of the
+// overlay files (to be removed once the NBD server's socket is gone).
+func removeOwn(ctx context.Context, m *Monitor, run string, log *slog.Logger) ([]string, []string, error) {
 	st, err := queryState(ctx, m)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var dirs []string
 	mine := func(name, kind string) bool {
 		if run == "" {
 			return strings.HasPrefix(name, prefix)
@@ -90,19 +92,32 @@ func removeOwn(ctx context.Context, m *Monitor, run string, log *slog.Logger) ([
 			continue
 		}
 		removed = append(removed, "node "+n.NodeName)
-		// the overlay file, when it lies in a capture's temp directory
-		f := n.Image.Filename
-		if dir := filepath.Dir(f); strings.HasPrefix(filepath.Base(dir), "vmvault-qemu-") && strings.HasPrefix(filepath.Base(f), prefix) {
-			if err := os.Remove(f); err == nil {
-				removed = append(removed, "file "+f)
-			} else if !errors.Is(err, os.ErrNotExist) {
-				log.Warn("overlay file not removed", "file", f, "err", err)
-			}
-			os.Remove(filepath.Join(dir, "nbd.sock"))
-			os.Remove(dir) // only when empty
-		}
 	}
-	return removed, errors.Join(errs...)
+	// overlay files: the file nodes below the overlays (the overlays'
+	// own filename may be a json: description) in capture temp directories
+	for _, n := range st.nodes {
+		f := n.Image.Filename
+		dir := filepath.Dir(f)
+		if n.Drv != "file" || !strings.HasPrefix(filepath.Base(dir), "vmvault-qemu-") || !mine(filepath.Base(f), "ovl") {
+			continue
+		}
+		if err := os.Remove(f); err == nil {
+			removed = append(removed, "file "+f)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("overlay file not removed", "file", f, "err", err)
+		}
+		dirs = append(dirs, dir)
+	}
+	return removed, dirs, errors.Join(errs...)
+}
+
+// removeTempDirs removes capture temp directories holding nothing but the
+// NBD server's socket.
+func removeTempDirs(dirs []string) {
+	for _, dir := range dirs {
+		os.Remove(filepath.Join(dir, "nbd.sock"))
+		os.Remove(dir) // only when empty
+	}
 }
 
 // field returns a string field of an event's data.
@@ -128,10 +143,11 @@ func Cleanup(ctx context.Context, monitor string, log *slog.Logger) ([]string, e
 		return nil, err
 	}
 	defer m.Close()
-	done, err := removeOwn(ctx, m, "", log)
+	done, dirs, err := removeOwn(ctx, m, "", log)
 	if err != nil {
 		return done, err
 	}
+	defer removeTempDirs(dirs)
 	st, err := queryState(ctx, m)
 	if err != nil {
 		return done, err
