@@ -78,7 +78,12 @@ func (a *Agent) sync(ctx context.Context) error {
 
 // Execute runs one agent command and decodes its answer into result.
 func (a *Agent) Execute(ctx context.Context, cmd string, args, result any) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("guest agent %s: %w", cmd, err)
+	}
 	a.deadline(ctx)
+	stop := context.AfterFunc(ctx, func() { a.conn.SetDeadline(time.Now()) })
+	defer stop()
 	req := map[string]any{"execute": cmd}
 	if args != nil {
 		req["arguments"] = args
