@@ -69,7 +69,7 @@ func (a *fakeAgent) serve(c net.Conn) {
 		}
 		line = []byte(strings.TrimLeft(string(line), "\xff"))
 		var req struct {
-			Execute   string         `json:"execute"`
+			Execute   string                     `json:"execute"`
 			Arguments map[string]json.RawMessage `json:"arguments"`
 		}
 		if err := json.Unmarshal(line, &req); err != nil {

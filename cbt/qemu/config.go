@@ -50,8 +50,8 @@ func (s *session) queryConfig(ctx context.Context, st *state) (json.RawMessage, 
 		UUID string `json:"UUID"`
 	}
 	var ver struct {
-		QEMU struct{ Major, Minor, Micro int } `json:"qemu"`
-		Package string `json:"package"`
+		QEMU    struct{ Major, Minor, Micro int } `json:"qemu"`
+		Package string                            `json:"package"`
 	}
 	var target struct {
 		Arch string `json:"arch"`
@@ -78,4 +78,3 @@ func (s *session) queryConfig(ctx context.Context, st *state) (json.RawMessage, 
 	}
 	return json.Marshal(c)
 }
-
