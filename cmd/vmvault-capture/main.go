@@ -24,7 +24,7 @@ existing ones.
 ` + cli.ExitCodesHelp,
 	}
 	g.Install(root)
-	root.AddCommand(newFileCommand(g), newVSphereCommand(g), newNBDCommand(g))
+	root.AddCommand(newFileCommand(g), newVSphereCommand(g), newNBDCommand(g), newQEMUCommand(g))
 	return root
 }
 
