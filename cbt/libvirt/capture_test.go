@@ -174,3 +174,48 @@ func TestDomainFailureAndLostMetadata(t *testing.T) {
 	}
 	_ = filepath.Join
 }
+
+// TestVirtnbdbackupPeer: a domain virtnbdbackup already backs up (with
+// its own checkpoint chain) is captured by vmvault too, incrementally;
+// virtnbdbackup's checkpoints are never touched. (virtnbdbackup itself
+// refuses to run on a domain with checkpoints of another tool.)
+func TestVirtnbdbackupPeer(t *testing.T) {
+	l := needLibvirt(t)
+	needTools(t, "virtnbdbackup")
+	td := newDomain(t, l, 16<<20)
+	r := repotest.New(t, repotest.Options{ChunkSize: 64 << 10})
+	tmp := t.TempDir()
+	traversable(t, tmp)
+	vbk := filepath.Join(t.TempDir(), "vbk")
+	run(t, "virtnbdbackup", "-d", td.name, "-l", "full", "-o", vbk)
+	td.write("vda", 1<<20, 4096, 1)
+	run(t, "virtnbdbackup", "-d", td.name, "-l", "inc", "-o", vbk)
+	theirs := td.checkpoints()
+	var want map[string][]byte
+	o := Options{Repo: r, Domain: td.name, TmpDir: tmp, afterBegin: func() { want = td.snapshot() }}
+	rp, err := CaptureDomain(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, r, rp, want)
+	if mode, reason, _, _ := stats(t, rp, "vda"); mode != "full" {
+		t.Errorf("first capture: %s (%s)", mode, reason)
+	}
+	for i := 0; i < 2; i++ {
+		td.write("vda", int64(2+i)<<20, 4096, byte(2+i))
+		rp, err = CaptureDomain(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, r, rp, want)
+		if mode, reason, changed, _ := stats(t, rp, "vda"); mode != "extents" || changed != 64<<10 {
+			t.Errorf("incremental %d: %s (%s), %d dirty bytes", i, mode, reason, changed)
+		}
+	}
+	all := strings.Join(td.checkpoints(), ",")
+	for _, c := range theirs {
+		if !strings.Contains(all, strings.Split(c, "<")[0]+"<") {
+			t.Errorf("virtnbdbackup's checkpoint %s is gone: %s", c, all)
+		}
+	}
+}
