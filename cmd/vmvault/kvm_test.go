@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -295,7 +297,9 @@ func TestLibvirtCapture(t *testing.T) {
 	os.WriteFile(xml, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
 <source file='%s'/><target dev='vda' bus='virtio'/></disk><video><model type='none'/></video><memballoon model='none'/></devices></domain>`, name, img)), 0o644)
-	virsh := func(args ...string) string { return sh(t, "virsh", append([]string{"-c", "qemu:///system"}, args...)...) }
+	virsh := func(args ...string) string {
+		return sh(t, "virsh", append([]string{"-c", "qemu:///system"}, args...)...)
+	}
 	virsh("define", xml)
 	t.Cleanup(func() {
 		exec.Command("virsh", "-c", "qemu:///system", "destroy", name).Run()
@@ -390,3 +394,124 @@ func TestNBDCaptureCLI(t *testing.T) {
 		t.Error("qcow2 incremental restore differs from the image")
 	}
 }
+
+// TestQEMUCaptureInterrupt sends SIGINT to vmvault-capture qemu while it
+// reads (the disk's reads are throttled in QEMU, the guest is paused):
+// exit 130, no restore point, and QEMU holds no export, job, overlay
+// node or extra bitmap, the temp dir is empty, and the next capture is
+// incremental. Then `qemu cleanup` finds nothing to do.
+func TestQEMUCaptureInterrupt(t *testing.T) {
+	needTools(t, "qemu-system-x86_64", "qemu-img")
+	e := newEnv(t, "--chunk-size", "64KiB")
+	raw := filepath.Join(e.dir, "src.raw")
+	makeImage(t, raw, 32<<20, 7)
+	img := filepath.Join(e.dir, "vda.qcow2")
+	sh(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, img)
+	qmp, testQMP := filepath.Join(e.dir, "qmp.sock"), filepath.Join(e.dir, "qmp-test.sock")
+	vm := exec.Command("qemu-system-x86_64", "-S", "-machine", "pc,accel=tcg", "-nodefaults", "-display", "none", "-m", "64",
+		"-qmp", "unix:"+qmp+",server=on,wait=off", "-qmp", "unix:"+testQMP+",server=on,wait=off",
+		"-object", `{"qom-type":"throttle-group","id":"tg0","limits":{"bps-read":8388608}}`,
+		"-blockdev", "driver=qcow2,node-name=sys,file.driver=throttle,file.throttle-group=tg0,file.file.driver=file,file.file.filename="+img,
+		"-device", "virtio-blk-pci,drive=sys,id=vda")
+	var vmOut bytes.Buffer
+	vm.Stdout, vm.Stderr = &vmOut, &vmOut
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { vm.Process.Kill(); vm.Wait() }()
+	var m *qemu.Monitor
+	for i := 0; ; i++ {
+		var err error
+		if m, err = qemu.DialMonitor(context.Background(), "unix:"+testQMP); err == nil {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("QMP: %v\n%s", err, vmOut.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	defer m.Close()
+	tmp := filepath.Join(e.dir, "tmp")
+	os.Mkdir(tmp, 0o700)
+	args := []string{"qemu", "--json", "--vm", "vm1", "--qmp", "unix:" + qmp, "--tmp-dir", tmp}
+	e.ok("vmvault-capture", args...) // full, 16 MiB of data at 8 MiB/s
+	var before []string
+	bitmaps := func() []string {
+		var nodes []struct {
+			NodeName string `json:"node-name"`
+			Bitmaps  []struct {
+				Name      string `json:"name"`
+				Recording bool   `json:"recording"`
+			} `json:"dirty-bitmaps"`
+		}
+		if err := m.Execute(context.Background(), "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range nodes {
+			if strings.HasPrefix(n.NodeName, "vmvault-") {
+				t.Errorf("node %s left", n.NodeName)
+			}
+			for _, b := range n.Bitmaps {
+				out = append(out, fmt.Sprintf("%s/%s recording=%v", n.NodeName, b.Name, b.Recording))
+			}
+		}
+		var jobs, exports []json.RawMessage
+		m.Execute(context.Background(), "query-jobs", nil, &jobs)
+		m.Execute(context.Background(), "query-block-exports", nil, &exports)
+		if len(jobs)+len(exports) > 0 {
+			t.Errorf("jobs %s, exports %s left", jobs, exports)
+		}
+		return out
+	}
+	before = bitmaps()
+
+	cmd := exec.Command(filepath.Join(binDir, "vmvault-capture"), append(args, "--full")...)
+	cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; !strings.Contains(stderr.String(), "capture plan"); i++ {
+		if i == 400 {
+			t.Fatalf("no capture plan logged: %s", stderr.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // reading
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Fatalf("interrupted capture: %v, want exit 130\n%s", err, stderr.String())
+	}
+	if after := bitmaps(); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Errorf("bitmaps after the interrupt %v, want %v", after, before)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+		t.Errorf("%d temp entries left", len(ents))
+	}
+	var list []json.RawMessage
+	json.Unmarshal([]byte(e.ok("vmvault", "snapshots", "--json")), &list)
+	if len(list) != 1 {
+		t.Errorf("%d restore points, want 1", len(list))
+	}
+	var c qemuCaptureJSON
+	json.Unmarshal([]byte(e.ok("vmvault-capture", args...)), &c)
+	if c.Disks[0].Mode != "extents" {
+		t.Errorf("capture after the interrupt: %+v", c.Disks[0])
+	}
+	if out := e.ok("vmvault-capture", "qemu", "cleanup", "--qmp", "unix:"+qmp); out != "nothing to clean up\n" {
+		t.Errorf("cleanup after clean captures: %q", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
