@@ -241,7 +241,7 @@ func (s *session) prepare(ctx context.Context) error {
 	if err := s.m.Execute(ctx, "nbd-server-start", map[string]any{
 		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": s.sock}},
 	}, nil); err != nil {
-		return fmt.Errorf("start QEMU's NBD server: %w", err)
+		return fmt.Errorf("start QEMU's NBD server (QEMU runs one; is it serving something else, or left by a killed capture: 'vmvault-capture qemu cleanup'?): %w", err)
 	}
 	s.serverUp = true
 	for _, d := range s.disks {
