@@ -147,6 +147,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		return err
 	}
+	return printCapture(cmd, rp, start, o.json)
+}
+
+// summarize describes a new restore point for output.
+func summarize(rp *repo.RestorePoint, start time.Time) captureSummary {
 	sum := captureSummary{ID: rp.ID.String(), VM: rp.VM, Time: rp.Time.Format(time.RFC3339Nano), DurationSeconds: format.Float3(time.Since(start).Seconds())}
 	for _, d := range rp.Disks {
 		if sum.Parent == "" {
@@ -154,9 +159,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		sum.Disks = append(sum.Disks, diskSummary{Name: d.Name, Size: d.Size, Parent: d.Parent, DiskStats: d.Stats})
 	}
-	if o.json {
-		return cli.PrintJSON(cmd.OutOrStdout(), sum)
-	}
+	return sum
+}
+
+// printSummary prints a capture summary for people.
+func printSummary(cmd *cobra.Command, rp *repo.RestorePoint, sum captureSummary) {
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "restore point %s of %s created in %.1fs\n", rp.ID.Short(), rp.VM, float64(sum.DurationSeconds))
 	for _, d := range sum.Disks {
@@ -166,5 +173,4 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		fmt.Fprintf(w, "  %s: %s %s, read %s, stored %s in %d new chunks\n", d.Name, cli.Bytes(d.Size), mode, cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored), d.NewChunks)
 	}
-	return nil
 }
