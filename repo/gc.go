@@ -201,7 +201,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			rep.RemovedBytes += o.size
 		}
 	}
-	if c, ok := r.be.(pack.Compactor); ok {
+	if c := r.packs; c != nil {
 		// Removed chunks only leave the pack index; compaction frees
 		// their space (and that of packs orphaned by crashed captures).
 		if remove {

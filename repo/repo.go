@@ -74,10 +74,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/cache"
 	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
@@ -91,6 +94,7 @@ var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
 // Repository is an open repository. It is safe for concurrent use.
 type Repository struct {
 	be       backend.Backend
+	packs    *pack.Backend // the pack layer in be's chain (format version 2), or nil
 	cfg      *format.Config
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
@@ -107,9 +111,13 @@ type Options struct {
 	// CacheSize bounds the decoded-chunk cache shared by all Disks, in bytes.
 	// Zero means DefaultCacheSize.
 	CacheSize int64
-	// IndexCacheDir, when set, keeps local copies of pack indexes (a
-	// repository on object storage then opens without fetching them all).
-	IndexCacheDir string
+	// DiskCacheDir, when set, keeps local copies of what a repository on a
+	// backend with costly reads (object storage: Properties.CheapRangedReads
+	// false) gives out: chunk frames, indexes, manifests and pack indexes,
+	// at most DiskCacheSize bytes (repo/backend/cache). Backends with cheap
+	// reads get no disk cache.
+	DiskCacheDir  string
+	DiskCacheSize int64
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -180,13 +188,28 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
 	}
+	remote := opts.DiskCacheDir != "" && !be.Properties().CheapRangedReads
+	var packs *pack.Backend
 	if cfg.PackSize > 0 {
-		be = pack.New(be, pack.Options{PackSize: cfg.PackSize, IndexCacheDir: opts.IndexCacheDir})
+		po := pack.Options{PackSize: cfg.PackSize}
+		if remote {
+			po.IndexCacheDir = filepath.Join(opts.DiskCacheDir, cfg.ID, "packidx")
+		}
+		packs = pack.New(be, po)
+		be = packs
+	}
+	if remote {
+		c, err := cache.New(be, cache.Options{Dir: filepath.Join(opts.DiskCacheDir, cfg.ID, "objects"), Size: opts.DiskCacheSize})
+		if err != nil {
+			slog.Warn("no disk cache: reading everything from the backend", "err", err)
+		} else {
+			be = c
+		}
 	}
 	host, _ := os.Hostname()
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+	return &Repository{be: be, packs: packs, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
 		props: be.Properties(), hostname: host, now: time.Now}
 }
 

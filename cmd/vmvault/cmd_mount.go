@@ -45,7 +45,7 @@ As root the mount is made directly; otherwise through fusermount3.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cache, err := cli.ParseSize(cacheSize)
 			if err != nil {
-				return cli.Usagef("--cache-size: %v", err)
+				return cli.Usagef("--memory-cache: %v", err)
 			}
 			ctx := cmd.Context()
 			r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cache})
@@ -111,7 +111,7 @@ As root the mount is made directly; otherwise through fusermount3.`,
 		},
 	}
 	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users read the mount (needs user_allow_other in /etc/fuse.conf unless root)")
-	cmd.Flags().StringVar(&cacheSize, "cache-size", "256MiB", "decoded chunk cache shared by all readers")
+	cmd.Flags().StringVar(&cacheSize, "memory-cache", "256MiB", "decoded chunk cache in memory shared by all readers")
 	return cmd
 }
 

@@ -260,3 +260,11 @@ type Prefetcher interface {
 type BufferLoader interface {
 	LoadInto(ctx context.Context, h Handle, buf []byte) ([]byte, error)
 }
+
+// BatchLoader is implemented by backends that load many whole objects of
+// one type at once cheaper than one by one (the pack layer reads runs of
+// neighbouring chunk frames with one ranged read). Objects that are
+// missing are left out of the result; fn gets each loaded object once.
+type BatchLoader interface {
+	LoadBatch(ctx context.Context, t FileType, names []string, fn func(name string, data []byte) error) error
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -62,6 +63,8 @@ type Global struct {
 	LockWait   time.Duration
 	Quiet      bool
 	CPUProfile string
+	CacheDir   string
+	CacheSize  string
 
 	stopProfile func()
 }
@@ -73,6 +76,38 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
 	_ = fs.MarkHidden("cpu-profile")
+	fs.StringVar(&g.CacheDir, "cache-dir", os.Getenv("VMVAULT_CACHE_DIR"), "disk cache for repositories on object storage (env VMVAULT_CACHE_DIR; default ~/.cache/vmvault; \"off\" for none)")
+	fs.StringVar(&g.CacheSize, "cache-size", envOr("VMVAULT_CACHE_SIZE", "4GiB"), "most the disk cache holds per repository (env VMVAULT_CACHE_SIZE)")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// diskCache returns the disk cache directory and size of the flags.
+func (g *Global) diskCache() (string, int64, error) {
+	size, err := ParseSize(g.CacheSize)
+	if err != nil {
+		return "", 0, Usagef("--cache-size: %v", err)
+	}
+	switch g.CacheDir {
+	case "off":
+		return "", 0, nil
+	case "":
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", 0, nil // no home: no cache
+			}
+			base = filepath.Join(home, ".cache")
+		}
+		return filepath.Join(base, "vmvault"), size, nil
+	}
+	return g.CacheDir, size, nil
 }
 
 // Install registers the global flags on root and makes --cpu-profile
@@ -130,6 +165,12 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	if opts.DiskCacheDir == "" {
+		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
+			_ = be.Close()
+			return nil, err
+		}
 	}
 	r, err := repo.Open(ctx, be, opts)
 	if err != nil {
