@@ -131,6 +131,11 @@ type InitOptions struct {
 	// format.DefaultPackSize, negative one object per chunk (format
 	// version 1, as repositories before packs).
 	PackSize int64
+	// ObjectLock is the retention every object gets from a backend that
+	// locks objects (S3 Object Lock; the backend must have been created
+	// with it); recorded so forget, prune and gc leave protected objects
+	// alone.
+	ObjectLock time.Duration
 }
 
 // Init creates a repository in an empty backend.
@@ -151,6 +156,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
 		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
+		ObjectLockSeconds: int64(opts.ObjectLock / time.Second),
 	}
 	switch {
 	case opts.PackSize == 0:
