@@ -118,6 +118,10 @@ type Options struct {
 	// reads get no disk cache.
 	DiskCacheDir  string
 	DiskCacheSize int64
+	// Hostname names this host in lock objects ("" : os.Hostname). Hosts
+	// sharing a repository must have different names: a lock of this
+	// host's name whose process is gone is stale at once.
+	Hostname string
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -212,7 +216,10 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 			be = c
 		}
 	}
-	host, _ := os.Hostname()
+	host := opts.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
 	return &Repository{be: be, packs: packs, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,

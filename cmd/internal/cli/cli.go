@@ -166,6 +166,9 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
 	}
+	if opts.Hostname == "" {
+		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
+	}
 	if opts.DiskCacheDir == "" {
 		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
 			_ = be.Close()
