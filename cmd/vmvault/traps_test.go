@@ -5,10 +5,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -89,5 +93,170 @@ func TestCatDamagedStreamsGoodPrefix(t *testing.T) {
 		if !strings.Contains(errs, want) {
 			t.Errorf("error does not name %q: %s", want, errs)
 		}
+	}
+}
+
+// splitShell splits a documented command line into words: single quotes
+// group, a '#' word starts a comment.
+func splitShell(line string) []string {
+	var words []string
+	var cur strings.Builder
+	in, have := false, false
+	for _, r := range line {
+		switch {
+		case r == '\'':
+			in, have = !in, true
+		case !in && (r == ' ' || r == '\t'):
+			if have {
+				words = append(words, cur.String())
+				cur.Reset()
+				have = false
+			}
+		case !in && r == '#' && !have:
+			return words
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// serveExamples returns every 'vmvault serve' command with --export in
+// the README and in 'serve --help' (its examples, its pattern table and the
+// flag's own examples), as argument lists after "serve".
+func serveExamples(t *testing.T, help string) [][]string {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]string
+	for _, line := range strings.Split(help+"\n"+string(readme), "\n") {
+		w := splitShell(line)
+		if len(w) > 2 && w[0] == "vmvault" && w[1] == "serve" && slices.Contains(w, "--export") {
+			out = append(out, w[2:])
+		}
+	}
+	table := help[strings.Index(help, "--export restricts"):strings.Index(help, "A pattern that matches nothing")]
+	for _, line := range strings.Split(table, "\n") {
+		if strings.HasPrefix(line, "  ") {
+			out = append(out, []string{"--export", splitShell(line)[0]})
+		}
+	}
+	for _, line := range strings.Split(help, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "--export" {
+			q := strings.Split(line, "'")
+			for i := 1; i < len(q); i += 2 {
+				out = append(out, []string{"--export", q[i]})
+			}
+		}
+	}
+	return out
+}
+
+// TestServeExportExamples runs every documented --export example against
+// a repository of web01 (two restore points, one with two disks) and db01
+// and checks what nbdinfo --list shows; with --writable, listing (INFO on
+// every export) creates no overlay.
+func TestServeExportExamples(t *testing.T) {
+	needTools(t, "nbdinfo")
+	e := newEnv(t, "--chunk-size", "64KiB")
+	img := filepath.Join(e.dir, "d.img")
+	makeImage(t, img, 300_000, 1)
+	w1 := e.capture("--vm", "web01", "--disk", "disk0="+img, "--disk", "disk1="+img).ID
+	makeImage(t, img, 300_000, 2)
+	w2 := e.capture("--vm", "web01", "--disk", "disk0="+img).ID
+	db := e.capture("--vm", "db01", "--disk", "disk0="+img).ID
+	byID := func(vm, id string, disks ...string) []string {
+		var out []string
+		for _, d := range disks {
+			out = append(out, vm+"/"+id+"/"+d)
+		}
+		return out
+	}
+	web01ByID := slices.Concat(byID("web01", w1, "disk0", "disk1"), byID("web01", w2, "disk0"))
+	want := map[string][]string{ // by the patterns given, space-separated
+		"web01":               append(slices.Clone(web01ByID), "web01@latest/disk0"),
+		"web01/*":             web01ByID,
+		"web01/3fa4b2c1":      byID("web01", w1, "disk0", "disk1"),
+		"web01@latest/*":      {"web01@latest/disk0"},
+		"*/*/disk0":           slices.Concat(byID("db01", db, "disk0"), byID("web01", w1, "disk0"), byID("web01", w2, "disk0")),
+		"web01 db01@latest/*": append(slices.Clone(web01ByID), "web01@latest/disk0", "db01@latest/disk0"),
+	}
+	help := e.ok("vmvault", "serve", "--help")
+	examples := serveExamples(t, help)
+	if len(examples) < 8 {
+		t.Fatalf("found only %d examples: %q", len(examples), examples)
+	}
+	tried := map[string]bool{}
+	for _, ex := range examples {
+		var args, patterns []string
+		writable := false
+		for i := 0; i < len(ex); i++ {
+			switch ex[i] {
+			case "--socket":
+				i++ // the test's own socket
+			case "--export":
+				i++
+				patterns = append(patterns, ex[i])
+				args = append(args, "--export", strings.ReplaceAll(ex[i], "3fa4b2c1", w1[:8]))
+			case "--writable":
+				writable = true
+				args = append(args, ex[i])
+			default:
+				args = append(args, ex[i])
+			}
+		}
+		key := strings.Join(patterns, " ")
+		if tried[key+fmt.Sprint(writable)] {
+			continue
+		}
+		tried[key+fmt.Sprint(writable)] = true
+		exp, ok := want[key]
+		if !ok {
+			t.Errorf("documented example %q: add what it serves to this test", ex)
+			continue
+		}
+		t.Run(strings.Join(ex, " "), func(t *testing.T) {
+			ovDir := filepath.Join(t.TempDir(), "overlays")
+			if writable {
+				args = append(args, "--overlay-dir", ovDir)
+			}
+			s := e.serve(args...)
+			defer s.stop()
+			var l struct {
+				Exports []struct {
+					URI      string `json:"uri"` // the name listed (export-name is the canonical one)
+					ReadOnly bool   `json:"is_read_only"`
+				} `json:"exports"`
+			}
+			out := sh(t, "nbdinfo", "--list", "--json", s.uri(""))
+			if err := json.Unmarshal([]byte(out), &l); err != nil {
+				t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
+			}
+			var got []string
+			for _, x := range l.Exports {
+				u, err := url.Parse(x.URI)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, strings.TrimPrefix(u.Path, "/"))
+				if x.ReadOnly == writable {
+					t.Errorf("%s: read-only %v", x.URI, x.ReadOnly)
+				}
+			}
+			slices.Sort(got)
+			w := slices.Clone(exp)
+			slices.Sort(w)
+			if !slices.Equal(got, w) {
+				t.Errorf("serves %q\nwant %q", got, w)
+			}
+			if ents, _ := os.ReadDir(ovDir); len(ents) != 0 {
+				t.Errorf("listing the exports created overlays: %v", ents)
+			}
+		})
 	}
 }
