@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -17,6 +18,8 @@ import (
 	"testing"
 
 	"github.com/vmvault/vmvault/fs/fstest"
+	"github.com/vmvault/vmvault/nbd/overlay"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
 
@@ -259,4 +262,117 @@ func TestServeExportExamples(t *testing.T) {
 			}
 		})
 	}
+}
+
+// zeroBase is an all-zero overlay base of a given size.
+type zeroBase int64
+
+func (b zeroBase) Size() int64 { return int64(b) }
+func (b zeroBase) ReadAt(_ context.Context, p []byte, _ int64) error {
+	clear(p)
+	return nil
+}
+func (b zeroBase) Extents(_ context.Context, off, length int64) ([]extent.Extent, error) {
+	return []extent.Extent{{Offset: off, Length: length}}, nil
+}
+
+// makeOverlay writes 4 KiB into a new overlay of (vm, id, disk), as a
+// client of 'serve --writable' would.
+func makeOverlay(t *testing.T, root, vm, id, disk string, size int64) {
+	t.Helper()
+	o, err := overlay.Open(overlay.Path(root, id, disk), overlay.Meta{VM: vm, RestorePoint: id, Disk: disk}, zeroBase(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.WriteAt(context.Background(), bytes.Repeat([]byte{7}, 4096), 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOverlayNames: commit and discard take the same names — an id
+// prefix, VM@latest, the export names VM/ID and VM/ID/DISK — and a name
+// whose VM is not the restore point's is refused.
+func TestOverlayNames(t *testing.T) {
+	e := newEnv(t, "--chunk-size", "64KiB")
+	img := filepath.Join(e.dir, "d.img")
+	const size = 200_000
+	makeImage(t, img, size, 1)
+	old := e.capture("--vm", "web01", "--disk", "disk0="+img, "--disk", "disk1="+img).ID
+	id := e.capture("--vm", "web01", "--disk", "disk0="+img, "--disk", "disk1="+img).ID
+	root := filepath.Join(e.dir, "overlays")
+	overlays := func() []string {
+		var out []string
+		for _, f := range must(overlay.List(root)) {
+			out = append(out, f.Meta.RestorePoint[:8]+"/"+f.Meta.Disk)
+		}
+		slices.Sort(out)
+		return out
+	}
+	reset := func() {
+		os.RemoveAll(root)
+		for _, rp := range []string{old, id} {
+			makeOverlay(t, root, "web01", rp, "disk0", size)
+			makeOverlay(t, root, "web01", rp, "disk1", size)
+		}
+	}
+	all := []string{old[:8] + "/disk0", old[:8] + "/disk1", id[:8] + "/disk0", id[:8] + "/disk1"}
+	for _, tc := range []struct {
+		name string
+		left []string // overlays left after discard
+	}{
+		{id[:8], all[:2]},
+		{"web01/" + id[:8], all[:2]}, // the form of the issue: "no such restore point"
+		{"web01/" + id, all[:2]},
+		{"web01/" + id[:8] + "/disk1", all[:3]},
+		{"web01@latest", all[:2]},
+		{"web01@latest/disk0", []string{all[0], all[1], all[3]}},
+		{"web01/" + old[:8] + "/disk0", all[1:]},
+	} {
+		reset()
+		e.ok("vmvault", "overlay", "discard", tc.name, "--overlay-dir", root)
+		if got := overlays(); !slices.Equal(got, tc.left) {
+			t.Errorf("discard %s left %v, want %v", tc.name, got, tc.left)
+		}
+	}
+	reset()
+	for _, name := range []string{"db01/" + id[:8], "web01/" + id[:8] + "/disk0/x", "web01//disk0"} {
+		if _, errs, code := e.run("vmvault", "overlay", "discard", name, "--overlay-dir", root); code == 0 {
+			t.Errorf("discard %s succeeded", name)
+		} else if !strings.Contains(errs, name) {
+			t.Errorf("discard %s: error does not name it: %s", name, errs)
+		}
+		if _, _, code := e.run("vmvault", "overlay", "commit", name, "--overlay-dir", root); code == 0 {
+			t.Errorf("commit %s succeeded", name)
+		}
+	}
+	if got := overlays(); !slices.Equal(got, all) {
+		t.Errorf("refused names removed overlays: %v", got)
+	}
+	// commit takes the same names (@latest first: a commit becomes the
+	// newest restore point)
+	for _, name := range []string{"web01@latest", "web01/" + old[:8], "web01/" + old[:8] + "/disk1", old[:8]} {
+		var res struct {
+			Parent  string
+			Changed int64 `json:"changed_bytes"`
+		}
+		if err := json.Unmarshal([]byte(e.ok("vmvault", "overlay", "commit", name, "--overlay-dir", root, "--json", "-q")), &res); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]string{true: old, false: id}[strings.Contains(name, old[:8])]; res.Parent != want {
+			t.Errorf("commit %s committed %.8s, want %.8s", name, res.Parent, want)
+		}
+		if res.Changed != 2*4096 {
+			t.Errorf("commit %s stored %d changed bytes, want both disks' 8192", name, res.Changed)
+		}
+	}
+}
+
+func must[T any](v T, _ []error, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
