@@ -486,3 +486,66 @@ func TestRestoreToBlockDevice(t *testing.T) {
 		t.Error("the device does not hold the restored disk")
 	}
 }
+
+// TestResolveHintsCLI: a VM name where a restore point belongs says what
+// to write (repo.Resolve's hint reaches every command).
+func TestResolveHintsCLI(t *testing.T) {
+	e := newEnv(t)
+	img := filepath.Join(e.dir, "d.img")
+	makeImage(t, img, 100_000, 1)
+	id := e.capture("--vm", "web01", "--disk", "disk0="+img).ID
+	for _, args := range [][]string{{"show", "web01"}, {"restore", "web01", "--to", filepath.Join(e.dir, "x")}, {"ls", "web01:disk0"}} {
+		_, errs, code := e.run("vmvault", args...)
+		if code == 0 || !strings.Contains(errs, "web01 is a VM") || !strings.Contains(errs, "web01@latest") || !strings.Contains(errs, id[:8]) {
+			t.Errorf("%v: exit %d: %s", args, code, errs)
+		}
+	}
+}
+
+// TestMountpointErrors: mount says what is wrong with the mount point
+// before FUSE is asked.
+func TestMountpointErrors(t *testing.T) {
+	e := newEnv(t)
+	file := filepath.Join(e.dir, "file")
+	os.WriteFile(file, []byte("x"), 0o600)
+	for _, c := range []struct {
+		dir, want string
+		code      int
+	}{
+		{filepath.Join(e.dir, "nonexistent"), "does not exist: create it first", 2},
+		{file, "is not a directory", 2},
+	} {
+		_, errs, code := e.run("vmvault", "mount", c.dir)
+		if code != c.code || !strings.Contains(errs, c.dir) || !strings.Contains(errs, c.want) {
+			t.Errorf("mount %s: exit %d: %s", c.dir, code, errs)
+		}
+	}
+}
+
+// TestMountpointMounted: a mount point that holds a running vmvault mount,
+// or one whose process was killed, is named as such (and not mounted over).
+func TestMountpointMounted(t *testing.T) {
+	e := newEnv(t)
+	m := e.mount(t)
+	mountAgain := func() (string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "vmvault"), "mount", m.dir)
+		cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+		out, _ := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			exec.Command("umount", "-l", m.dir).Run()
+			t.Fatalf("vmvault mount %s mounted over the existing mount", m.dir)
+		}
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := mountAgain(); code != 1 || !strings.Contains(out, "a vmvault mount is already there") {
+		t.Errorf("mount on a running mount: exit %d: %s", code, out)
+	}
+	m.cmd.Process.Kill()
+	m.cmd.Wait()
+	defer exec.Command("umount", "-l", m.dir).Run()
+	if out, code := mountAgain(); code != 1 || !strings.Contains(out, "process is gone") || !strings.Contains(out, "umount -l "+m.dir) {
+		t.Errorf("mount on a dead mount: exit %d: %s", code, out)
+	}
+}
