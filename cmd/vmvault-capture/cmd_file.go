@@ -157,7 +157,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	if o.json {
 		return cli.PrintJSON(cmd.OutOrStdout(), sum)
 	}
-	w := cmd.OutOrStdout()
+	w := g.Summary(cmd.OutOrStdout())
 	fmt.Fprintf(w, "restore point %s of %s created in %.1fs\n", rp.ID.Short(), rp.VM, float64(sum.DurationSeconds))
 	for _, d := range sum.Disks {
 		mode := d.Mode

@@ -53,7 +53,7 @@ small writes cheaper, larger ones cut per-object overhead. The default,
 			}
 			defer r.Close()
 			c := r.Config()
-			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s at %s (chunk size %s, %s, %s)\n", c.ID[:8], be.Location(), cli.Bytes(c.ChunkSize), c.Hash, c.Compression)
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "created repository %s at %s (chunk size %s, %s, %s)\n", c.ID[:8], be.Location(), cli.Bytes(c.ChunkSize), c.Hash, c.Compression)
 			return nil
 		},
 	}

@@ -226,7 +226,7 @@ are found by their id prefix.
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Meta.Disk, cli.Bytes(e.Written))
+				fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Meta.Disk, cli.Bytes(e.Written))
 			}
 			os.Remove(filepath.Join(root, id))
 			return errors.Join(errs...)
@@ -300,7 +300,7 @@ NAME is an export name ending in a disk.
 					"duration_seconds": time.Since(start).Seconds(), "overlays_discarded": discard,
 				})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "restore point %s of %s committed from %s + %s of overlay writes in %s\n",
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "restore point %s of %s committed from %s + %s of overlay writes in %s\n",
 				newRP.ID.Short(), rp.VM, rp.ID.Short(), cli.Bytes(changedBytes), time.Since(start).Round(time.Millisecond))
 			return nil
 		},

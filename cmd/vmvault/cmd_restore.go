@@ -90,7 +90,7 @@ program is refused even then; it is held exclusively while restoring.`,
 				return fmt.Errorf("restore %s disk %s to %s: %w", rp.ID.Short(), disk, o.to, err)
 			}
 			el := time.Since(start)
-			fmt.Fprintf(cmd.OutOrStdout(), "restored %s disk %s (%s) to %s in %.1fs (%s/s)\n", rp.ID.Short(), disk, cli.Bytes(d.Size()), o.to,
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "restored %s disk %s (%s) to %s in %.1fs (%s/s)\n", rp.ID.Short(), disk, cli.Bytes(d.Size()), o.to,
 				el.Seconds(), cli.Bytes(int64(float64(d.Size())/max(el.Seconds(), 1e-3))))
 			return nil
 		},

@@ -549,3 +549,66 @@ func TestMountpointMounted(t *testing.T) {
 		t.Errorf("mount on a dead mount: exit %d: %s", code, out)
 	}
 }
+
+// TestCaptureUsage: required flags are asked for in a sensible order, and
+// a changed-extents file that does not exist is an error on a first
+// capture too.
+func TestCaptureUsage(t *testing.T) {
+	e := newEnv(t)
+	img := filepath.Join(e.dir, "d.img")
+	makeImage(t, img, 100_000, 1)
+	missing := filepath.Join(e.dir, "nonexist.tsv")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"file", "--vm", "web01", "--disk", "d=" + img, "--changed-extents", "d=" + missing}, 1, missing},
+		{[]string{"file", "--vm", "web01", "--disk", "d=" + img, "--changed-extents", missing}, 1, missing},
+		{[]string{"vsphere", "web01"}, 2, "--url is required"},
+		{[]string{"vsphere", "--transport", "nbd", "web01"}, 2, "--url is required"},
+		{[]string{"vsphere", "--url", "https://vc.invalid/sdk", "web01"}, 2, "--datastore-map"},
+		{[]string{"vsphere", "--url", "https://vc.invalid/sdk", "--transport", "nbd", "web01"}, 2, "--nbd-command"},
+	} {
+		_, errs, code := e.run("vmvault-capture", c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: exit %d, want %d and %q: %s", c.args, code, c.code, c.want, errs)
+		}
+	}
+	if out := e.ok("vmvault", "snapshots", "--json"); strings.Contains(out, "web01") {
+		t.Errorf("a failed capture left a restore point:\n%s", out)
+	}
+}
+
+// TestQuiet: -q leaves out summaries and progress, not errors, listings or
+// --json.
+func TestQuiet(t *testing.T) {
+	e := newEnv(t)
+	img := filepath.Join(e.dir, "d.img")
+	makeImage(t, img, 100_000, 1)
+	r2 := filepath.Join(e.dir, "repo2")
+	for _, c := range []struct {
+		bin  string
+		args []string
+	}{
+		{"vmvault", []string{"init", "-q", "--repo", r2}},
+		{"vmvault-capture", []string{"file", "-q", "--vm", "web01", "--disk", "d=" + img}},
+		{"vmvault-capture", []string{"file", "--quiet", "--vm", "web01", "--disk", "d=" + img}},
+		{"vmvault", []string{"restore", "-q", "web01@latest", "--to", filepath.Join(e.dir, "r.img")}},
+	} {
+		out, errs, code := e.run(c.bin, c.args...)
+		if code != 0 || out != "" || errs != "" {
+			t.Errorf("%s %v: exit %d, stdout %q, stderr %q", c.bin, c.args, code, out, errs)
+		}
+	}
+	var j captureJSON
+	if out := e.ok("vmvault-capture", "file", "-q", "--json", "--vm", "web01", "--disk", "d="+img); json.Unmarshal([]byte(out), &j) != nil || j.ID == "" {
+		t.Errorf("-q --json: %q", out)
+	}
+	if out := e.ok("vmvault", "snapshots", "-q"); strings.Count(out, "web01") != 3 {
+		t.Errorf("-q snapshots:\n%s", out)
+	}
+	if _, errs, code := e.run("vmvault-capture", "file", "-q", "--vm", "web01", "--disk", "d=/nonexistent"); code == 0 || !strings.Contains(errs, "/nonexistent") {
+		t.Errorf("-q hides an error: exit %d, %q", code, errs)
+	}
+}

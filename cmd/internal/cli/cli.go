@@ -69,7 +69,7 @@ type Global struct {
 func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, or local:PATH (env VMVAULT_REPOSITORY)")
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
-	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
+	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress, summaries or informational log lines (errors, warnings, listings and --json still print)")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
 	_ = fs.MarkHidden("cpu-profile")
 }
@@ -80,6 +80,9 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 func (g *Global) Install(root *cobra.Command) {
 	g.AddFlags(root.PersistentFlags())
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.Quiet {
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		}
 		if g.CPUProfile == "" {
 			return nil
 		}
@@ -100,6 +103,16 @@ func (g *Global) Install(root *cobra.Command) {
 			g.stopProfile = nil
 		}
 	})
+}
+
+// Summary is where a command writes the summary of what it did (not data
+// the user asked for, such as a listing or --json): w, or nowhere with
+// --quiet.
+func (g *Global) Summary(w io.Writer) io.Writer {
+	if g.Quiet {
+		return io.Discard
+	}
+	return w
 }
 
 // Location parses the repository location of the global flags; a missing
