@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/fs/fstest"
 	"github.com/vmvault/vmvault/nbd/overlay"
 	"github.com/vmvault/vmvault/repo/extent"
@@ -610,5 +611,39 @@ func TestQuiet(t *testing.T) {
 	}
 	if _, errs, code := e.run("vmvault-capture", "file", "-q", "--vm", "web01", "--disk", "d=/nonexistent"); code == 0 || !strings.Contains(errs, "/nonexistent") {
 		t.Errorf("-q hides an error: exit %d, %q", code, errs)
+	}
+}
+
+// TestSnapshotsAdded: snapshots shows what each restore point added (its
+// capture's stored bytes), in the table and in --json.
+func TestSnapshotsAdded(t *testing.T) {
+	e := newEnv(t, "--chunk-size", "64KiB")
+	a, b := filepath.Join(e.dir, "a.img"), filepath.Join(e.dir, "b.img")
+	makeImage(t, a, 1<<20, 1)
+	makeImage(t, b, 300_000, 2)
+	var want []int64
+	for _, args := range [][]string{{"--disk", "d0=" + a, "--disk", "d1=" + b}, {"--disk", "d0=" + a, "--disk", "d1=" + a}} {
+		c := e.capture(append([]string{"--vm", "web01"}, args...)...)
+		var n int64
+		for _, d := range c.Disks {
+			n += d.BytesStored
+		}
+		want = append(want, n)
+	}
+	if want[0] == 0 || want[1] != 0 {
+		t.Fatalf("captures stored %v bytes; the test needs new data, then none", want)
+	}
+	var list []struct {
+		Added int64 `json:"added_bytes"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("vmvault", "snapshots", "--json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Added != want[0] || list[1].Added != want[1] {
+		t.Errorf("added_bytes %+v, want %v", list, want)
+	}
+	lines := strings.Split(e.ok("vmvault", "snapshots"), "\n")
+	if !strings.Contains(lines[0], "ADDED") || !strings.Contains(lines[1], cli.Bytes(want[0])) || !strings.Contains(lines[2], " 0 B ") {
+		t.Errorf("snapshots table:\n%s", strings.Join(lines, "\n"))
 	}
 }
