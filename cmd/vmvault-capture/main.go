@@ -24,6 +24,7 @@ existing ones.
 ` + cli.ExitCodesHelp,
 	}
 	g.Install(root)
+	cli.SetVersion(root)
 	root.AddCommand(newFileCommand(g), newVSphereCommand(g))
 	return root
 }

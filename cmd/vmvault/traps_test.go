@@ -647,3 +647,31 @@ func TestSnapshotsAdded(t *testing.T) {
 		t.Errorf("snapshots table:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// TestVersion: both binaries print their version, the commit the build
+// info records and the repository format versions.
+func TestVersion(t *testing.T) {
+	e := &env{t: t, dir: t.TempDir()}
+	for _, bin := range []string{"vmvault", "vmvault-capture"} {
+		info, err := exec.Command("go", "version", "-m", filepath.Join(binDir, bin)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		commit := "commit unknown"
+		for _, line := range strings.Split(string(info), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "build" && strings.HasPrefix(f[1], "vcs.revision=") {
+				commit = "commit " + strings.TrimPrefix(f[1], "vcs.revision=")
+			}
+		}
+		out := e.ok(bin, "--version")
+		for _, want := range []string{bin + " ", commit, fmt.Sprintf("repository format: config %d, index %d, manifest %d, chunk frame %d",
+			format.ConfigVersion, format.IndexVersion, format.ManifestVersion, format.ChunkVersion)} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s --version lacks %q:\n%s", bin, want, out)
+			}
+		}
+		if bin == "vmvault" && !strings.Contains(out, fmt.Sprintf("overlay format %d", overlay.Version)) {
+			t.Errorf("vmvault --version lacks the overlay format:\n%s", out)
+		}
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/format"
 	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
 )
 
@@ -242,4 +245,53 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	return v * mult, nil
+}
+
+// Version describes the build of the running binary for --version: module
+// version, VCS revision and time (and whether the tree was modified), Go
+// version, and the repository format versions it reads and writes; extra
+// lines follow (formats only one binary uses).
+func Version(extra ...string) string {
+	var b strings.Builder
+	version, rev, when, modified := "(unknown)", "", "", false
+	goVersion := runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version, goVersion = bi.Main.Version, bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.time":
+				when = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	b.WriteString(version + "\n")
+	if rev != "" {
+		fmt.Fprintf(&b, "commit %s", rev)
+		if when != "" {
+			fmt.Fprintf(&b, " (%s)", when)
+		}
+		if modified {
+			b.WriteString(" with uncommitted changes")
+		}
+		b.WriteString("\n")
+	} else {
+		b.WriteString("commit unknown (built without VCS stamping, e.g. -buildvcs=false or outside a git checkout)\n")
+	}
+	fmt.Fprintf(&b, "built with %s for %s/%s\n", goVersion, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(&b, "repository format: config %d, index %d, manifest %d, chunk frame %d (reads and writes exactly these)",
+		format.ConfigVersion, format.IndexVersion, format.ManifestVersion, format.ChunkVersion)
+	for _, e := range extra {
+		b.WriteString("\n" + e)
+	}
+	return b.String()
+}
+
+// SetVersion gives root a --version flag printing Version(extra...).
+func SetVersion(root *cobra.Command, extra ...string) {
+	root.Version = Version(extra...)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 }
