@@ -66,6 +66,8 @@ As root the mount is made directly; otherwise through fusermount3.`,
 				EntryTimeout:    &ttl,
 				AttrTimeout:     &ttl,
 				NegativeTimeout: &neg,
+				// mode 0000 in an image stays 0000 (go-fuse would show 0644)
+				NullPermissions: true,
 				MountOptions: fuse.MountOptions{
 					FsName:        "vmvault",
 					Name:          "vmvault",

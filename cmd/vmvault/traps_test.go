@@ -713,3 +713,52 @@ func TestGarbageLockFile(t *testing.T) {
 		}
 	}
 }
+
+// TestMountTimesAndModes: through a real FUSE mount, the root, a VM's
+// directory and its latest link carry the newest restore point's time, and
+// permission bits 0 in an ext4 image stay 0.
+func TestMountTimesAndModes(t *testing.T) {
+	fstest.NeedTools(t, "mke2fs")
+	e := newEnv(t)
+	src := filepath.Join(e.dir, "src")
+	os.MkdirAll(filepath.Join(src, "locked"), 0o755)
+	for name, mode := range map[string]os.FileMode{"secret": 0, "normal": 0o640} {
+		os.WriteFile(filepath.Join(src, name), []byte(name), 0o600)
+		os.Chmod(filepath.Join(src, name), mode)
+	}
+	os.Chmod(filepath.Join(src, "locked"), 0)
+	img := filepath.Join(e.dir, "disk.img")
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "4M").CombinedOutput(); err != nil {
+		t.Fatalf("mke2fs: %v\n%s", err, out)
+	}
+	e.capture("--vm", "web01", "--disk", "disk0="+img)
+	e.capture("--vm", "db01", "--disk", "disk0="+img)
+	newest := e.capture("--vm", "web01", "--disk", "disk0="+img).ID
+	var list []struct{ ID, Time string }
+	json.Unmarshal([]byte(e.ok("vmvault", "snapshots", "--json")), &list)
+	var want time.Time
+	for _, rp := range list {
+		if rp.ID == newest {
+			want, _ = time.Parse(time.RFC3339Nano, rp.Time)
+		}
+	}
+	m := e.mount(t)
+	for _, p := range []string{"", "web01", "web01/latest"} {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(m.dir, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		if got := time.Unix(st.Mtim.Unix()); !got.Equal(want) {
+			t.Errorf("/%s: mtime %v, want the newest restore point's %v", p, got.UTC(), want)
+		}
+	}
+	for name, mode := range map[string]uint32{"secret": 0, "locked": 0, "normal": 0o640} {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(m.dir, "web01/latest/disk0/p0", name), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&0o7777 != mode {
+			t.Errorf("%s: mode %04o through the mount, %04o in the image", name, st.Mode&0o7777, mode)
+		}
+	}
+}

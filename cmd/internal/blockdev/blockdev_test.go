@@ -33,7 +33,7 @@ func TestCheckUnused(t *testing.T) {
 	const other = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
 	cases := []struct {
 		name, mountinfo, holder string // holder: a holder of that device
-		want                        string
+		want                    string
 	}{
 		{name: "unused", mountinfo: other},
 		{name: "mounted", mountinfo: other + "40 22 7:3 / /mnt/a rw - ext4 /dev/loop3 rw\n", want: "mounted (/dev/loop3 on /mnt/a)"},

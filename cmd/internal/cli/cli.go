@@ -24,8 +24,8 @@ import (
 
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
-	"github.com/vmvault/vmvault/repo/format"
 	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 // Exit codes, documented in both binaries' --help.
