@@ -27,6 +27,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -452,9 +453,11 @@ type diskState struct {
 	once  sync.Once
 	disk  *repo.Disk
 	table *image.Disk
-	err   error
-	mu    sync.Mutex
-	fss   map[string]*fsState
+	// tableErr is why table is nil (the disk holds vmvault-error.txt).
+	tableErr error
+	err      error
+	mu       sync.Mutex
+	fss      map[string]*fsState
 }
 
 type fsState struct {
@@ -481,10 +484,15 @@ func (m *FS) openDisk(ctx context.Context, rp *repo.RestorePoint, name string) *
 		}
 		d.SetStreaming(true)
 		st.disk = d
-		if t, err := image.Open(d, d.Size()); err == nil {
-			st.table = t
-		} else {
+		t, err := image.Open(d, d.Size())
+		if err != nil {
+			st.tableErr = fmt.Errorf("partition table: %w", err)
 			m.log.Warn("partition table", "restore_point", rp.ID.Short(), "disk", name, "err", err)
+			return
+		}
+		st.table = t
+		for _, e := range t.TableErrors {
+			m.log.Warn("bad partition table entry", "restore_point", rp.ID.Short(), "disk", name, "partition", e.Name, "err", e.Err)
 		}
 	})
 	return st

@@ -21,7 +21,10 @@ func newPartitionsCommand(g *cli.Global) *cobra.Command {
 		Long: `Show the partition table of a disk: table type, partition name (p1, …),
 start and size in bytes, type id or GUID, the filesystem found in it, and its
 label and UUID. Logical partitions of an MBR disk are p5 and up; the
-extended partition that holds them is listed too.
+extended partition that holds them is listed too. A table entry that cannot
+be used (it lies outside the disk, a broken chain of logical partitions) is
+reported by name below the table (in --json: a line with "name" and
+"error"); the other partitions are listed and readable as usual.
 
 ` + browseHelp,
 		Example: "  vmvault partitions web01@latest:disk0\n  vmvault partitions --json --image disk.img",
@@ -57,6 +60,11 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 				return err
 			}
 		}
+		for _, e := range d.TableErrors {
+			if err := enc.Encode(e); err != nil {
+				return err
+			}
+		}
 		return nil
 	}
 	fmt.Fprintf(w, "disk: %s, partition table: %s", cli.Bytes(d.Size()), d.Table)
@@ -80,5 +88,11 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Start, cli.Bytes(p.Size), typ, fsys, browse.QuoteName(p.Label), p.UUID)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, e := range d.TableErrors {
+		fmt.Fprintf(w, "%s: bad table entry: %v\n", e.Name, e.Err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -760,5 +761,73 @@ func TestMountTimesAndModes(t *testing.T) {
 		if st.Mode&0o7777 != mode {
 			t.Errorf("%s: mode %04o through the mount, %04o in the image", name, st.Mode&0o7777, mode)
 		}
+	}
+}
+
+// TestBadPartitionEntry: one bad MBR entry costs only that partition: the
+// others are listed and readable (partitions, cat, the mount), the bad one
+// is reported by name (partitions, ls, vmvault-error.txt in its directory
+// of the mount); a disk whose table cannot be read at all holds
+// vmvault-error.txt in the mount.
+func TestBadPartitionEntry(t *testing.T) {
+	imgs := fstest.Images(t)
+	e := newEnv(t)
+	mbrImg, err := os.ReadFile(filepath.Join(imgs, "mbr.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(mbrImg[446+12:], 1<<30) // p1: 2^30 sectors
+	badMBR := filepath.Join(e.dir, "mbr.img")
+	os.WriteFile(badMBR, mbrImg, 0o600)
+	gptImg := fstest.Seed(t, "gpt.img")
+	binary.LittleEndian.PutUint32(gptImg[512+0x50:], 1<<30) // entry count
+	badGPT := filepath.Join(e.dir, "gpt.img")
+	os.WriteFile(badGPT, gptImg, 0o600)
+	e.capture("--vm", "web01", "--disk", "disk0="+badMBR, "--disk", "disk1="+badGPT)
+
+	var names []string
+	badLine := ""
+	for _, l := range jsonLines[struct{ Name, Error string }](t, e.ok("vmvault", "partitions", "--json", "web01@latest:disk0")) {
+		if l.Error != "" {
+			badLine = l.Name + ": " + l.Error
+			continue
+		}
+		names = append(names, l.Name)
+	}
+	if strings.Join(names, " ") != "p2 p5 p6" || !strings.HasPrefix(badLine, "p1: MBR partition 1 (sector 2048, 1073741824 sectors) lies outside") {
+		t.Errorf("partitions --json: %v, bad %q", names, badLine)
+	}
+	if out := e.ok("vmvault", "partitions", "web01@latest:disk0"); !strings.Contains(out, "p1: bad table entry: MBR partition 1") || !strings.Contains(out, "p6 ") {
+		t.Errorf("partitions:\n%s", out)
+	}
+	if out := e.ok("vmvault", "cat", "web01@latest:disk0/p6/hostname"); out != "web01\n" {
+		t.Errorf("cat p6/hostname = %q", out)
+	}
+	if _, errs, code := e.run("vmvault", "ls", "web01@latest:disk0/p1/"); code == 0 || !strings.Contains(errs, "partition p1: MBR partition 1") {
+		t.Errorf("ls p1: exit %d: %s", code, errs)
+	}
+
+	m := e.mount(t)
+	disk0 := filepath.Join(m.dir, "web01/latest/disk0")
+	ents, err := os.ReadDir(disk0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range ents {
+		got = append(got, d.Name())
+	}
+	slices.Sort(got)
+	if strings.Join(got, " ") != "p1 p5 p6" {
+		t.Errorf("mount disk0/: %v", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(disk0, "p1", "vmvault-error.txt")); err != nil || !strings.Contains(string(b), "lies outside") {
+		t.Errorf("p1/vmvault-error.txt: %v %q", err, b)
+	}
+	if b, err := os.ReadFile(filepath.Join(disk0, "p6", "hostname")); err != nil || string(b) != "web01\n" {
+		t.Errorf("p6/hostname through the mount: %v %q", err, b)
+	}
+	if b, err := os.ReadFile(filepath.Join(m.dir, "web01/latest/disk1/vmvault-error.txt")); err != nil || !strings.Contains(string(b), "GPT header") {
+		t.Errorf("disk1/vmvault-error.txt: %v %q", err, b)
 	}
 }
