@@ -42,7 +42,7 @@ func TestListing(t *testing.T) {
 	newer := repotest.CapturePoint(t, r, repotest.Point{VM: "web01", Time: t0.Add(time.Hour), Base: older, Disks: []repotest.Disk{repotest.Bytes("disk0", disk)}})
 	db := repotest.CapturePoint(t, r, repotest.Point{VM: "db", Time: t0.Add(2 * time.Hour), Disks: []repotest.Disk{repotest.Bytes("sdb", disk), repotest.Bytes("sda", nil)}})
 
-	root := New(r, nil).(*rootNode)
+	root := New(r, nil, nil).(*rootNode)
 	ds, errno := root.Readdir(ctx)
 	first := names(t, ds, uint32(errno))
 	ds, errno = root.Readdir(ctx)

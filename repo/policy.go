@@ -99,13 +99,10 @@ func ApplyPolicy(rps []*RestorePoint, p Policy) []Decision {
 }
 
 // Forget removes restore point manifests (by object name, so even a damaged
-// manifest can be removed). Their chunks stay until gc.
-func (r *Repository) Forget(ctx context.Context, names []string, lockWait time.Duration) error {
-	lock, err := r.Lock(ctx, false, "forget", lockWait)
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
+// manifest can be removed). Their chunks stay until gc. It takes no lock:
+// readers and captures that pin a forgotten restore point keep its data
+// until they release it (see the package doc).
+func (r *Repository) Forget(ctx context.Context, names []string) error {
 	for _, n := range names {
 		if _, err := format.ParseID(n); err != nil {
 			return fmt.Errorf("forget: %w", err)

@@ -18,20 +18,44 @@
 // durable before the manifest was written. An interrupted capture leaves
 // only unreferenced chunks and indexes, which gc removes.
 //
-// Locking (lock objects in the backend; stale when the holder's process is
-// gone on this host or it was not refreshed for StaleLockAge):
+// Locks and gc. Lock objects announce who uses the repository; none of
+// them stops a reader or a capture, and gc runs beside both:
 //
-//	operation        lock       why it is safe against the others
-//	capture          shared     only adds objects; checks that its base
-//	                            restore point still exists before commit
-//	restore/read     shared     objects it reads are only removed by gc
-//	verify           shared     read only; never deletes a bad chunk
-//	forget/prune     shared     removes manifests only; a capture whose base
-//	                            was forgotten refuses to commit
-//	gc               exclusive  marks from every manifest, then sweeps
-//	                            unreferenced objects older than a grace
-//	                            period, so chunks of a capture that ignored
-//	                            or lost its lock survive
+//	holder            lock         what it promises / what it is promised
+//	reader (serve,    reader       pins the restore points it reads: gc keeps
+//	mount, restore,                their indexes and chunks until it unpins,
+//	verify, cat, cp)               also when they are forgotten meanwhile
+//	capture           writer       pins its bases; waits while a gc deletes
+//	forget, prune     none         removes manifests only
+//	gc                maintenance  one at a time; deletes only while no
+//	                               writer runs
+//
+// Pin, then check: a reader writes its pins, then checks that each pinned
+// restore point's manifest still exists (Lock.Pin). gc reads the pins,
+// then the manifests, and marks both; so either gc sees the pin or the
+// reader sees that its restore point is gone (a clear error, never wrong
+// data). A reader on a repository it cannot write pins nothing and says so.
+//
+// gc marks every chunk of every manifest and pinned index in a Bloom
+// filter (11 bits per stored chunk; a false positive keeps a dead chunk
+// one more run), sweeps by listing stored objects, and removes an object
+// only when it is unmarked and older than the grace period on the
+// storage's clock. Removal needs a moment without writers: gc sets its
+// lock's phase to "deleting", then lists the locks; a writer saves its
+// lock, then waits while any gc is deleting. Each looks after announcing
+// itself, so at least one sees the other: gc defers (and waits up to its
+// lock wait for a moment without captures) or the capture waits. Before
+// removing, gc marks again whatever restore points and pins appeared
+// while it swept, so a capture that committed meanwhile (also one that
+// reused a stored chunk no restore point referenced when gc began) keeps
+// its chunks. Lock ages are measured on the storage's clock (modification
+// times of lock objects), so hosts whose clocks differ agree on staleness.
+//
+// Verify records what it finds (state objects): a record per restore
+// point, and the damaged list. A damaged chunk object is copied aside
+// (quarantine) before anything may replace it; captures store chunks on
+// the damaged list again instead of taking them from a base index; a
+// verify that finds a listed chunk good takes it off the list.
 //
 // Chunk identity is trusted only after checking: the writer reuses a chunk
 // without storing it when the base restore point's verified index lists it,
@@ -73,7 +97,8 @@ type Repository struct {
 	props    backend.Properties
 	hostname string
 	now      func() time.Time
-	listing  listing // cached restore points (snapshots.go)
+	listing  listing      // cached restore points (snapshots.go)
+	clock    storageClock // the storage's time, learned from lock objects (lock.go)
 }
 
 // Options tune an open repository.

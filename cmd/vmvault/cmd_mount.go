@@ -84,7 +84,12 @@ As root the mount is made directly; otherwise through fusermount3.`,
 					Options:       []string{"ro", "default_permissions"},
 				},
 			}
-			srv, err := gofs.Mount(args[0], mount.New(r, log), opts)
+			lock, err := cli.ReadLock(ctx, r, "mount", g.LockWait)
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock()
+			srv, err := gofs.Mount(args[0], mount.New(r, log, lock), opts)
 			if err != nil {
 				return fmt.Errorf("mount %s: %w", args[0], err)
 			}

@@ -48,15 +48,15 @@ program is refused even then; it is held exclusively while restoring.`,
 				return err
 			}
 			defer r.Close()
-			lock, err := r.Lock(ctx, false, "restore", g.LockWait)
-			if err != nil {
-				return err
-			}
-			defer lock.Unlock()
 			rp, err := resolveOne(cmd, r, args[0])
 			if err != nil {
 				return err
 			}
+			lock, err := cli.ReadLock(ctx, r, "restore", g.LockWait, rp)
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock()
 			disk := o.disk
 			if disk == "" {
 				if len(rp.Disks) != 1 {

@@ -195,16 +195,16 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		return err
 	}
 	defer r.Close()
-	// A shared lock for the server's lifetime keeps gc from removing
-	// chunks of restore points being served.
-	lock, err := r.Lock(ctx, false, "serve", g.LockWait)
+	// The server's reader lock pins the restore point of every open
+	// export: gc keeps their data while clients read them.
+	lock, err := cli.ReadLock(ctx, r, "serve", g.LockWait)
 	if err != nil {
 		return err
 	}
 	defer lock.Unlock()
 
 	log := slog.Default()
-	cat := &nbd.RepoCatalog{Repo: r, Patterns: o.exports, Log: log}
+	cat := &nbd.RepoCatalog{Repo: r, Patterns: o.exports, Log: log, Lock: lock}
 	if unmatched, err := cat.UnmatchedPatterns(ctx); err != nil {
 		return err
 	} else if len(unmatched) > 0 {

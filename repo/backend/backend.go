@@ -56,6 +56,7 @@ const (
 	SnapshotFile                     // restore point manifests, named by id
 	IndexFile                        // fixed disk indexes, named by content hash
 	ChunkFile                        // disk chunks, named by content hash
+	StateFile                        // repository state kept beside the data: verify records, quarantined chunks
 )
 
 var typeNames = map[FileType]string{
@@ -64,6 +65,7 @@ var typeNames = map[FileType]string{
 	SnapshotFile: "snapshots",
 	IndexFile:    "index",
 	ChunkFile:    "chunks",
+	StateFile:    "state",
 }
 
 // String returns the type's directory-style name.
@@ -75,7 +77,9 @@ func (t FileType) String() string {
 }
 
 // Types lists every object type, for backends that prepare storage per type.
-func Types() []FileType { return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile} }
+func Types() []FileType {
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile}
+}
 
 // Handle names one object.
 type Handle struct {
@@ -214,6 +218,12 @@ type Flusher interface {
 // lock.
 type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// Counter is implemented by backends that count a type's objects much
+// faster than List describes them (names only, no sizes or times).
+type Counter interface {
+	Count(ctx context.Context, t FileType) (int, error)
 }
 
 // Prefetcher is implemented by backends that can start fetching objects

@@ -295,3 +295,37 @@ func SetVersion(root *cobra.Command, extra ...string) {
 	root.Version = Version(extra...)
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 }
+
+// ReadLock takes a reader's lock pinning rps, for the life of a command
+// that reads them. On a repository it cannot write it says on stderr that
+// nothing is pinned, and goes on.
+func ReadLock(ctx context.Context, r *repo.Repository, op string, wait time.Duration, rps ...*repo.RestorePoint) (*repo.Lock, error) {
+	l, err := r.Lock(ctx, repo.LockOptions{Kind: format.LockReader, Operation: op, Pins: rps, Wait: wait})
+	if err != nil {
+		return nil, err
+	}
+	if l.ReadOnly() {
+		fmt.Fprintln(os.Stderr, "note: the repository is read-only here: no lock was taken, so a gc elsewhere may remove what is being read (reads would then fail, never return wrong data)")
+	}
+	return l, nil
+}
+
+// ParseDuration parses a Go duration ("36h", "90m") or a whole number of
+// days or weeks ("30d", "2w").
+func ParseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
+		if n, ok := strings.CutSuffix(t, suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || v < 0 || v > int64(1<<62/unit) {
+				return 0, fmt.Errorf("duration %q: want a number of days or weeks, or a Go duration like 36h", s)
+			}
+			return time.Duration(v) * unit, nil
+		}
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("duration %q: want e.g. 30d, 2w, 36h or 90m", s)
+	}
+	return d, nil
+}

@@ -52,6 +52,7 @@ var (
 	_ backend.TempCleaner = (*Backend)(nil)
 	_ backend.Flusher     = (*Backend)(nil)
 	_ backend.Prefetcher  = (*Backend)(nil)
+	_ backend.Counter     = (*Backend)(nil)
 )
 
 func init() {
@@ -145,11 +146,13 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) (err 
 	// Created read-only: the descriptor is still writable, and the object
 	// never needs changing once renamed into place.
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
-	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.ChunkFile {
-		// A chunk prefix directory is missing (e.g. names shorter than the
-		// usual hash): create it on demand.
+	if errors.Is(err, fs.ErrNotExist) && h.Type != backend.ConfigFile {
+		// The type's directory is missing (a chunk prefix of an unusual
+		// name, or a type newer than the repository): create it durably.
 		if err = os.MkdirAll(dir, 0o700); err == nil {
-			f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			if err = syncDir(filepath.Dir(dir)); err == nil {
+				f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			}
 		}
 	}
 	if err != nil {
@@ -340,11 +343,70 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		}
 	}
 	for _, d := range dirs {
-		if err := listDir(ctx, d, fn); err != nil {
+		err := listDir(ctx, d, fn)
+		if errors.Is(err, fs.ErrNotExist) && d == base && t == backend.StateFile {
+			continue // a repository from before the type existed
+		}
+		if err != nil {
 			return fmt.Errorf("list %v: %w", t, err)
 		}
 	}
 	return nil
+}
+
+// Count implements backend.Counter from directory entries alone (no stat
+// per object).
+func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
+	if t == backend.ConfigFile {
+		n := 0
+		err := b.List(ctx, t, func(backend.FileInfo) error { n++; return nil })
+		return n, err
+	}
+	base := filepath.Join(b.root, t.String())
+	dirs := []string{base}
+	if t == backend.ChunkFile {
+		ents, err := os.ReadDir(base)
+		if err != nil {
+			return 0, fmt.Errorf("count %v: %w", t, err)
+		}
+		dirs = dirs[:0]
+		for _, e := range ents {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(base, e.Name()))
+			}
+		}
+	}
+	n := 0
+	for _, d := range dirs {
+		f, err := os.Open(d)
+		if errors.Is(err, fs.ErrNotExist) && t == backend.StateFile {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("count %v: %w", t, err)
+		}
+		for {
+			ents, err := f.ReadDir(4096)
+			for _, e := range ents {
+				if !strings.HasPrefix(e.Name(), tempPrefix) && e.Type().IsRegular() {
+					n++
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				f.Close()
+				return n, fmt.Errorf("count %v: %w", t, err)
+			}
+			if err := ctx.Err(); err != nil {
+				f.Close()
+				return n, err
+			}
+		}
+		f.Close()
+	}
+	return n, nil
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
