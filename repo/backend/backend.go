@@ -238,6 +238,15 @@ type RangePrefetcher interface {
 	PrefetchRange(h Handle, off, length int64)
 }
 
+// ForeignRemover is implemented by backends whose listings can show
+// entries vmvault did not write (a file dropped into a repository
+// directory by hand, whose name is no valid handle). RemoveForeign
+// removes such an entry of type t by its exact listed name; it refuses
+// names that could leave the type's namespace ("/", NUL, "." or "..").
+type ForeignRemover interface {
+	RemoveForeign(ctx context.Context, t FileType, name string) error
+}
+
 // Counter is implemented by backends that count a type's objects much
 // faster than List describes them (names only, no sizes or times).
 type Counter interface {

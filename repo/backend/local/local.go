@@ -55,6 +55,7 @@ var (
 	_ backend.Counter         = (*Backend)(nil)
 	_ backend.RangeLoader     = (*Backend)(nil)
 	_ backend.RangePrefetcher = (*Backend)(nil)
+	_ backend.ForeignRemover  = (*Backend)(nil)
 )
 
 func init() {
@@ -323,6 +324,18 @@ func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
 	}
 	_ = unix.Fadvise(fd, off, length, unix.FADV_WILLNEED)
 	_ = unix.Close(fd)
+}
+
+// RemoveForeign implements backend.ForeignRemover for the flat type
+// directories (not chunks).
+func (b *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if t == backend.ChunkFile || t == backend.ConfigFile || name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("remove %s/%q: %w", t, name, backend.ErrInvalidHandle)
+	}
+	if err := os.Remove(filepath.Join(b.root, t.String(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s/%s: %w", t, name, err)
+	}
+	return syncDir(filepath.Join(b.root, t.String()))
 }
 
 // Stat implements backend.Backend.

@@ -721,3 +721,11 @@ func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []str
 	}
 	return g.Wait()
 }
+
+// RemoveForeign implements backend.ForeignRemover through the inner backend.
+func (b *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if fr, ok := b.be.(backend.ForeignRemover); ok {
+		return fr.RemoveForeign(ctx, t, name)
+	}
+	return fmt.Errorf("remove %s/%q: the backend cannot remove what it did not write", t, name)
+}
