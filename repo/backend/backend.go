@@ -59,6 +59,7 @@ const (
 	StateFile                         // repository state kept beside the data: verify records, quarantined chunks
 	PackFile                          // packs of chunk frames (repo/backend/pack), named by content hash
 	PackIndexFile                     // where chunks sit in packs, named by content hash
+	KeyFile                           // an encrypted repository's key slots and sealed data keys
 )
 
 var typeNames = map[FileType]string{
@@ -70,6 +71,7 @@ var typeNames = map[FileType]string{
 	StateFile:     "state",
 	PackFile:      "packs",
 	PackIndexFile: "packidx",
+	KeyFile:       "keys",
 }
 
 // String returns the type's directory-style name.
@@ -82,7 +84,7 @@ func (t FileType) String() string {
 
 // Types lists every object type, for backends that prepare storage per type.
 func Types() []FileType {
-	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile}
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile, KeyFile}
 }
 
 // Handle names one object.

@@ -446,7 +446,7 @@ func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
 // newerType reports whether repositories created before the type existed
 // lack its directory (it is made by the first Save of the type).
 func newerType(t backend.FileType) bool {
-	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile
+	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile || t == backend.KeyFile
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
