@@ -416,7 +416,7 @@ func Calibrate(target time.Duration) KDF {
 }
 
 func (k KDF) key(password []byte) ([]byte, error) {
-	if k.Alg != "argon2id" || k.Time == 0 || k.Time > 1024 || k.Memory < 8<<10 || k.Memory > 4<<20 || k.Threads == 0 || len(k.Salt) < 16 {
+	if k.Alg != "argon2id" || k.Time == 0 || k.Time > 256 || k.Memory < 8<<10 || k.Memory > 1<<20 || k.Threads == 0 || len(k.Salt) < 16 {
 		return nil, fmt.Errorf("key slot: unusable KDF parameters: %w", format.ErrCorrupt)
 	}
 	return argon2.IDKey(password, k.Salt, k.Time, k.Memory, k.Threads, 32), nil
