@@ -467,3 +467,12 @@ func firstLine(b []byte) ([]byte, error) {
 	}
 	return line, nil
 }
+
+// NeedReadKey fails when the repository was opened with a capture key,
+// for commands that read restore point contents.
+func NeedReadKey(r *repo.Repository, what string) error {
+	if _, canRead := r.Encrypted(); !canRead {
+		return fmt.Errorf("%s: %w", what, keys.ErrCaptureKey)
+	}
+	return nil
+}
