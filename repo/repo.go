@@ -62,6 +62,16 @@
 // when this capture stored it, or when the stored object decodes and hashes
 // to its name. Readers check every chunk against its ID.
 //
+// Storage. Format version 1 stores each chunk as its own object. Version 2
+// (the default) gathers chunk frames into pack objects of about
+// Config.PackSize bytes (repo/backend/pack): a capture's packs and their
+// pack index are durable before the capture writes its disk indexes, so
+// the commit order above still holds, and gc removes dead frames by
+// rewriting packs (Compact). Version 3 is version 2 encrypted: object
+// names and chunk IDs are keyed, every frame and every metadata object is
+// sealed (AES-256-GCM), and a capture key can write restore points it
+// cannot read. crypto.go states the threat model and what stays visible.
+//
 // Reading. Disks share one bounded cache of decoded chunks per Repository.
 // A Disk that sees a sequential reader asks a backend that implements
 // backend.Prefetcher to fetch the next chunk objects in the background
