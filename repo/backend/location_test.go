@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	_ "github.com/vmvault/vmvault/repo/backend/all"
@@ -186,6 +187,7 @@ func TestPermanent(t *testing.T) {
 		{fmt.Errorf("load x: %w", backend.ErrShortRead), true},
 		{h.Valid(), true},
 		{fmt.Errorf("save x: %w", backend.ErrReadOnly), true},
+		{fmt.Errorf("gc: %w", &backend.RetainedError{Handle: h}), true},
 		{context.Canceled, true},
 		{fmt.Errorf("load: %w", context.DeadlineExceeded), true},
 	}
@@ -196,6 +198,12 @@ func TestPermanent(t *testing.T) {
 	}
 	if backend.Permanent(nil) != nil {
 		t.Error("Permanent(nil) is not nil")
+	}
+	until := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
+	re := fmt.Errorf("gc: %w", &backend.RetainedError{Handle: backend.Handle{Type: backend.PackFile, Name: "ab"}, Until: until, Mode: "COMPLIANCE"})
+	if !errors.Is(re, backend.ErrRetained) || !strings.Contains(re.Error(), "packs/ab") || !strings.Contains(re.Error(), "COMPLIANCE") ||
+		!strings.Contains(re.Error(), "until 2031-02-03T04:05:06Z") {
+		t.Errorf("retained error %q: want it to match ErrRetained and name the object, mode and time", re)
 	}
 	if p := backend.Permanent(transient); !errors.Is(p, transient) || p.Error() != transient.Error() {
 		t.Errorf("Permanent hides its error: %v", p)
