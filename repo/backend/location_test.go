@@ -129,18 +129,24 @@ func TestRegistry(t *testing.T) {
 	}
 
 	// Unsupported schemes.
-	for _, s := range []string{"s3:bucket", "sftp:u:secret@h:/x", "rest:https://u:secret@h/", "b2:b:p", "azure:c:/", "gs:b:/", "https://h/x"} {
+	for _, s := range []string{"sftp:u:secret@h:/x", "rest:https://u:secret@h/", "b2:b:p", "azure:c:/", "gs:b:/", "https://h/x"} {
 		loc, err := backend.ParseLocation(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for name, f := range map[string]func(context.Context, backend.Location) (backend.Backend, error){"open": backend.Open, "create": backend.Create} {
 			be, err := f(ctx, loc)
-			want := fmt.Sprintf("repository location scheme %q is not supported yet (supported: local)", loc.Scheme)
+			want := fmt.Sprintf("repository location scheme %q is not supported yet (supported: local, s3)", loc.Scheme)
 			if be != nil || !errors.Is(err, backend.ErrUnsupportedScheme) || err.Error() != want {
 				t.Errorf("%s %q: %v, %v; want %q", name, s, be, err, want)
 			}
 		}
+	}
+
+	// A location its backend cannot parse is ErrInvalidLocation.
+	bad, _ := backend.ParseLocation("s3:bucket")
+	if be, err := backend.Open(ctx, bad); be != nil || !errors.Is(err, backend.ErrInvalidLocation) {
+		t.Errorf("open s3:bucket: %v, %v; want ErrInvalidLocation", be, err)
 	}
 }
 
