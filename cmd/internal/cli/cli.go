@@ -65,8 +65,8 @@ type Global struct {
 	RepoRegion    string
 	RepoPathStyle string // "true", "false", or "" for the backend's choice
 	LockWait      time.Duration
-	Quiet      bool
-	CPUProfile string
+	Quiet         bool
+	CPUProfile    string
 
 	stopProfile func()
 }

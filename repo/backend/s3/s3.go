@@ -174,7 +174,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.probe(ctx, false); err != nil {
+	if err := b.probeRetrying(ctx, false); err != nil {
 		b.Close()
 		return nil, err
 	}
@@ -190,18 +190,32 @@ func Create(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.probe(ctx, true); err != nil {
+	if err := b.probeRetrying(ctx, true); err != nil {
 		b.Close()
 		return nil, err
 	}
-	if _, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile, Name: "config"}); err == nil {
-		b.Close()
-		return nil, fmt.Errorf("create repository at %s: a repository already exists there", b.loc)
-	} else if !errors.Is(err, backend.ErrNotFound) {
-		b.Close()
-		return nil, fmt.Errorf("create repository at %s: %w", b.loc, err)
-	}
 	return b, nil
+}
+
+// probeAttempts bounds the attempts of Open's and Create's requests when
+// they fail with transient errors (a server still starting answers 503
+// for a few seconds): the pauses between them add up to about 4 s.
+const probeAttempts = 5
+
+func (b *Backend) probeRetrying(ctx context.Context, create bool) error {
+	pause := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := b.probe(ctx, create)
+		if err == nil || backend.IsPermanent(err) || attempt == probeAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause *= 2
+	}
 }
 
 // probe checks the bucket (creating it when create is set), its Object
@@ -244,6 +258,15 @@ func (b *Backend) probe(ctx context.Context, create bool) error {
 		b.versions = true
 	default:
 		return b.openError(op, err)
+	}
+	if create {
+		_, err := b.Stat(ctx, backend.Handle{Type: backend.ConfigFile, Name: "config"})
+		switch {
+		case err == nil:
+			return fmt.Errorf("%s: %w", op, backend.Permanent(errors.New("a repository already exists there")))
+		case !errors.Is(err, backend.ErrNotFound):
+			return fmt.Errorf("%s: %w", op, err)
+		}
 	}
 	return nil
 }
@@ -794,9 +817,6 @@ func (b *Backend) RemoveTemp(ctx context.Context, olderThan time.Time) (int, err
 // Location implements backend.Backend: the location URL, which holds no
 // secrets.
 func (b *Backend) Location() string { return b.loc }
-
-// Bucket returns the bucket's name.
-func (b *Backend) Bucket() string { return b.cfg.Bucket }
 
 // Properties implements backend.Backend. Listings are consistent: AWS S3
 // has been strongly consistent for every operation since December 2020,

@@ -568,6 +568,17 @@ func TestRetries(t *testing.T) {
 			t.Errorf("the backend made %d requests for one call: minio-go's retries are on", n)
 		}
 	})
+	t.Run("open while the server starts", func(t *testing.T) {
+		proxy.Inject(s3test.Unavailable, s3test.Unavailable)
+		be, err := s3.Open(ctx, cfg)
+		if err != nil {
+			t.Fatalf("open with two 503 answers first: %v", err)
+		}
+		be.Close()
+		if proxy.Pending() != 0 {
+			t.Errorf("%d faults not reached", proxy.Pending())
+		}
+	})
 	t.Run("budget spent", func(t *testing.T) {
 		proxy.InjectFor("HEAD", s3test.Unavailable, s3test.Unavailable, s3test.Unavailable)
 		_, err := quietRetry(raw, 3).Stat(ctx, h)

@@ -4,8 +4,9 @@
 // Start runs a server of its own for one test; Shared runs one per test
 // binary (the package's TestMain calls Main so it stops at the end). Each
 // server is erasure-coded over 4 directories, listens on 127.0.0.1 at a
-// free port, and counts as up once /minio/health/ready answers (/live
-// answers before the drives are formatted). The minio binary must be on
+// free port, and counts as up once /minio/health/ready answers without
+// an "X-Minio-Server-Status: unavailable" header (/live answers before the
+// drives are formatted, /ready before the object layer is up). The minio binary must be on
 // PATH: .ci/run installs it. Without it a test skips, saying why, unless
 // the environment variable CI is set; then it fails.
 //
@@ -222,7 +223,9 @@ func (s *Server) waitReady(done chan struct{}, limit time.Duration) error {
 		resp, err := client.Get(s.URL() + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			// Ready answers 200 before the object layer is up, saying
+			// so in this header; S3 calls fail with 503 until then.
+			if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Minio-Server-Status") == "" {
 				return nil
 			}
 		}
