@@ -26,6 +26,8 @@
 //     "s3" wraps the backend in repo/backend/retry, the one place that
 //     retries (5xx, throttling, timeouts, resets). Two layers of retries
 //     would multiply (minio-go's 10 × retry's 10 attempts per call).
+//     Open and Create, which no wrapper covers, repeat their first
+//     requests a few times in about 4 s at transient errors.
 //     Errors that cannot heal are marked backend.Permanent: refused
 //     credentials, access denied, a missing bucket, other 4xx answers.
 //   - A request that makes no progress for Config.Timeout (connecting,
@@ -74,13 +76,15 @@ const (
 	// in flight, several times what one TCP stream carries to a remote
 	// endpoint, and bound the memory of buffered packs.
 	writeParallelism = 8
-	// singlePutMax is the largest object saved with one PUT (S3 allows
-	// 5 GiB); larger ones go in a multipart upload of parts this size.
-	singlePutMax = 512 << 20
 	// maxWholeLoad bounds the allocation of a Load of a whole object by
 	// the size the server announces.
 	maxWholeLoad = 4 << 30
 )
+
+// singlePutMax is the largest object saved with one PUT (S3 allows
+// 5 GiB); larger ones go in a multipart upload of parts this size. A
+// variable for tests.
+var singlePutMax = 512 << 20
 
 // Backend stores objects in one bucket under a prefix. Create it with
 // Open or Create.
@@ -460,7 +464,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 		UserMetadata:         map[string]string{"x-amz-checksum-crc32c": base64.StdEncoding.EncodeToString(crc[:])},
 		DisableContentSha256: true,
 		DisableMultipart:     len(data) <= singlePutMax,
-		PartSize:             singlePutMax,
+		PartSize:             uint64(singlePutMax),
 	}
 	if r := b.retention(); r.Period > 0 && h.Type != backend.LockFile {
 		opts.Mode = r.mode()
@@ -500,6 +504,14 @@ func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([
 	return b.load(ctx, h, 0, -1, buf)
 }
 
+// load reads [off, off+length) of h into buf (length < 0: to the end).
+// What MinIO answers, as RFC 9110 has it: 416 InvalidRange for a range
+// that starts at or past the end, and so for every range of an empty
+// object (even bytes=0-0); 206 with the bytes up to the end for a range
+// that starts inside and ends past it. A server that ignores the range
+// answers 200 with the whole object, which is read from off. There is no
+// empty range, so a load of 0 bytes, or from the very end, asks Stat for
+// the size.
 func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
 	if err := h.Valid(); err != nil {
 		return nil, err
@@ -795,11 +807,13 @@ func (b *Backend) RemoveTemp(ctx context.Context, olderThan time.Time) (int, err
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n := 0
-	for up := range b.client.ListIncompleteUploads(lctx, b.cfg.Bucket, b.prefix, true) {
+	// The whole bucket is listed: MinIO lists the uploads of one exact
+	// key only when given a prefix.
+	for up := range b.client.ListIncompleteUploads(lctx, b.cfg.Bucket, "", true) {
 		if up.Err != nil {
 			return n, b.classify("list incomplete uploads under", b.loc, up.Err)
 		}
-		if !up.Initiated.Before(olderThan) {
+		if !strings.HasPrefix(up.Key, b.prefix) || !up.Initiated.Before(olderThan) {
 			continue
 		}
 		if err := b.core.AbortMultipartUpload(ctx, b.cfg.Bucket, up.Key, up.UploadID); err != nil &&
