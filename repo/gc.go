@@ -49,6 +49,7 @@ type GCReport struct {
 	RemovedIndexes    int
 	RemovedBytes      int64
 	KeptYoung         int
+	KeptProtected     int // unreferenced, but an object lock protects them still
 	RemovedTemp       int
 	// Pack compaction (repositories that store chunks in packs).
 	RemovedPacks   int   // packs with nothing live, and orphans
@@ -112,6 +113,8 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			rep.LiveChunks++
 		case fi.ModTime.After(cutoff):
 			rep.KeptYoung++
+		case r.packs == nil && !r.removable(backend.ChunkFile, fi.ModTime): // a pack's lock is the pack's business
+			rep.KeptProtected++
 		default:
 			chunks = append(chunks, deadObject{id, fi.Size})
 		}
@@ -125,6 +128,8 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		case err != nil || m.indexes[fi.Name]:
 		case fi.ModTime.After(cutoff):
 			rep.KeptYoung++
+		case !r.removable(backend.IndexFile, fi.ModTime):
+			rep.KeptProtected++
 		default:
 			indexes = append(indexes, deadObject{id, fi.Size})
 		}
@@ -201,7 +206,7 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 			rep.RemovedBytes += o.size
 		}
 	}
-	if c, ok := r.be.(pack.Compactor); ok {
+	if c := r.packs; c != nil {
 		// Removed chunks only leave the pack index; compaction frees
 		// their space (and that of packs orphaned by crashed captures).
 		if remove {
@@ -211,11 +216,16 @@ func (r *Repository) GC(ctx context.Context, opts GCOptions) (*GCReport, error) 
 				}
 			}
 		}
-		crep, err := c.Compact(ctx, pack.CompactOptions{OrphansBefore: cutoff, DryRun: !remove})
+		copts := pack.CompactOptions{OrphansBefore: cutoff, DryRun: !remove}
+		if r.lockPeriod() > 0 {
+			copts.Protected = func(mtime time.Time) bool { return !r.removable(backend.PackFile, mtime) }
+		}
+		crep, err := c.Compact(ctx, copts)
 		if err != nil {
 			return nil, fmt.Errorf("gc: compact packs: %w", err)
 		}
 		rep.RemovedPacks, rep.RepackedPacks, rep.RewrittenBytes = crep.PacksRemoved, crep.PacksRepacked, crep.BytesRewritten
+		rep.KeptProtected += crep.PacksProtected
 		if remove {
 			rep.RemovedBytes = crep.BytesFreed + indexBytes(indexes)
 		}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -390,4 +392,39 @@ func uniqueData(idx *format.Index) map[format.ID]bool {
 		}
 	}
 	return out
+}
+
+// TestObjectLock: forget and gc leave what the object lock protects alone
+// and say until when; once the retention ends they remove it.
+func TestObjectLock(t *testing.T) {
+	ctx := context.Background()
+	r, dir := newLocalRepoWith(t, InitOptions{ChunkSize: cs, ObjectLock: time.Hour})
+	img := testImage(71, 6*cs)
+	rp := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))})
+	err := r.Forget(ctx, []string{rp.ID.String()})
+	var prot *ProtectedError
+	if !errors.As(err, &prot) || !errors.Is(err, ErrProtected) {
+		t.Fatalf("forget of a protected restore point: %v", err)
+	}
+	if until := prot.Until[rp.ID.String()]; until.Before(time.Now().Add(59*time.Minute)) || until.After(time.Now().Add(61*time.Minute)) {
+		t.Fatalf("protected until %v, want about an hour from now", until)
+	}
+	if rps, _, _ := r.ListRestorePoints(ctx); len(rps) != 1 {
+		t.Fatal("a protected restore point was forgotten")
+	}
+	// Two hours later (on the storage's clock) the retention is over.
+	past := time.Now().Add(-2 * time.Hour)
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			os.Chtimes(p, past, past)
+		}
+		return nil
+	})
+	if err := r.Forget(ctx, []string{rp.ID.String()}); err != nil {
+		t.Fatalf("forget after the retention: %v", err)
+	}
+	rep, err := r.GC(ctx, GCOptions{})
+	if err != nil || rep.KeptProtected != 0 || rep.RemovedPacks == 0 || rep.RemovedIndexes != 1 {
+		t.Fatalf("gc after the retention: %+v %v", rep, err)
+	}
 }

@@ -74,13 +74,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/cache"
+	"github.com/vmvault/vmvault/repo/backend/crypt"
 	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // ErrNoRepository means there is no repository (no config) at the location.
@@ -91,6 +97,9 @@ var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
 // Repository is an open repository. It is safe for concurrent use.
 type Repository struct {
 	be       backend.Backend
+	packs    *pack.Backend // the pack layer in be's chain (format version 2), or nil
+	keys     *keys.Set     // an encrypted repository's keys (format version 3), or nil
+	dkMu     sync.Mutex    // one data key load at a time
 	cfg      *format.Config
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
@@ -107,9 +116,20 @@ type Options struct {
 	// CacheSize bounds the decoded-chunk cache shared by all Disks, in bytes.
 	// Zero means DefaultCacheSize.
 	CacheSize int64
-	// IndexCacheDir, when set, keeps local copies of pack indexes (a
-	// repository on object storage then opens without fetching them all).
-	IndexCacheDir string
+	// DiskCacheDir, when set, keeps local copies of what a repository on a
+	// backend with costly reads (object storage: Properties.CheapRangedReads
+	// false) gives out: chunk frames, indexes, manifests and pack indexes,
+	// at most DiskCacheSize bytes (repo/backend/cache). Backends with cheap
+	// reads get no disk cache.
+	DiskCacheDir  string
+	DiskCacheSize int64
+	// Hostname names this host in lock objects ("" : os.Hostname). Hosts
+	// sharing a repository must have different names: a lock of this
+	// host's name whose process is gone is stale at once.
+	Hostname string
+	// Password returns the password of an encrypted repository (called
+	// once, only for one); nil means none is known.
+	Password func() ([]byte, error)
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -123,6 +143,16 @@ type InitOptions struct {
 	// format.DefaultPackSize, negative one object per chunk (format
 	// version 1, as repositories before packs).
 	PackSize int64
+	// ObjectLock is the retention every object gets from a backend that
+	// locks objects (S3 Object Lock; the backend must have been created
+	// with it); recorded so forget, prune and gc leave protected objects
+	// alone.
+	ObjectLock time.Duration
+	// Password, when set, encrypts the repository (format version 3); it
+	// opens the first (full) key slot. KDF are its key derivation
+	// parameters (zero: calibrated here, keys.Calibrate).
+	Password []byte
+	KDF      keys.KDF
 }
 
 // Init creates a repository in an empty backend.
@@ -140,15 +170,41 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
+	var err error
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
 		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
+		ObjectLockSeconds: int64(opts.ObjectLock / time.Second),
 	}
 	switch {
 	case opts.PackSize == 0:
 		cfg.PackSize = format.DefaultPackSize
 	case opts.PackSize < 0:
 		cfg.Version, cfg.PackSize = 1, 0
+	}
+	if cfg.Version > 2 {
+		cfg.Version = 2
+	}
+	var set *keys.Set
+	if opts.Password != nil {
+		if cfg.PackSize == 0 {
+			return nil, fmt.Errorf("init repository at %s: encryption needs packs", be.Location())
+		}
+		cfg.Version, cfg.Encryption = 3, format.EncryptionV1
+		if set, err = keys.NewSet(); err != nil {
+			return nil, err
+		}
+		kdf := opts.KDF
+		if kdf.Alg == "" {
+			kdf = keys.Calibrate(keys.DefaultKDFTime)
+		}
+		slot, err := keys.NewSlot(set, keys.KindFull, opts.Password, kdf, hostname(""))
+		if err != nil {
+			return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
+		}
+		if err := be.Save(ctx, keyHandle(slotName()), slot); err != nil {
+			return nil, fmt.Errorf("init repository at %s: save key: %w", be.Location(), err)
+		}
 	}
 	b, err := cfg.Marshal()
 	if err != nil {
@@ -157,7 +213,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if err := be.Save(ctx, configHandle, b); err != nil {
 		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, Options{}), nil
+	return newRepository(be, cfg, set, Options{}), nil
 }
 
 // Open opens the repository stored in be.
@@ -173,21 +229,54 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, opts), nil
+	var set *keys.Set
+	if cfg.Encryption != "" {
+		if set, err = openKeys(ctx, be, opts.Password); err != nil {
+			return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+		}
+	}
+	return newRepository(be, cfg, set, opts), nil
 }
 
-func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Repository {
+func hostname(h string) string {
+	if h == "" {
+		h, _ = os.Hostname()
+	}
+	return h
+}
+
+func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts Options) *Repository {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
 	}
-	if cfg.PackSize > 0 {
-		be = pack.New(be, pack.Options{PackSize: cfg.PackSize, IndexCacheDir: opts.IndexCacheDir})
+	remote := opts.DiskCacheDir != "" && !be.Properties().CheapRangedReads
+	if set != nil {
+		be = crypt.New(be, set)
 	}
-	host, _ := os.Hostname()
+	var packs *pack.Backend
+	if cfg.PackSize > 0 {
+		po := pack.Options{PackSize: cfg.PackSize}
+		if set != nil {
+			po.SealTrailer = func(t []byte) []byte { return set.Seal("pack", "trailer", t) }
+		}
+		if remote {
+			po.IndexCacheDir = filepath.Join(opts.DiskCacheDir, cfg.ID, "packidx")
+		}
+		packs = pack.New(be, po)
+		be = packs
+	}
+	if remote {
+		c, err := cache.New(be, cache.Options{Dir: filepath.Join(opts.DiskCacheDir, cfg.ID, "objects"), Size: opts.DiskCacheSize})
+		if err != nil {
+			slog.Warn("no disk cache: reading everything from the backend", "err", err)
+		} else {
+			be = c
+		}
+	}
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
-		props: be.Properties(), hostname: host, now: time.Now}
+	return &Repository{be: be, packs: packs, keys: set, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+		props: be.Properties(), hostname: hostname(opts.Hostname), now: time.Now}
 }
 
 // Config returns the repository config.
@@ -244,6 +333,18 @@ func (r *Repository) loadChunkFrame(ctx context.Context, id format.ID, frameBuf,
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	if r.keys != nil {
+		plain, err := r.openFrame(ctx, frame, id)
+		if err != nil {
+			return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
+		}
+		defer r.bufs.Put(plain)
+		out, err = format.DecodeChunkHashed(dst, plain, id, r.keys.ChunkID)
+		if err != nil {
+			return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
+		}
+		return out, frame, nil
 	}
 	out, err = format.DecodeChunkID(dst, frame, id)
 	if err != nil {

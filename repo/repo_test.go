@@ -18,7 +18,6 @@ import (
 	"github.com/vmvault/vmvault/repo/backend/faulty"
 	"github.com/vmvault/vmvault/repo/backend/local"
 	"github.com/vmvault/vmvault/repo/backend/mem"
-	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
 )
@@ -308,8 +307,8 @@ func TestStreamingReads(t *testing.T) {
 // object.
 func flipChunkByte(t *testing.T, r *Repository, dir string, id format.ID, at int64) {
 	t.Helper()
-	pb, ok := r.be.(*pack.Backend)
-	if !ok {
+	pb := r.packs
+	if pb == nil {
 		flipByte(t, filepath.Join(dir, "chunks", id.String()[:2], id.String()), at)
 		return
 	}
@@ -370,9 +369,9 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	}
 	// A capture that fails part-way (its pack is stored, but the backend
 	// reports an error) leaves orphans; gc with no grace removes only those.
-	fb := faulty.New(r.be.(*pack.Backend).Inner(), 1)
+	fb := faulty.New(r.packs.Inner(), 1)
 	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.PackFile, From: 1, Effect: faulty.FailAfter(errInjected)})
-	fr := newRepository(fb, r.cfg, Options{})
+	fr := newRepository(fb, r.cfg, nil, Options{})
 	orphan := testImage(77, size)
 	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
 	if !errors.Is(err, errInjected) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -40,7 +41,10 @@ type forgetEntry struct {
 	Time    string   `json:"time,omitempty"`
 	Keep    bool     `json:"keep"`
 	Reasons []string `json:"reasons,omitempty"`
-	rp      *repo.RestorePoint
+	// ProtectedUntil is set when the object lock kept a restore point the
+	// policy or the command line would remove.
+	ProtectedUntil string `json:"protected_until,omitempty"`
+	rp             *repo.RestorePoint
 }
 
 // forgetJSON is forget's --json output (and prune's "forget" part).
@@ -134,7 +138,16 @@ keeps its data until that reader lets go.`,
 				return err
 			}
 			if f.asJSON {
-				return cli.PrintJSON(cmd.OutOrStdout(), res)
+				if err := cli.PrintJSON(cmd.OutOrStdout(), res); err != nil {
+					return err
+				}
+			}
+			if len(args) > 0 {
+				for _, e := range res.RestorePoints {
+					if e.ProtectedUntil != "" {
+						return fmt.Errorf("%w: not all named restore points were forgotten", repo.ErrProtected)
+					}
+				}
 			}
 			return nil
 		},
@@ -173,12 +186,28 @@ func forget(cmd *cobra.Command, r *repo.Repository, entries []forgetEntry, dryRu
 		}
 		return res, nil
 	}
-	if err := r.Forget(cmd.Context(), names); err != nil {
+	err := r.Forget(cmd.Context(), names)
+	var prot *repo.ProtectedError
+	if err != nil && !errors.As(err, &prot) {
 		return res, err
 	}
 	res.Forgotten = len(names)
+	if prot != nil {
+		res.Forgotten -= len(prot.Until)
+		for i, e := range res.RestorePoints {
+			if until, ok := prot.Until[e.ID]; ok {
+				res.RestorePoints[i].Keep = true
+				res.RestorePoints[i].ProtectedUntil = until.UTC().Format(time.RFC3339)
+			}
+		}
+	}
 	if !asJSON {
-		fmt.Fprintf(cmd.OutOrStdout(), "removed %d restore points\n", len(names))
+		fmt.Fprintf(cmd.OutOrStdout(), "removed %d restore points\n", res.Forgotten)
+		if prot != nil {
+			for id, until := range prot.Until {
+				fmt.Fprintf(cmd.OutOrStdout(), "kept %s: protected by the object lock until %s\n", id[:8], until.UTC().Format(time.RFC3339))
+			}
+		}
 	}
 	return res, nil
 }

@@ -67,6 +67,7 @@ type gcJSON struct {
 	RemovedIndexes    int      `json:"removed_indexes"`
 	RemovedBytes      int64    `json:"removed_bytes"`
 	KeptYoung         int      `json:"kept_young"`
+	KeptProtected     int      `json:"kept_protected"`
 	GraceSeconds      float64  `json:"grace_seconds"`
 	Deferred          bool     `json:"deferred"`
 	Writers           []string `json:"writers,omitempty"`
@@ -90,7 +91,7 @@ func runGC(cmd *cobra.Command, r *repo.Repository, f gcFlags, dryRun bool, wait 
 func toGCJSON(rep *repo.GCReport, f gcFlags, dryRun bool) gcJSON {
 	return gcJSON{DryRun: dryRun, RestorePoints: rep.RestorePoints, ReferencedIndexes: rep.ReferencedIndexes,
 		PinnedIndexes: rep.PinnedIndexes, LiveChunks: rep.LiveChunks, RemovedChunks: rep.RemovedChunks, RemovedIndexes: rep.RemovedIndexes,
-		RemovedBytes: rep.RemovedBytes, KeptYoung: rep.KeptYoung, GraceSeconds: f.grace.Seconds(), Deferred: rep.Deferred, Writers: rep.Writers,
+		RemovedBytes: rep.RemovedBytes, KeptYoung: rep.KeptYoung, KeptProtected: rep.KeptProtected, GraceSeconds: f.grace.Seconds(), Deferred: rep.Deferred, Writers: rep.Writers,
 		FilterBytes: rep.FilterBytes, MarkSeconds: rep.MarkSeconds, SweepSeconds: rep.SweepSeconds}
 }
 
@@ -104,6 +105,9 @@ func printGC(w io.Writer, rep *repo.GCReport, f gcFlags, dryRun bool) {
 	}
 	fmt.Fprintf(w, "%d restore points and %d pinned indexes keep %d chunks and %d indexes; %s %d chunks and %d indexes (%s); kept %d younger than %s\n",
 		rep.RestorePoints, rep.PinnedIndexes, rep.LiveChunks, rep.ReferencedIndexes, verb, rep.RemovedChunks, rep.RemovedIndexes, cli.Bytes(rep.RemovedBytes), rep.KeptYoung, f.grace)
+	if rep.KeptProtected > 0 {
+		fmt.Fprintf(w, "kept %d unreferenced objects the object lock still protects (removed by a gc after their retention ends)\n", rep.KeptProtected)
+	}
 	if rep.Deferred {
 		fmt.Fprintf(w, "captures kept running for all of --lock-wait; run gc again later (or with a longer --lock-wait):\n")
 		for _, wr := range rep.Writers {

@@ -39,11 +39,13 @@ domain's XML, which 'virsh define' takes back; JSON otherwise).`,
 				return writeConfig(cmd.OutOrStdout(), rp.Config)
 			}
 			if asJSON {
+				c := r.Config()
 				j := struct {
 					rpJSON
-					Config any               `json:"config,omitempty"`
-					Labels map[string]string `json:"labels,omitempty"`
-				}{rpJSON: toJSON(rp, true), Labels: rp.Labels}
+					Config     any               `json:"config,omitempty"`
+					Labels     map[string]string `json:"labels,omitempty"`
+					Repository repoJSON          `json:"repository"`
+				}{rpJSON: toJSON(rp, true), Labels: rp.Labels, Repository: repoJSON{Location: r.Backend().Location(), ID: c.ID, FormatVersion: c.Version, PackSize: c.PackSize}}
 				if len(rp.Config) > 0 {
 					j.Config = rp.Config
 				}
@@ -92,4 +94,12 @@ func resolveOne(cmd *cobra.Command, r *repo.Repository, name string) (*repo.Rest
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: restore point %s cannot be read: %v\n", b.Name, b.Err)
 	}
 	return repo.Resolve(rps, name)
+}
+
+// repoJSON names the repository a restore point is in (show --json).
+type repoJSON struct {
+	Location      string `json:"location"`
+	ID            string `json:"id"`
+	FormatVersion int    `json:"format_version"`
+	PackSize      int64  `json:"pack_size,omitempty"`
 }

@@ -11,6 +11,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -67,6 +70,8 @@ type Global struct {
 	LockWait      time.Duration
 	Quiet         bool
 	CPUProfile    string
+	CacheDir      string
+	CacheSize     string
 
 	stopProfile func()
 }
@@ -81,9 +86,45 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&g.RepoPathStyle, "repo-path-style", os.Getenv("VMVAULT_REPO_PATH_STYLE"), "S3 bucket in the URL path (true, what MinIO and most S3-compatibles want) or the host name (false, AWS); unset: by endpoint (env VMVAULT_REPO_PATH_STYLE)")
 	fs.Lookup("repo-path-style").NoOptDefVal = "true"
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
-	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
+	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress, summaries or informational log lines (errors, warnings, listings and --json still print)")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
 	_ = fs.MarkHidden("cpu-profile")
+	fs.StringVar(&g.CacheDir, "cache-dir", os.Getenv("VMVAULT_CACHE_DIR"), "disk cache for repositories on object storage (env VMVAULT_CACHE_DIR; default ~/.cache/vmvault; \"off\" for none)")
+	fs.StringVar(&g.CacheSize, "cache-size", envOr("VMVAULT_CACHE_SIZE", "4GiB"), "most the disk cache holds per repository (env VMVAULT_CACHE_SIZE)")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// diskCache returns the disk cache directory and size of the flags.
+func (g *Global) diskCache() (string, int64, error) {
+	sizeFlag := g.CacheSize
+	if sizeFlag == "" { // a Global made in code, not by AddFlags
+		sizeFlag = envOr("VMVAULT_CACHE_SIZE", "4GiB")
+	}
+	size, err := ParseSize(sizeFlag)
+	if err != nil {
+		return "", 0, Usagef("--cache-size: %v", err)
+	}
+	switch g.CacheDir {
+	case "off":
+		return "", 0, nil
+	case "":
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", 0, nil // no home: no cache
+			}
+			base = filepath.Join(home, ".cache")
+		}
+		return filepath.Join(base, "vmvault"), size, nil
+	}
+	return g.CacheDir, size, nil
 }
 
 // Install registers the global flags on root and makes --cpu-profile
@@ -92,6 +133,9 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 func (g *Global) Install(root *cobra.Command) {
 	g.AddFlags(root.PersistentFlags())
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.Quiet {
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		}
 		if g.CPUProfile == "" {
 			return nil
 		}
@@ -112,6 +156,16 @@ func (g *Global) Install(root *cobra.Command) {
 			g.stopProfile = nil
 		}
 	})
+}
+
+// Summary is where a command writes the summary of what it did (not data
+// the user asked for, such as a listing or --json): w, or nowhere with
+// --quiet.
+func (g *Global) Summary(w io.Writer) io.Writer {
+	if g.Quiet {
+		return io.Discard
+	}
+	return w
 }
 
 // Location parses the repository location of the global flags; a missing
@@ -160,6 +214,15 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	if opts.Hostname == "" {
+		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
+	}
+	if opts.DiskCacheDir == "" {
+		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
+			_ = be.Close()
+			return nil, err
+		}
 	}
 	r, err := repo.Open(ctx, be, opts)
 	if err != nil {
@@ -260,6 +323,55 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	return v * mult, nil
+}
+
+// Version describes the build of the running binary for --version: module
+// version, VCS revision and time (and whether the tree was modified), Go
+// version, and the repository format versions it reads and writes; extra
+// lines follow (formats only one binary uses).
+func Version(extra ...string) string {
+	var b strings.Builder
+	version, rev, when, modified := "(unknown)", "", "", false
+	goVersion := runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version, goVersion = bi.Main.Version, bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.time":
+				when = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	b.WriteString(version + "\n")
+	if rev != "" {
+		fmt.Fprintf(&b, "commit %s", rev)
+		if when != "" {
+			fmt.Fprintf(&b, " (%s)", when)
+		}
+		if modified {
+			b.WriteString(" with uncommitted changes")
+		}
+		b.WriteString("\n")
+	} else {
+		b.WriteString("commit unknown (built without VCS stamping, e.g. -buildvcs=false or outside a git checkout)\n")
+	}
+	fmt.Fprintf(&b, "built with %s for %s/%s\n", goVersion, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(&b, "repository format: config %d, index %d, manifest %d, chunk frame %d (reads and writes exactly these)",
+		format.ConfigVersion, format.IndexVersion, format.ManifestVersion, format.ChunkVersion)
+	for _, e := range extra {
+		b.WriteString("\n" + e)
+	}
+	return b.String()
+}
+
+// SetVersion gives root a --version flag printing Version(extra...).
+func SetVersion(root *cobra.Command, extra ...string) {
+	root.Version = Version(extra...)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 }
 
 // ReadLock takes a reader's lock pinning rps, for the life of a command

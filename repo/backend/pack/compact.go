@@ -21,6 +21,10 @@ type CompactOptions struct {
 	// one (0: 32).
 	MaxIndexes int
 	DryRun     bool
+	// Protected, when set, says whether an object lock still protects an
+	// object written at mtime: such packs are neither removed nor
+	// rewritten, and pack indexes are not merged while any is protected.
+	Protected func(mtime time.Time) bool
 }
 
 // CompactReport is what Compact did (or would do).
@@ -30,6 +34,7 @@ type CompactReport struct {
 	BytesRewritten int64 // live bytes copied into new packs
 	BytesFreed     int64
 	IndexesMerged  int // pack indexes replaced by one
+	PacksProtected int // would go, but an object lock protects them
 }
 
 // Compactor is what gc asks of a backend that packs chunks.
@@ -83,6 +88,12 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 	var remove, repack []format.ID
 	for name, fi := range stored {
 		named, ok := known[name]
+		if opts.Protected != nil && opts.Protected(fi.ModTime) {
+			if !ok || !named || live[name] == 0 || float64(live[name]) < opts.MinLive*float64(fi.Size) {
+				rep.PacksProtected++
+			}
+			continue
+		}
 		switch {
 		case !ok && fi.ModTime.Before(opts.OrphansBefore), ok && !named, named && live[name] == 0:
 			remove = append(remove, name)
@@ -125,7 +136,7 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 			}
 		}
 	}
-	n, err := b.mergeIndexes(ctx, opts.MaxIndexes)
+	n, err := b.mergeIndexes(ctx, opts.MaxIndexes, opts.Protected)
 	rep.IndexesMerged = n
 	return rep, err
 }
@@ -158,15 +169,17 @@ func (b *Backend) rewrite(ctx context.Context, name format.ID) error {
 
 // mergeIndexes replaces the pack indexes with one naming every live entry
 // when there are more than max of them, and returns how many it replaced.
-func (b *Backend) mergeIndexes(ctx context.Context, max int) (int, error) {
+func (b *Backend) mergeIndexes(ctx context.Context, max int, protected func(time.Time) bool) (int, error) {
 	var names []string
+	locked := false
 	if err := b.be.List(ctx, backend.PackIndexFile, func(fi backend.FileInfo) error {
 		names = append(names, fi.Name)
+		locked = locked || protected != nil && protected(fi.ModTime)
 		return nil
 	}); err != nil {
 		return 0, fmt.Errorf("compact: list pack indexes: %w", err)
 	}
-	if len(names) <= max {
+	if len(names) <= max || locked {
 		return 0, nil
 	}
 	if err := b.refresh(ctx); err != nil { // every listed index is in the view

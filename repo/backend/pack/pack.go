@@ -51,7 +51,10 @@ type Options struct {
 	// are immutable), so opening the repository again reads them from
 	// here instead of from the backend.
 	IndexCacheDir string
-	Log           *slog.Logger
+	// SealTrailer, when set, encrypts pack trailers (they list the chunk
+	// ids and sizes of a pack).
+	SealTrailer func([]byte) []byte
+	Log         *slog.Logger
 }
 
 // Backend is the pack layer over an inner backend.
@@ -171,7 +174,11 @@ func (b *Backend) sealLocked() {
 	if p == nil || len(p.entries) == 0 {
 		return
 	}
-	p.data = append(p.data, format.PackTrailer(p.entries)...)
+	trailer := format.PackTrailer(p.entries)
+	if b.opts.SealTrailer != nil {
+		trailer = format.SealedPackTrailer(b.opts.SealTrailer(trailer))
+	}
+	p.data = append(p.data, trailer...)
 	p.name = format.Hash(p.data)
 	b.inflight++
 	go func() {
@@ -619,4 +626,113 @@ func (b *Backend) Locate(ctx context.Context, id format.ID) (pack format.ID, off
 		return format.ID{}, 0, 0, false, err
 	}
 	return locs[0].pack, int64(locs[0].offset), int64(locs[0].length), true, nil
+}
+
+// maxRun bounds one coalesced read of neighbouring frames, and maxGap the
+// unwanted bytes between two wanted frames such a read may carry.
+const (
+	maxRun = 16 << 20
+	maxGap = 1 << 20
+)
+
+// LoadBatch implements backend.BatchLoader for chunks: frames that sit
+// near each other in a pack (a sequential reader's next chunks, captured
+// in disk order) come with one ranged read. Other types load one by one.
+func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []string, fn func(string, []byte) error) error {
+	type want struct {
+		name string
+		loc  location
+	}
+	byPack := map[format.ID][]want{}
+	var loose []string
+	for _, n := range names {
+		id, err := format.ParseID(n)
+		if t != backend.ChunkFile || err != nil {
+			loose = append(loose, n)
+			continue
+		}
+		if f := b.pendingFrame(id); f != nil {
+			if err := fn(n, f); err != nil {
+				return err
+			}
+			continue
+		}
+		b.rmu.RLock()
+		locs := b.view.find(id)
+		b.rmu.RUnlock()
+		if len(locs) == 0 {
+			loose = append(loose, n)
+			continue
+		}
+		byPack[locs[0].pack] = append(byPack[locs[0].pack], want{n, locs[0]})
+	}
+	type run struct {
+		pack       format.ID
+		start, end int64
+		items      []want
+	}
+	var runs []run
+	for p, ws := range byPack {
+		slices.SortFunc(ws, func(a, b want) int { return int(int64(a.loc.offset) - int64(b.loc.offset)) })
+		cur := run{pack: p, start: -1}
+		for _, w := range ws {
+			s, e := int64(w.loc.offset), int64(w.loc.offset)+int64(w.loc.length)
+			if cur.start >= 0 && (s-cur.end > maxGap || e-cur.start > maxRun) {
+				runs = append(runs, cur)
+				cur = run{pack: p, start: -1}
+			}
+			if cur.start < 0 {
+				cur.start = s
+			}
+			cur.end = max(cur.end, e)
+			cur.items = append(cur.items, w)
+		}
+		runs = append(runs, cur)
+	}
+	var mu sync.Mutex // fn runs on one goroutine at a time
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(b.be.Properties().ReadParallelism)
+	for _, r := range runs {
+		g.Go(func() error {
+			data, err := b.be.Load(gctx, backend.Handle{Type: backend.PackFile, Name: r.pack.String()}, r.start, r.end-r.start)
+			if errors.Is(err, backend.ErrNotFound) {
+				return nil // repacked meanwhile: left out, loaded one by one later
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, w := range r.items {
+				s := int64(w.loc.offset) - r.start
+				if err := fn(w.name, data[s:s+int64(w.loc.length)]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	for _, n := range loose {
+		g.Go(func() error {
+			data, err := b.Load(gctx, backend.Handle{Type: t, Name: n}, 0, -1)
+			if errors.Is(err, backend.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(n, data)
+		})
+	}
+	return g.Wait()
+}
+
+// RemoveForeign implements backend.ForeignRemover through the inner backend.
+func (b *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if fr, ok := b.be.(backend.ForeignRemover); ok {
+		return fr.RemoveForeign(ctx, t, name)
+	}
+	return fmt.Errorf("remove %s/%q: the backend cannot remove what it did not write", t, name)
 }
