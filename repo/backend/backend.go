@@ -118,6 +118,11 @@ type FileInfo struct {
 	Name    string
 	Size    int64
 	ModTime time.Time
+	// RetainUntil, when not zero, is the time before which storage
+	// refuses to remove or replace the object (S3 Object Lock). Backends
+	// fill it where that costs no extra request (the s3 backend in Stat,
+	// not in List).
+	RetainUntil time.Time
 }
 
 // Errors that callers test with errors.Is.
@@ -128,7 +133,32 @@ var (
 	ErrInvalidHandle = errors.New("invalid handle")
 	// ErrReadOnly is the error of every mutation of a read-only backend.
 	ErrReadOnly = errors.New("repository is read-only")
+	// ErrRetained is wrapped by the error of a Remove of an object that
+	// storage keeps for a retention period that has not ended (S3 Object
+	// Lock); the error is a *RetainedError, which says until when.
+	ErrRetained = errors.New("object is under retention")
 )
+
+// RetainedError is the error of removing an object under retention.
+type RetainedError struct {
+	Handle Handle
+	Until  time.Time // zero when storage did not say
+	Mode   string    // the retention mode as storage names it ("COMPLIANCE", "GOVERNANCE"), or ""
+}
+
+func (e *RetainedError) Error() string {
+	msg := fmt.Sprintf("remove %v: %v", e.Handle, ErrRetained)
+	if e.Mode != "" {
+		msg += " (" + e.Mode + ")"
+	}
+	if !e.Until.IsZero() {
+		msg += " until " + e.Until.UTC().Format(time.RFC3339)
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrRetained) hold.
+func (e *RetainedError) Is(target error) bool { return target == ErrRetained }
 
 // Permanent marks err as one that the same call will fail with again, so
 // wrappers such as repo/backend/retry return it at once. A backend marks
@@ -149,8 +179,8 @@ func (e *permanentError) Unwrap() error { return e.err }
 // IsPermanent reports whether repeating the call that returned err cannot
 // succeed: the error was marked with Permanent, or it is one whose cause
 // a repetition does not change (ErrNotFound, ErrShortRead,
-// ErrInvalidHandle, ErrReadOnly, a cancelled context or an expired
-// deadline).
+// ErrInvalidHandle, ErrReadOnly, ErrRetained, a cancelled context or an
+// expired deadline).
 func IsPermanent(err error) bool {
 	var p *permanentError
 	switch {
@@ -161,6 +191,7 @@ func IsPermanent(err error) bool {
 		errors.Is(err, ErrShortRead),
 		errors.Is(err, ErrInvalidHandle),
 		errors.Is(err, ErrReadOnly),
+		errors.Is(err, ErrRetained),
 		errors.Is(err, context.Canceled),
 		errors.Is(err, context.DeadlineExceeded):
 		return true

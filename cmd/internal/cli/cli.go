@@ -67,19 +67,30 @@ func Usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 // Global holds flags every command shares.
 type Global struct {
-	Repo       string
-	LockWait   time.Duration
-	Quiet      bool
-	CPUProfile string
-	CacheDir   string
-	CacheSize  string
+	Repo string
+	// Options of remote repositories (backend.Location.Options).
+	RepoCAFile    string
+	RepoInsecure  bool
+	RepoRegion    string
+	RepoPathStyle string // "true", "false", or "" for the backend's choice
+	LockWait      time.Duration
+	Quiet         bool
+	CPUProfile    string
+	CacheDir      string
+	CacheSize     string
 
 	stopProfile func()
 }
 
 // AddFlags registers the global flags.
 func (g *Global) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, or local:PATH (env VMVAULT_REPOSITORY)")
+	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, local:PATH, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] (env VMVAULT_REPOSITORY)")
+	fs.StringVar(&g.RepoCAFile, "repo-ca-file", os.Getenv("VMVAULT_REPO_CA_FILE"), "PEM file of CA certificates to trust for a remote repository, beside the system's (env VMVAULT_REPO_CA_FILE)")
+	insecure, _ := strconv.ParseBool(os.Getenv("VMVAULT_REPO_INSECURE"))
+	fs.BoolVar(&g.RepoInsecure, "repo-insecure", insecure, "do not verify the TLS certificate of a remote repository (env VMVAULT_REPO_INSECURE)")
+	fs.StringVar(&g.RepoRegion, "repo-region", os.Getenv("VMVAULT_REPO_REGION"), "region of an S3 repository's bucket (env VMVAULT_REPO_REGION)")
+	fs.StringVar(&g.RepoPathStyle, "repo-path-style", os.Getenv("VMVAULT_REPO_PATH_STYLE"), "S3 bucket in the URL path (true, what MinIO and most S3-compatibles want) or the host name (false, AWS); unset: by endpoint (env VMVAULT_REPO_PATH_STYLE)")
+	fs.Lookup("repo-path-style").NoOptDefVal = "true"
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress, summaries or informational log lines (errors, warnings, listings and --json still print)")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
@@ -97,7 +108,11 @@ func envOr(name, def string) string {
 
 // diskCache returns the disk cache directory and size of the flags.
 func (g *Global) diskCache() (string, int64, error) {
-	size, err := ParseSize(g.CacheSize)
+	sizeFlag := g.CacheSize
+	if sizeFlag == "" { // a Global made in code, not by AddFlags
+		sizeFlag = envOr("VMVAULT_CACHE_SIZE", "4GiB")
+	}
+	size, err := ParseSize(sizeFlag)
 	if err != nil {
 		return "", 0, Usagef("--cache-size: %v", err)
 	}
@@ -169,6 +184,25 @@ func (g *Global) Location() (backend.Location, error) {
 	if err != nil {
 		return backend.Location{}, Usagef("%v", err)
 	}
+	if g.RepoPathStyle != "" {
+		if _, err := strconv.ParseBool(g.RepoPathStyle); err != nil {
+			return backend.Location{}, Usagef("--repo-path-style %q: want true or false", g.RepoPathStyle)
+		}
+	}
+	loc.Options = map[string]string{}
+	for k, v := range map[string]string{
+		backend.OptionCAFile:          g.RepoCAFile,
+		backend.OptionRegion:          g.RepoRegion,
+		backend.OptionPathStyle:       g.RepoPathStyle,
+		backend.OptionCredentialsFile: os.Getenv("VMVAULT_REPO_CREDENTIALS_FILE"),
+	} {
+		if v != "" {
+			loc.Options[k] = v
+		}
+	}
+	if g.RepoInsecure {
+		loc.Options[backend.OptionInsecure] = "true"
+	}
 	return loc, nil
 }
 
@@ -181,7 +215,7 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 		return nil, err
 	}
 	be, err := backend.Open(ctx, loc)
-	if errors.Is(err, backend.ErrUnsupportedScheme) {
+	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
 		return nil, usageError{err}
 	}
 	if err != nil {
@@ -215,7 +249,7 @@ func (g *Global) CreateBackend(ctx context.Context) (backend.Backend, error) {
 		return nil, err
 	}
 	be, err := backend.Create(ctx, loc)
-	if errors.Is(err, backend.ErrUnsupportedScheme) {
+	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
 		return nil, usageError{err}
 	}
 	return be, err
