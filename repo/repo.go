@@ -157,7 +157,8 @@ type InitOptions struct {
 	// locks objects (S3 Object Lock; the backend must have been created
 	// with it); recorded so forget, prune and gc leave protected objects
 	// alone.
-	ObjectLock time.Duration
+	ObjectLock     time.Duration
+	ObjectLockMode string // "compliance" (when empty) or "governance"
 	// Password, when set, encrypts the repository (format version 3); it
 	// opens the first (full) key slot. KDF are its key derivation
 	// parameters (zero: calibrated here, keys.Calibrate).
@@ -206,7 +207,10 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
 		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
-		ObjectLockSeconds: int64(opts.ObjectLock / time.Second),
+		ObjectLockSeconds: int64(opts.ObjectLock / time.Second), ObjectLockMode: opts.ObjectLockMode,
+	}
+	if err := retain(ctx, be, cfg); err != nil {
+		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
 	}
 	switch {
 	case opts.PackSize == 0:
@@ -261,6 +265,9 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	}
 	cfg, err := format.ParseConfig(b)
 	if err != nil {
+		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+	}
+	if err := retain(ctx, be, cfg); err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
 	}
 	var set *keys.Set

@@ -163,6 +163,16 @@ func (e *RetainedError) Is(target error) bool { return target == ErrRetained }
 // Permanent marks err as one that the same call will fail with again, so
 // wrappers such as repo/backend/retry return it at once. A backend marks
 // what it knows cannot heal (a refused credential, a missing bucket).
+// NotFound returns an error with message msg that is ErrNotFound for
+// errors.Is (for messages that say better what is missing than "object
+// not found").
+func NotFound(msg string) error { return notFoundError(msg) }
+
+type notFoundError string
+
+func (e notFoundError) Error() string        { return string(e) }
+func (e notFoundError) Is(target error) bool { return target == ErrNotFound }
+
 // Permanent(nil) is nil; errors.Is and errors.As see through the mark.
 func Permanent(err error) error {
 	if err == nil {
@@ -255,6 +265,38 @@ type Flusher interface {
 // lock.
 type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// Retainer is implemented by backends that can keep objects immutable for
+// a period after they are written (S3 Object Lock). Retain makes every
+// later Save of an object but a lock carry a retention of period (0:
+// none) in mode ("compliance", "governance"; "": the backend's default);
+// it fails when the storage cannot retain.
+type Retainer interface {
+	Retain(ctx context.Context, period time.Duration, mode string) error
+}
+
+// Wrapper is implemented by backends that add behaviour to another
+// (retry, readonly, the pack layer): Inner returns the wrapped one.
+type Wrapper interface {
+	Inner() Backend
+}
+
+// Find returns the first backend in be's chain of wrappers (be itself
+// first) that implements T.
+func Find[T any](be Backend) (T, bool) {
+	for be != nil {
+		if t, ok := be.(T); ok {
+			return t, true
+		}
+		w, ok := be.(Wrapper)
+		if !ok {
+			break
+		}
+		be = w.Inner()
+	}
+	var zero T
+	return zero, false
 }
 
 // RangeLoader is implemented by backends that load a range of an object

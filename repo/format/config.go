@@ -21,6 +21,9 @@ type Config struct {
 	// ObjectLock is how long every object stays immutable after it is
 	// written (S3 Object Lock), in seconds; 0 for none.
 	ObjectLockSeconds int64 `json:"object_lock_seconds,omitempty"`
+	// ObjectLockMode is the retention mode: "compliance" (nobody can
+	// shorten it; the default when empty) or "governance".
+	ObjectLockMode string `json:"object_lock_mode,omitempty"`
 	// Encryption names the scheme of an encrypted repository (format
 	// version 3): what the key objects hold and how objects are sealed
 	// (repo/keys); empty for none.
@@ -57,6 +60,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ObjectLockSeconds < 0 {
 		return fmt.Errorf("config: negative object lock period: %w", ErrCorrupt)
+	}
+	if m := c.ObjectLockMode; m != "" && m != "compliance" && m != "governance" {
+		return fmt.Errorf("config: object lock mode %q: %w", m, ErrCorrupt)
 	}
 	if len(c.ID) != 32 {
 		return fmt.Errorf("config: repository id %q: %w", c.ID, ErrCorrupt)

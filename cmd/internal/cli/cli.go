@@ -39,6 +39,7 @@ const (
 	ExitError       = 1
 	ExitUsage       = 2
 	ExitDamage      = 3 // verify found damage, or data could not be read
+	ExitNothing     = 4 // copy: every restore point asked for is there already
 	ExitNoRepo      = 10
 	ExitLocked      = 11
 	ExitPassword    = 12 // wrong password, or none for an encrypted repository
@@ -50,7 +51,9 @@ const ExitCodesHelp = `Exit codes:
   0    success
   1    error
   2    wrong usage (unknown flag, missing argument)
-  3    damaged data found (verify) or a chunk could not be read
+  3    damaged data found (verify), a chunk could not be read, or (copy)
+       restore points left out for damaged source data
+  4    nothing to do (copy: the destination has everything asked for)
   10   no repository at the given location
   11   the repository is locked by another operation
   12   wrong password (or none given) for an encrypted repository
@@ -58,6 +61,10 @@ const ExitCodesHelp = `Exit codes:
 
 // ErrDamage marks a command result that found damaged data.
 var ErrDamage = errors.New("damaged data found")
+
+// ErrNothingToDo marks a command that found its work done already; it
+// exits with ExitNothing and its message is no error.
+var ErrNothingToDo = errors.New("nothing to do")
 
 // usageError marks wrong usage.
 type usageError struct{ error }
@@ -180,7 +187,13 @@ func (g *Global) Location() (backend.Location, error) {
 	if g.Repo == "" {
 		return backend.Location{}, Usagef("no repository given: use --repo LOCATION or set VMVAULT_REPOSITORY")
 	}
-	loc, err := backend.ParseLocation(g.Repo)
+	return g.LocationOf(g.Repo)
+}
+
+// LocationOf parses a repository location with the options of the global
+// flags (they apply to every remote location a command names).
+func (g *Global) LocationOf(s string) (backend.Location, error) {
+	loc, err := backend.ParseLocation(s)
 	if err != nil {
 		return backend.Location{}, Usagef("%v", err)
 	}
@@ -214,18 +227,28 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	if err != nil {
 		return nil, err
 	}
+	return g.OpenRepoAt(ctx, loc, "", opts)
+}
+
+// OpenRepoAt opens the repository at loc. Its password comes from
+// VMVAULT_<side>_PASSWORD_FILE or _COMMAND when side is set and either is,
+// else as ReadPassword says.
+func (g *Global) OpenRepoAt(ctx context.Context, loc backend.Location, side string, opts repo.Options) (*repo.Repository, error) {
 	be, err := backend.Open(ctx, loc)
 	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
 		return nil, usageError{err}
 	}
-	if err != nil {
+	if errors.Is(err, backend.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if opts.Hostname == "" {
 		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
 	}
 	if opts.Password == nil {
-		opts.Password = func() ([]byte, error) { return ReadPassword("password") }
+		opts.Password = func() ([]byte, error) { return ReadSidePassword(side, "password of "+be.Location()) }
 	}
 	if opts.DiskCacheDir == "" {
 		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
@@ -244,9 +267,17 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 // CreateBackend prepares the storage of a new repository at the location
 // of the global flags.
 func (g *Global) CreateBackend(ctx context.Context) (backend.Backend, error) {
+	return g.CreateBackendWith(ctx, nil)
+}
+
+// CreateBackendWith is CreateBackend with more location options.
+func (g *Global) CreateBackendWith(ctx context.Context, opts map[string]string) (backend.Backend, error) {
 	loc, err := g.Location()
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range opts {
+		loc.Options[k] = v
 	}
 	be, err := backend.Create(ctx, loc)
 	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
@@ -272,6 +303,10 @@ func Main(root *cobra.Command) {
 func report(w io.Writer, err error, interrupted bool) int {
 	if err == nil {
 		return ExitOK
+	}
+	if errors.Is(err, ErrNothingToDo) && !interrupted {
+		fmt.Fprintln(w, err)
+		return ExitNothing
 	}
 	fmt.Fprintf(w, "%s: %v\n", "error", err)
 	var ue usageError
@@ -430,11 +465,7 @@ func ReadPassword(prompt string) ([]byte, error) {
 		return passwordFile(f)
 	}
 	if c := os.Getenv("VMVAULT_PASSWORD_COMMAND"); c != "" {
-		out, err := exec.Command("sh", "-c", c).Output()
-		if err != nil {
-			return nil, fmt.Errorf("VMVAULT_PASSWORD_COMMAND: %w", err)
-		}
-		return firstLine(out)
+		return passwordCommand("VMVAULT_PASSWORD_COMMAND", c)
 	}
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil {
@@ -451,6 +482,29 @@ func ReadPassword(prompt string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: an empty one was typed", repo.ErrNeedPassword)
 	}
 	return pw, nil
+}
+
+// ReadSidePassword is ReadPassword for one side of a command that opens
+// two repositories (side "FROM" or "TO"): VMVAULT_FROM_PASSWORD_FILE or
+// _COMMAND when set, else ReadPassword's sources.
+func ReadSidePassword(side, prompt string) ([]byte, error) {
+	if side != "" {
+		if f := os.Getenv("VMVAULT_" + side + "_PASSWORD_FILE"); f != "" {
+			return passwordFile(f)
+		}
+		if c := os.Getenv("VMVAULT_" + side + "_PASSWORD_COMMAND"); c != "" {
+			return passwordCommand("VMVAULT_"+side+"_PASSWORD_COMMAND", c)
+		}
+	}
+	return ReadPassword(prompt)
+}
+
+func passwordCommand(name, c string) ([]byte, error) {
+	out, err := exec.Command("sh", "-c", c).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return firstLine(out)
 }
 
 // NewPassword asks for a new password: from file when not empty, else

@@ -106,11 +106,14 @@ func Create(root string) (*Backend, error) {
 // Open returns the backend for an existing directory layout.
 func Open(root string) (*Backend, error) {
 	fi, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open repository at %s: %w", root, backend.NotFound("no such directory"))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", root, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("open repository at %s: not a directory", root)
+		return nil, fmt.Errorf("open repository at %s: %w", root, backend.NotFound("not a directory"))
 	}
 	return &Backend{root: root, dirtyDirs: map[string]struct{}{}}, nil
 }

@@ -237,7 +237,7 @@ func (b *Backend) probe(ctx context.Context, create bool) error {
 	lock := b.retention()
 	switch {
 	case !exists && !create:
-		return fmt.Errorf("%s: %w", op, backend.Permanent(fmt.Errorf("bucket %q does not exist at %s", b.cfg.Bucket, b.cfg.Endpoint)))
+		return fmt.Errorf("%s: %w", op, backend.Permanent(backend.NotFound(fmt.Sprintf("bucket %q does not exist at %s", b.cfg.Bucket, b.cfg.Endpoint))))
 	case !exists:
 		err := b.client.MakeBucket(ctx, b.cfg.Bucket, minio.MakeBucketOptions{Region: b.cfg.Region, ObjectLocking: lock.Period > 0})
 		if code := minio.ToErrorResponse(err).Code; err != nil && code != "BucketAlreadyOwnedByYou" {
@@ -303,6 +303,20 @@ func (b *Backend) SetRetention(ctx context.Context, r Retention) error {
 	}
 	b.lockMu.Unlock()
 	return nil
+}
+
+// Retain implements backend.Retainer through SetRetention.
+func (b *Backend) Retain(ctx context.Context, period time.Duration, mode string) error {
+	r := Retention{Period: period}
+	switch strings.ToLower(mode) {
+	case "", "compliance":
+		r.Mode = minio.Compliance
+	case "governance":
+		r.Mode = minio.Governance
+	default:
+		return fmt.Errorf("retention mode %q: want compliance or governance", mode)
+	}
+	return b.SetRetention(ctx, r)
 }
 
 func (b *Backend) retention() Retention {
