@@ -32,6 +32,9 @@ var (
 	ErrCorrupt  = errors.New("filesystem structure is corrupt")
 	ErrNoAttr   = errors.New("no such extended attribute")
 	ErrLoop     = errors.New("too many levels of symbolic links")
+	// ErrAttrTooBig: an extended attribute's value exceeds what one
+	// attribute can carry (64 KiB).
+	ErrAttrTooBig = errors.New("extended attribute value too large")
 )
 
 // Ino identifies a file within one FileSystem (an ext inode number, an NTFS
@@ -106,6 +109,17 @@ type DirEntry struct {
 	Name string
 	Ino  Ino
 	Type Type // TypeUnknown when the directory does not record it
+}
+
+// StreamChecker is implemented by filesystems with named data streams
+// (NTFS alternate data streams). ReadDir lists each named stream of a file
+// or directory as an entry of its own, "NAME:STREAM", right after it (Open
+// reads it, Stat gives its size, so cp copies it like a file), and
+// ListXattr/GetXattr offer the same streams as "user.STREAM" attributes.
+// IsStream tells the stream entries apart, so a view that shows streams as
+// attributes (the FUSE mount) leaves them out of its listings.
+type StreamChecker interface {
+	IsStream(ino Ino) bool
 }
 
 // File is the content of a regular file (or an NTFS stream): random access,
