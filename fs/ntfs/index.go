@@ -137,7 +137,7 @@ func (f *FS) dirEntries(ctx context.Context, rec *record) ([]indexEntry, error) 
 // parseIndexBlock checks an INDX block's signature and update sequence,
 // applies the fixups and parses its node.
 func parseIndexBlock(b []byte, out *[]indexEntry) error {
-	if string(b[:4]) != "INDX" {
+	if len(b) < 4 || string(b[:4]) != "INDX" {
 		return fmt.Errorf("no INDX signature: %w", fs.ErrCorrupt)
 	}
 	if err := fixup(b); err != nil {
