@@ -7,6 +7,11 @@
 //	    disks/<disk>.raw     the whole disk (SEEK_DATA/SEEK_HOLE from zero chunks)
 //	    <disk>/<p1|p2|…|p0>/ the filesystem tree of each partition (fs layer)
 //
+// NTFS named streams are shown as ntfs-3g's streams_interface=xattr shows
+// them: as "user.STREAM" extended attributes of their file or directory
+// (E2BIG when over 64 KiB), not as the "file:stream" entries the fs layer
+// and the CLI list, so every name in the mount is a file of the volume.
+//
 // Invariants: nothing is loaded before it is looked up (the restore point
 // list is re-read at most every ListTTL, a disk's index on first use, a
 // partition's filesystem on first lookup inside it); restore points are
@@ -137,6 +142,8 @@ func errno(err error) syscall.Errno {
 		return syscall.EISDIR
 	case errors.Is(err, fs.ErrNoAttr):
 		return syscall.ENODATA
+	case errors.Is(err, fs.ErrAttrTooBig):
+		return syscall.E2BIG
 	case errors.Is(err, fs.ErrLoop):
 		return syscall.ELOOP
 	case errors.Is(err, context.Canceled):

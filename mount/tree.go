@@ -206,10 +206,14 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		return nil, n.fail("readdir", err)
 	}
 	hidden, _ := n.fs.fsys.(fs.HiddenChecker)
+	streams, _ := n.fs.fsys.(fs.StreamChecker)
 	out := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {
 		if !fs.SafeName(e.Name) || hidden != nil && hidden.Hidden(n.ino, e.Name) {
 			continue // a name the kernel cannot represent, or metadata
+		}
+		if streams != nil && streams.IsStream(e.Ino) {
+			continue // an NTFS stream: a user.* xattr of its file here
 		}
 		mode := typeMode(e.Type)
 		if e.Type == fs.TypeUnknown {
@@ -226,6 +230,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	ino, err := n.fs.fsys.Lookup(ctx, n.ino, name)
 	if err != nil {
 		return nil, n.fail("lookup", err)
+	}
+	if streams, ok := n.fs.fsys.(fs.StreamChecker); ok && streams.IsStream(ino) {
+		return nil, syscall.ENOENT // "file:stream" is not a name here
 	}
 	st, err := n.fs.fsys.Stat(ctx, ino)
 	if err != nil {
