@@ -157,8 +157,11 @@ type FileSystem interface {
 	ListXattr(ctx context.Context, ino Ino) ([]string, error)
 	GetXattr(ctx context.Context, ino Ino, name string) ([]byte, error)
 	Open(ctx context.Context, ino Ino) (File, error)
-	// Warnings lists what the reader noticed about the filesystem as a whole
-	// (an unreplayed journal, an unclean NTFS volume).
+	// Warnings lists what the reader noticed: about the filesystem as a
+	// whole when it was opened (an unreplayed journal), then each damaged
+	// structure met while reading since (a bad metadata checksum, naming
+	// the inode), each once. The list only grows; callers report the new
+	// part after reading (the CLI prints it, the mount logs it).
 	Warnings() []string
 }
 

@@ -419,6 +419,26 @@ type fsState struct {
 	fsys fs.FileSystem
 	id   int
 	err  error
+	// where names the filesystem in log lines; logged counts the
+	// filesystem's warnings already logged.
+	where  []any
+	mu     sync.Mutex
+	logged int
+}
+
+// logWarnings logs the warnings the filesystem found since the last call
+// (readers add them as they meet damaged structures, e.g. bad checksums).
+func (f *fsState) logWarnings(log *slog.Logger) {
+	if f.fsys == nil {
+		return
+	}
+	ws := f.fsys.Warnings()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range ws[min(f.logged, len(ws)):] {
+		log.Warn("filesystem", append(f.where, "warning", w)...)
+	}
+	f.logged = max(f.logged, len(ws))
 }
 
 func (m *FS) openDisk(ctx context.Context, rp *repo.RestorePoint, name string) *diskState {

@@ -95,9 +95,8 @@ func (m *FS) openFS(st *diskState, rp *repo.RestorePoint, disk, part string) *fs
 		f.err = err
 		m.log.Warn("filesystem not readable", "restore_point", rp.ID.Short(), "disk", disk, "partition", part, "err", err)
 	} else {
-		for _, w := range f.fsys.Warnings() {
-			m.log.Warn("filesystem", "restore_point", rp.ID.Short(), "disk", disk, "partition", part, "warning", w)
-		}
+		f.where = []any{"restore_point", rp.ID.Short(), "disk", disk, "partition", part}
+		f.logWarnings(m.log)
 		m.mu.Lock()
 		m.fsIDs++
 		f.id = m.fsIDs
@@ -201,6 +200,7 @@ func (n *node) fail(op string, err error) syscall.Errno {
 }
 
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	defer n.fs.logWarnings(n.m.log)
 	ents, err := n.fs.fsys.ReadDir(ctx, n.ino)
 	if err != nil {
 		return nil, n.fail("readdir", err)
@@ -227,6 +227,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer n.fs.logWarnings(n.m.log)
 	ino, err := n.fs.fsys.Lookup(ctx, n.ino, name)
 	if err != nil {
 		return nil, n.fail("lookup", err)
@@ -286,6 +287,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	defer n.fs.logWarnings(n.m.log)
 	f, err := n.fs.fsys.Open(ctx, n.ino)
 	if err != nil {
 		return nil, 0, n.fail("open", err)

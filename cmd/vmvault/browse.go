@@ -49,6 +49,7 @@ func (b *browser) addFlags(f *pflag.FlagSet) {
 }
 
 func (b *browser) close() {
+	b.paths.ReportWarnings()
 	if b.r != nil {
 		b.r.Close()
 	}

@@ -14,6 +14,10 @@
 // the inode body, in an xattr block and in EA inodes, and nanosecond and
 // creation times.
 //
+// With metadata_csum, inode and directory block checksums are verified; a
+// mismatch is a warning naming the inode (Warnings), and the structure is
+// still read as stored.
+//
 // Invariants: every on-disk length and block number is checked against the
 // filesystem's geometry before use; the memory a call allocates is bounded by
 // the filesystem's block size and the file's size, never by an unchecked
@@ -102,7 +106,11 @@ type FS struct {
 	incompat    uint32
 	roCompat    uint32
 	firstMetaBG uint64
-	warnings    []string
+	csumSeed    uint32 // metadata_csum seed
+
+	wmu      sync.Mutex
+	warnings []string
+	warned   map[string]bool
 
 	mu       sync.Mutex
 	tables   map[uint64]uint64 // group → inode table block
@@ -183,6 +191,11 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if f.inodesCount > f.groups*f.inodesPer {
 		return nil, corrupt("%d inodes in %d groups of %d", f.inodesCount, f.groups, f.inodesPer)
 	}
+	if f.incompat&incompatCsumSeed != 0 {
+		f.csumSeed = le.Uint32(sb[0x270:])
+	} else {
+		f.csumSeed = crc32c(^uint32(0), sb[0x68:0x78])
+	}
 	f.label = cString(sb[0x78:0x88])
 	f.uuid = formatUUID(sb[0x68:0x78])
 	switch {
@@ -218,8 +231,14 @@ func (f *FS) UUID() string { return f.uuid }
 // Root implements fs.FileSystem.
 func (f *FS) Root() fs.Ino { return rootIno }
 
-// Warnings implements fs.FileSystem.
-func (f *FS) Warnings() []string { return f.warnings }
+// Warnings implements fs.FileSystem: what Open noticed about the
+// filesystem as a whole, then every inode and directory block found with
+// a bad metadata_csum checksum so far (each once, the inode named).
+func (f *FS) Warnings() []string {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return append([]string(nil), f.warnings...)
+}
 
 // BlockSize is the filesystem block size in bytes.
 func (f *FS) BlockSize() int64 { return f.blockSize }

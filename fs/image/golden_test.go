@@ -429,6 +429,9 @@ func checkGolden(t *testing.T, path string) {
 	check("volume", "uuid", strings.ToLower(fsys.UUID()), strings.ToLower(g.UUID))
 
 	ours := walkOurs(t, fsys)
+	if w := fsys.Warnings(); len(w) > 0 { // the images are clean (fsck)
+		t.Errorf("warnings on a clean image: %q", w)
+	}
 	compared := 0
 	for _, e := range g.Files {
 		want := e.fields(g.Defaults, g.FS)
