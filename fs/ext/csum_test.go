@@ -88,11 +88,11 @@ func TestChecksumWarnings(t *testing.T) {
 	}
 	rootBlock := dirBlock(root, 0)
 	cases := []struct {
-		name  string
-		off   int64  // byte to flip
-		read  func(f *FS) error
-		warn  string // in the warning
-		fsck  string // in e2fsck -fn's output
+		name string
+		off  int64 // byte to flip
+		read func(f *FS) error
+		warn string // in the warning
+		fsck string // in e2fsck -fn's output
 	}{
 		{
 			name: "inode", off: inodeOff(hello) + 0x8,
