@@ -170,3 +170,13 @@ type FileSystem interface {
 type HiddenChecker interface {
 	Hidden(dir Ino, name string) bool
 }
+
+// AllocationMapper is implemented by filesystems that know which of their
+// blocks are in use (their allocation bitmaps or free-space trees).
+type AllocationMapper interface {
+	// Allocated returns the byte ranges, relative to the start of the
+	// filesystem, that hold file data or metadata, normalized. Everything
+	// else is free space: its content is not reachable through the
+	// filesystem. When unsure about a region, include it.
+	Allocated(ctx context.Context) ([]extent.Range, error)
+}

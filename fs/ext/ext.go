@@ -107,6 +107,10 @@ type FS struct {
 	roCompat    uint32
 	firstMetaBG uint64
 	csumSeed    uint32 // metadata_csum seed
+	compat      uint32
+	backupBGs   [2]uint64 // sparse_super2: the groups with superblock backups
+	reservedGDT uint64    // blocks reserved for growing the descriptor table
+	stateErrors bool      // the superblock records errors
 
 	wmu      sync.Mutex
 	warnings []string
@@ -158,6 +162,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if rev >= 1 {
 		f.inodeSize = int64(le.Uint16(sb[0x58:]))
 		compat = le.Uint32(sb[0x5c:])
+		f.compat = compat
+		f.reservedGDT = uint64(le.Uint16(sb[0xce:]))
+		f.backupBGs = [2]uint64{uint64(le.Uint32(sb[0x24c:])), uint64(le.Uint32(sb[0x250:]))}
 		f.incompat = le.Uint32(sb[0x60:])
 		f.roCompat = le.Uint32(sb[0x64:])
 	}
@@ -171,6 +178,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		f.descSize = 32
 	}
 	f.firstMetaBG = uint64(le.Uint32(sb[0x104:]))
+	if f.roCompat&roCompatBigalloc != 0 {
+		return nil, fmt.Errorf("ext: bigalloc filesystems (allocation clusters of several blocks) are not supported")
+	}
 	switch {
 	case f.inodeSize < 128 || f.inodeSize > f.blockSize || f.inodeSize&(f.inodeSize-1) != 0:
 		return nil, corrupt("inode size %d", f.inodeSize)
@@ -214,6 +224,7 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		f.warnings = append(f.warnings, "filesystem uses fscrypt: encrypted files and names are shown as stored")
 	}
 	if le.Uint16(sb[0x3a:])&2 != 0 {
+		f.stateErrors = true
 		f.warnings = append(f.warnings, "filesystem has errors recorded (run e2fsck on a copy)")
 	}
 	return f, nil
@@ -267,7 +278,13 @@ func (f *FS) readBlocks(p []byte, b uint64) error {
 }
 
 func (f *FS) hasSuper(group uint64) bool {
-	if group <= 1 || f.roCompat&roCompatSparseSuper == 0 {
+	if group == 0 {
+		return true
+	}
+	if f.compat&compatSparseSuper2 != 0 {
+		return group == f.backupBGs[0] || group == f.backupBGs[1]
+	}
+	if group == 1 || f.roCompat&roCompatSparseSuper == 0 {
 		return true
 	}
 	for _, base := range []uint64{3, 5, 7} {
