@@ -74,46 +74,10 @@ func (f *FS) Allocated(ctx context.Context) ([]extent.Range, error) {
 		if err := f.readBlocks(bitmap, d.blockBitmap); err != nil {
 			return nil, fmt.Errorf("ext: block bitmap of group %d: %w", g, err)
 		}
-		addBits(&b, bitmap, n, int64(start)*bs, bs)
+		b.AddBits(bitmap, int64(n), int64(start)*bs, bs)
 	}
 	b.Add(int64(f.blocksCount)*bs, f.size-int64(f.blocksCount)*bs)
 	return extent.Normalize(append(b.Ranges(), meta...)), nil
-}
-
-// addBits adds the runs of set bits among the first n bits of bitmap,
-// bit i being the bs-byte block at base+i*bs.
-func addBits(b *extent.Builder, bitmap []byte, n uint64, base, bs int64) {
-	runStart := int64(-1)
-	for i := uint64(0); i < n; i++ {
-		if i%8 == 0 && i+8 <= n {
-			switch bitmap[i/8] {
-			case 0xff:
-				if runStart < 0 {
-					runStart = int64(i)
-				}
-				i += 7
-				continue
-			case 0:
-				if runStart >= 0 {
-					b.Add(base+runStart*bs, (int64(i)-runStart)*bs)
-					runStart = -1
-				}
-				i += 7
-				continue
-			}
-		}
-		set := bitmap[i/8]&(1<<(i%8)) != 0
-		switch {
-		case set && runStart < 0:
-			runStart = int64(i)
-		case !set && runStart >= 0:
-			b.Add(base+runStart*bs, (int64(i)-runStart)*bs)
-			runStart = -1
-		}
-	}
-	if runStart >= 0 {
-		b.Add(base+runStart*bs, (int64(n)-runStart)*bs)
-	}
 }
 
 // groupDesc is the part of a group descriptor Allocated uses.

@@ -79,13 +79,14 @@ const (
 
 // FS is an open NTFS volume.
 type FS struct {
-	mu          sync.Mutex // serializes go-ntfs
-	r           io.ReaderAt
-	size        int64 // volume size: no attribute can be larger
-	clusterSize int64
-	ctx         *parser.NTFSContext
-	label       string
-	uuid        string
+	mu             sync.Mutex // serializes go-ntfs
+	r              io.ReaderAt
+	size           int64 // volume size: no attribute can be larger
+	clusterSize    int64
+	bytesPerSector int64
+	ctx            *parser.NTFSContext
+	label          string
+	uuid           string
 
 	wmu      sync.Mutex
 	warnings []string
@@ -130,7 +131,7 @@ func Open(r io.ReaderAt, size int64) (f *FS, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("ntfs: %v: %w", err, fs.ErrCorrupt)
 	}
-	f = &FS{r: sr, ctx: ctx, size: size, clusterSize: cs}
+	f = &FS{r: sr, ctx: ctx, size: size, clusterSize: cs, bytesPerSector: bps}
 	f.uuid = fmt.Sprintf("%016X", binary.LittleEndian.Uint64(boot[0x48:]))
 	if vol, err := f.load(3); err == nil {
 		if a := vol.first(0x60, ""); a != nil && a.resident { // $VOLUME_NAME
@@ -489,8 +490,9 @@ func (fl *File) ReadAt(p []byte, off int64) (n int, err error) {
 func (fl *File) DataExtents() ([]extent.Range, error) { return fl.s.dataExtents(), nil }
 
 var (
-	_ fs.FileSystem    = (*FS)(nil)
-	_ fs.HiddenChecker = (*FS)(nil)
-	_ fs.StreamChecker = (*FS)(nil)
-	_ fs.SparseFile    = (*File)(nil)
+	_ fs.FileSystem       = (*FS)(nil)
+	_ fs.HiddenChecker    = (*FS)(nil)
+	_ fs.StreamChecker    = (*FS)(nil)
+	_ fs.AllocationMapper = (*FS)(nil)
+	_ fs.SparseFile       = (*File)(nil)
 )

@@ -277,12 +277,19 @@ func (s *stream) dataExtents() []extent.Range {
 }
 
 // physical lists the volume byte ranges holding the stream's clusters.
-func (s *stream) physical() []extent.Range {
+func (s *stream) physical() []extent.Range { return s.physicalFrom(0) }
+
+// physicalFrom lists the volume byte ranges holding the stream's clusters
+// from the cluster that holds byte off on.
+func (s *stream) physicalFrom(off int64) []extent.Range {
+	first := (off + s.cs - 1) / s.cs
 	var out []extent.Range
 	for _, r := range s.runs {
-		if !r.sparse {
-			out = append(out, extent.Range{Offset: r.lcn * s.cs, Length: r.length * s.cs})
+		lo := max(r.vcn, first)
+		if r.sparse || lo >= r.vcn+r.length {
+			continue
 		}
+		out = append(out, extent.Range{Offset: (r.lcn + lo - r.vcn) * s.cs, Length: (r.vcn + r.length - lo) * s.cs})
 	}
 	return extent.Normalize(out)
 }

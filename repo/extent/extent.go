@@ -149,3 +149,34 @@ func (b *Builder) Add(off, n int64) {
 
 // Ranges returns the ranges added so far, normalized.
 func (b *Builder) Ranges() []Range { return Normalize(b.out) }
+
+// AddBits adds the runs of set bits among the first n bits of bitmap (bit
+// i is bit i%8 of byte i/8): bit i stands for [base+i*unit, +unit). It is
+// how allocation bitmaps become ranges.
+func (b *Builder) AddBits(bitmap []byte, n, base, unit int64) {
+	n = min(n, int64(len(bitmap))*8)
+	run := int64(-1)
+	for i := int64(0); i < n; i++ {
+		if i%8 == 0 && i+8 <= n && (bitmap[i/8] == 0 || bitmap[i/8] == 0xff) {
+			full := bitmap[i/8] == 0xff
+			if full && run < 0 {
+				run = i
+			} else if !full && run >= 0 {
+				b.Add(base+run*unit, (i-run)*unit)
+				run = -1
+			}
+			i += 7
+			continue
+		}
+		set := bitmap[i/8]&(1<<(i%8)) != 0
+		if set && run < 0 {
+			run = i
+		} else if !set && run >= 0 {
+			b.Add(base+run*unit, (i-run)*unit)
+			run = -1
+		}
+	}
+	if run >= 0 {
+		b.Add(base+run*unit, (n-run)*unit)
+	}
+}

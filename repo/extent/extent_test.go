@@ -109,3 +109,28 @@ func TestBuilder(t *testing.T) {
 		t.Errorf("ranges %v reach beyond what was added", got)
 	}
 }
+
+func TestBuilderAddBits(t *testing.T) {
+	tests := []struct {
+		name   string
+		bitmap []byte
+		n      int64
+		want   []Range
+	}{
+		{"whole bytes", []byte{0xff, 0xff, 0x00, 0xff}, 32, []Range{{1000, 16 * 10}, {1000 + 24*10, 8 * 10}}},
+		{"bits", []byte{0b0000_0110, 0b1000_0000}, 16, []Range{{1010, 20}, {1150, 10}}},
+		{"run across bytes", []byte{0b1100_0000, 0xff, 0b0000_0001}, 24, []Range{{1060, 110}}},
+		{"n cuts the last byte", []byte{0xff, 0xff}, 12, []Range{{1000, 120}}},
+		{"n past the bitmap", []byte{0x01}, 64, []Range{{1000, 10}}},
+		{"empty", []byte{0, 0}, 16, []Range{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var b Builder
+			b.AddBits(tc.bitmap, tc.n, 1000, 10)
+			if got := b.Ranges(); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("AddBits = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
