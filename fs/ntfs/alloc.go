@@ -224,19 +224,17 @@ func (f *FS) hibernated(ctx context.Context) (bool, error) {
 
 // SwapFiles returns the volume byte ranges holding the contents of
 // pagefile.sys, swapfile.sys and hiberfil.sys in the root directory, less
-// the first 4 KiB of each (their headers stay), and nothing of a
-// hiberfil.sys that holds a hibernation image. Windows rewrites them at
-// every boot; a restored volume boots with them zeroed.
+// the first 4 KiB of each (their headers stay). Windows rewrites them at
+// every boot; a restored volume boots with them zeroed. It refuses what
+// Allocated refuses: on a hibernated volume the page file holds the
+// hibernated session's paged-out memory, and on an unclean one the file
+// records may not be current.
 func (f *FS) SwapFiles(ctx context.Context) (out []extent.Range, err error) {
 	defer guard("swap files", &err)
-	hibernated, err := f.hibernated(ctx)
-	if err != nil {
+	if err := f.checkClean(ctx); err != nil {
 		return nil, err
 	}
 	for _, name := range []string{"pagefile.sys", "swapfile.sys", "hiberfil.sys"} {
-		if name == "hiberfil.sys" && hibernated {
-			continue
-		}
 		rec, err := f.rootFile(ctx, name)
 		if err != nil {
 			return nil, err
