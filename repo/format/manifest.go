@@ -57,6 +57,40 @@ type DiskStats struct {
 	NewChunks    int64  `json:"new_chunks"`
 	BytesStored  int64  `json:"bytes_stored"`
 	DurationSecs Float3 `json:"duration_seconds"`
+	// Skipped, when set, records that the capture skipped what the guest's
+	// filesystems do not use (free space, swap): restore points written
+	// before it existed, and captures that skip nothing, have none.
+	Skipped *SkipStats `json:"skipped,omitempty"`
+}
+
+// SkipStats records what a capture did not read because the guest does
+// not use it: those bytes of the disk read as zeros in this restore
+// point, whatever the source held there (deleted files' data among them).
+type SkipStats struct {
+	FreeSpace bool `json:"free_space,omitempty"` // free blocks were skipped
+	Swap      bool `json:"swap,omitempty"`       // swap partitions and page files were skipped
+	// Bytes is what was skipped in the chunks this capture read: all of
+	// the disk (Scope "disk"), or in an extents incremental the chunks
+	// its changed ranges touched (Scope "changed"; the other chunks are
+	// the parent's, with what the parent skipped).
+	Bytes int64  `json:"bytes"`
+	Scope string `json:"scope"`
+	// Volumes says, per partition, what was found to skip and why a
+	// partition was read in full.
+	Volumes []SkipVolume `json:"volumes,omitempty"`
+	Note    string       `json:"note,omitempty"`
+}
+
+// SkipVolume is one partition of a SkipStats.
+type SkipVolume struct {
+	Partition  string `json:"partition"`
+	Filesystem string `json:"filesystem,omitempty"`
+	Offset     int64  `json:"offset"`
+	Size       int64  `json:"size"`
+	Bytes      int64  `json:"bytes"`  // found to skip in the partition
+	Ranges     int    `json:"ranges"` // in that many ranges
+	What       string `json:"what,omitempty"`
+	ReadInFull string `json:"read_in_full,omitempty"` // why nothing is skipped
 }
 
 // Float3 is a float printed with millisecond precision.
