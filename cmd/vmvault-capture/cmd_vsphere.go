@@ -37,6 +37,8 @@ type vsphereOptions struct {
 	parallel   int
 	tags       []string
 	json       bool
+	skipFree   bool
+	skipSwap   bool
 }
 
 const vsphereAuthHelp = `Credentials come from VMVAULT_VSPHERE_USER and VMVAULT_VSPHERE_PASSWORD, or
@@ -114,6 +116,8 @@ Transports (--transport):
 	f.IntVar(&o.parallel, "parallel", 2, "VMs captured at the same time")
 	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore points (repeatable)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per VM")
+	f.BoolVar(&o.skipFree, "skip-free-space", true, "do not read blocks the guest filesystems do not use (=false keeps deleted data)")
+	f.BoolVar(&o.skipSwap, "skip-swap", true, "do not read swap partitions and Windows page, swap and hibernation files")
 	cmd.AddCommand(newVSphereCleanupCommand(g))
 	return cmd
 }
@@ -288,6 +292,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
 				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
+				SkipFreeSpace: o.skipFree, SkipSwap: o.skipSwap,
 			})
 		}()
 	}
@@ -313,6 +318,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			}
 			fmt.Fprintf(w, "  %s: %s %s, changed %s, read %s, stored %s\n", d.Name, cli.Bytes(d.Size), mode,
 				cli.Bytes(d.BytesChanged), cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored))
+			cli.PrintSkipped(w, "    ", "skipped: ", d.Skipped)
 		}
 		for _, s := range res.SkippedDisks {
 			fmt.Fprintf(w, "  %s: skipped (independent disk)\n", s)

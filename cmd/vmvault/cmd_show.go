@@ -56,6 +56,7 @@ func newShowCommand(g *cli.Global) *cobra.Command {
 				}
 				fmt.Fprintf(w, "    capture:      %s, read %s, stored %s in %d new of %d chunks (%d zero), %.1fs\n",
 					mode, cli.Bytes(s.BytesRead), cli.Bytes(s.BytesStored), s.NewChunks, s.Chunks, s.ZeroChunks, float64(s.DurationSecs))
+				cli.PrintSkipped(w, "    ", "skipped:      ", s.Skipped)
 			}
 			return nil
 		},

@@ -189,3 +189,50 @@ func ParseManifest(b []byte) (*Manifest, error) {
 	}
 	return &m, nil
 }
+
+// Lines describes the skip record for people: what was skipped, then one
+// line per partition (vmvault show, capture output, the mount's
+// vmvault-skipped.txt).
+func (s *SkipStats) Lines() []string {
+	var asked []string
+	if s.FreeSpace {
+		asked = append(asked, "free space")
+	}
+	if s.Swap {
+		asked = append(asked, "swap")
+	}
+	where := "the whole disk"
+	if s.Scope == "changed" {
+		where = "the chunks this incremental read (the others are the parent's, with what it skipped)"
+	}
+	out := []string{fmt.Sprintf("%s (%s) in %s, reading as zeros", iec(s.Bytes), strings.Join(asked, " and "), where)}
+	if s.Note != "" {
+		out = append(out, s.Note)
+	}
+	for _, v := range s.Volumes {
+		fsys := v.Filesystem
+		if fsys == "" {
+			fsys = "unknown"
+		}
+		head := fmt.Sprintf("%s (%s, %s at %s)", v.Partition, fsys, iec(v.Size), iec(v.Offset))
+		if v.ReadInFull != "" {
+			out = append(out, fmt.Sprintf("%s: read in full: %s", head, v.ReadInFull))
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: %s, %s in %d ranges", head, v.What, iec(v.Bytes), v.Ranges))
+	}
+	return out
+}
+
+// iec writes a byte count as people read it (1.5 GiB).
+func iec(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n), 0
+	for v >= 1024 && unit < 6 {
+		v /= 1024
+		unit++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, " KMGTPE"[unit])
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
 	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 // Exit codes, documented in both binaries' --help.
@@ -229,4 +230,21 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	return v * mult, nil
+}
+
+// PrintSkipped writes a disk's record of skipped free space and swap
+// (format.SkipStats.Lines), the first line after label, the others
+// aligned under it; nothing when s is nil.
+func PrintSkipped(w io.Writer, indent, label string, s *format.SkipStats) {
+	if s == nil {
+		return
+	}
+	pad := strings.Repeat(" ", len(label))
+	for i, l := range s.Lines() {
+		if i == 0 {
+			fmt.Fprintf(w, "%s%s%s\n", indent, label, l)
+		} else {
+			fmt.Fprintf(w, "%s%s%s\n", indent, pad, l)
+		}
+	}
 }
