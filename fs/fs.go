@@ -1,7 +1,10 @@
 // Package fs is the read-only view of the filesystems inside a disk image:
 // one small interface (FileSystem) that the ext2/3/4, NTFS and FAT readers in
 // its subpackages implement, the types they share, and path resolution on
-// top of it.
+// top of it. Optional interfaces add what only some filesystems have:
+// HiddenChecker (metadata files), StreamChecker (NTFS named streams),
+// SparseFile (holes) and AllocationMapper (which blocks are in use, for
+// skipping free space at capture).
 //
 // Invariants:
 //   - Nothing here writes: every FileSystem is a read-only view of an
