@@ -67,7 +67,7 @@ finish() {
 # ---------------------------------------------------------------- NTFS
 ntfs() {
 	local img=$work/ntfs.img p i lcn1 len1 lcn2 len2
-	truncate -s 8M "$img"
+	truncate -s 12M "$img"
 	faked mkntfs -q -F -Q -L vmv-golden-ntfs -c 4096 "$img" >/dev/null 2>&1
 	# pass 1: ADS through the windows interface (streams over 64 KiB are
 	# beyond xattrs), Interix symlinks and special files (ntfs-3g's default).
@@ -141,6 +141,31 @@ ntfs() {
 	mkdir many many-long
 	for i in $(seq -w 1 200); do echo "$i" >"many/f$i"; done
 	for i in $(seq -w 1 60); do : >"many-long/$i-$(printf 'long-name-%.0s' $(seq 1 20))"; done
+	# a file in hundreds of fragments: its run list overflows the MFT record
+	# into extents in other records, found through an $ATTRIBUTE_LIST. Fill
+	# the volume with 4 KiB files, delete every other one, write the file
+	# into the holes, delete the rest.
+	python3 - <<'PY'
+import os
+os.mkdir("fill")
+n = 0
+try:
+    while True:
+        with open("fill/%05d" % n, "wb") as f:
+            f.write(b"%05d" % n * 819 + b"x")
+        n += 1
+except OSError:
+    os.remove("fill/%05d" % n)
+for i in range(0, n, 2):
+    os.remove("fill/%05d" % i)
+line = lambda i: b"fragmented line %08d of deterministic text\n" % i
+data = b"".join(line(i) for i in range(300000))[: (n // 2 - 8) * 4096]
+with open("fragmented.bin", "wb") as f:
+    f.write(data)
+for i in range(1, n, 2):
+    os.remove("fill/%05d" % i)
+os.rmdir("fill")
+PY
 	mkdir times
 	for f in subsec.txt y2030.txt y1999.txt y1601.txt y1960.txt y1970.txt y2038.txt y2100.txt y2400.txt; do
 		echo "$f" >"times/$f"
@@ -200,6 +225,8 @@ ntfs() {
 	# compressed one
 	ntfsinfo -v -F /compressed/mixed.bin "$img" 2>/dev/null | grep -Eq '^\s+0x0\s+0x[0-9a-f]+\s+0x1[1-9a-f]$' ||
 		{ echo "make-golden-images: /compressed/mixed.bin does not start with a shared run" >&2; exit 1; }
+	ntfsinfo -v -F /fragmented.bin "$img" 2>/dev/null | grep -q 'ATTRIBUTE_LIST' ||
+		{ echo "make-golden-images: /fragmented.bin has no attribute list" >&2; exit 1; }
 	# shared-run.bin: one run of 16 stored + a few compressed clusters, then
 	# one hole over the compressed unit's rest and the zero unit (> 16
 	# clusters); The Sleuth Kit's icat must read what ntfs-3g reads
