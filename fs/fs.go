@@ -168,12 +168,6 @@ type FileSystem interface {
 	Warnings() []string
 }
 
-// HiddenChecker is implemented by filesystems with metadata files that are
-// hidden from listings unless asked for (NTFS $MFT and friends).
-type HiddenChecker interface {
-	Hidden(dir Ino, name string) bool
-}
-
 // AllocationMapper is implemented by filesystems that know which of their
 // blocks are in use (their allocation bitmaps or free-space trees).
 type AllocationMapper interface {
@@ -182,4 +176,10 @@ type AllocationMapper interface {
 	// else is free space: its content is not reachable through the
 	// filesystem. When unsure about a region, include it.
 	Allocated(ctx context.Context) ([]extent.Range, error)
+}
+
+// HiddenChecker is implemented by filesystems with metadata files that are
+// hidden from listings unless asked for (NTFS $MFT and friends).
+type HiddenChecker interface {
+	Hidden(dir Ino, name string) bool
 }

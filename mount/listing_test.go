@@ -43,7 +43,7 @@ func TestListing(t *testing.T) {
 	newer := repotest.CapturePoint(t, r, repotest.Point{VM: "web01", Time: t0.Add(time.Hour), Base: older, Disks: []repotest.Disk{repotest.Bytes("disk0", disk)}})
 	db := repotest.CapturePoint(t, r, repotest.Point{VM: "db", Time: t0.Add(2 * time.Hour), Disks: []repotest.Disk{repotest.Bytes("sdb", disk), repotest.Bytes("sda", nil)}})
 
-	root := New(r, nil).(*rootNode)
+	root := New(r, nil, nil).(*rootNode)
 	ds, errno := root.Readdir(ctx)
 	first := names(t, ds, uint32(errno))
 	ds, errno = root.Readdir(ctx)
@@ -87,7 +87,7 @@ func TestListing(t *testing.T) {
 func TestSkippedNote(t *testing.T) {
 	ctx := context.Background()
 	r := repotest.New(t, repotest.Options{})
-	m := New(r, nil).(*rootNode).m
+	m := New(r, nil, nil).(*rootNode).m
 	st := &format.SkipStats{FreeSpace: true, Bytes: 5 << 20, Scope: "disk", Volumes: []format.SkipVolume{
 		{Partition: "p1", Filesystem: "ext4", Offset: 1 << 20, Size: 64 << 20, Bytes: 5 << 20, Ranges: 3, What: "free space"}}}
 	rp := &repo.RestorePoint{ID: format.ID{1, 2, 3, 4}, Manifest: &format.Manifest{VM: "vm", Time: time.Unix(1e9, 0), Disks: []format.ManifestDisk{

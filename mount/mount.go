@@ -58,8 +58,9 @@ const (
 
 // FS is the state shared by all nodes of one mount.
 type FS struct {
-	r   *repo.Repository
-	log *slog.Logger
+	r    *repo.Repository
+	log  *slog.Logger
+	lock *repo.Lock // pins restore points whose disks were opened; may be nil
 
 	mu      sync.Mutex
 	inos    map[string]uint64
@@ -78,11 +79,16 @@ type fsKey struct {
 }
 
 // New returns the root node of a mount of r.
-func New(r *repo.Repository, log *slog.Logger) gofs.InodeEmbedder {
+//
+// lock, when not nil, is the mount's reader lock: a restore point is
+// pinned when one of its disks is first opened and stays pinned for the
+// life of the mount, so gc keeps what the kernel may still read even if it
+// is forgotten.
+func New(r *repo.Repository, log *slog.Logger, lock *repo.Lock) gofs.InodeEmbedder {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &FS{r: r, log: log, inos: map[string]uint64{}, fsInos: map[fsKey]uint64{}, nextIno: 1, disks: map[string]*diskState{},
+	m := &FS{r: r, log: log, lock: lock, inos: map[string]uint64{}, fsInos: map[fsKey]uint64{}, nextIno: 1, disks: map[string]*diskState{},
 		storing: make(chan struct{}, maxStores)}
 	return &rootNode{m: m}
 }
@@ -494,6 +500,13 @@ func (m *FS) openDisk(ctx context.Context, rp *repo.RestorePoint, name string) *
 	}
 	m.mu.Unlock()
 	st.once.Do(func() {
+		if m.lock != nil {
+			if err := m.lock.Pin(context.WithoutCancel(ctx), rp); err != nil {
+				st.err = err
+				m.log.Error("pin restore point", "restore_point", rp.ID.Short(), "err", err)
+				return
+			}
+		}
 		d, err := m.r.OpenDisk(context.WithoutCancel(ctx), rp, name)
 		if err != nil {
 			st.err = err

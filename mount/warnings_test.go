@@ -34,7 +34,7 @@ func TestWarningsLogged(t *testing.T) {
 	r := repotest.New(t, repotest.Options{})
 	rp := repotest.CapturePoint(t, r, repotest.Point{VM: "vm", Disks: []repotest.Disk{repotest.Bytes("disk0", img)}})
 	var logb bytes.Buffer
-	m := New(r, slog.New(slog.NewTextHandler(&logb, nil))).(*rootNode).m
+	m := New(r, slog.New(slog.NewTextHandler(&logb, nil)), nil).(*rootNode).m
 	st := m.openDisk(ctx, rp, "disk0")
 	if st.err != nil {
 		t.Fatal(st.err)

@@ -73,6 +73,10 @@ type RepoCatalog struct {
 	// overlay.Path.
 	OverlayDir string
 	Log        *slog.Logger
+	// Lock, when set, pins the restore point of every open export until
+	// it is closed, so gc keeps its data even if it is forgotten while a
+	// client reads it.
+	Lock *repo.Lock
 
 	mu       sync.Mutex
 	overlays map[string]*sharedOverlay
@@ -214,6 +218,34 @@ func (c *RepoCatalog) Open(ctx context.Context, name string) (*Export, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.Lock != nil {
+		if err := c.Lock.Pin(ctx, rp); err != nil {
+			return nil, fmt.Errorf("export %q: %v: %w", name, err, ErrUnknownExport)
+		}
+	}
+	exp, err := c.open(ctx, rp, diskName)
+	if err != nil {
+		c.unpin(rp)
+		return nil, err
+	}
+	release := exp.Close
+	exp.Close = func() error {
+		err := release()
+		c.unpin(rp)
+		return err
+	}
+	return exp, nil
+}
+
+func (c *RepoCatalog) unpin(rp *repo.RestorePoint) {
+	if c.Lock != nil {
+		if err := c.Lock.Unpin(context.Background(), rp); err != nil && c.Log != nil {
+			c.Log.Warn("unpin restore point", "restore_point", rp.ID.Short(), "err", err)
+		}
+	}
+}
+
+func (c *RepoCatalog) open(ctx context.Context, rp *repo.RestorePoint, diskName string) (*Export, error) {
 	d, err := c.Repo.OpenDisk(ctx, rp, diskName)
 	if err != nil {
 		return nil, err

@@ -53,7 +53,7 @@ type fixture struct {
 func newFixture(t *testing.T, overlayDir string) *fixture {
 	t.Helper()
 	f := &fixture{img: testImage(), be: faulty.New(mem.New(), 1)}
-	f.r = repotest.New(t, repotest.Options{Backend: f.be, ChunkSize: testChunk, CacheSize: 1 << 20})
+	f.r = repotest.New(t, repotest.Options{Backend: f.be, ChunkSize: testChunk, CacheSize: 1 << 20, Loose: true})
 	f.rp = repotest.Capture(t, f.r, "web01", repotest.Bytes("disk0", f.img))
 	f.cat = &RepoCatalog{Repo: f.r, OverlayDir: overlayDir}
 	f.srv = &Server{Catalog: f.cat}

@@ -22,11 +22,25 @@ import (
 // backend only gets the files into the kernel's page cache, where the real
 // load finds them. They are advice: skipped when the hinters are busy,
 // never needed for a correct read.
+//
+// Over object storage (reads that each pay a round trip) the window grows
+// to hintMaxRemote: the disk cache turns hints into background fetches
+// of whole runs of neighbouring chunks, and a longer window keeps more of
+// them in flight.
 const (
-	hintMin      = 1 << 20
-	hintMax      = 16 << 20
-	hintParallel = 8 // hints in flight per Disk (opening a file waits for its inode too)
+	hintMin       = 1 << 20
+	hintMax       = 16 << 20
+	hintMaxRemote = 128 << 20
+	hintParallel  = 8 // hints in flight per Disk (opening a file waits for its inode too)
 )
+
+// hintLimit is the largest window for this repository's backend.
+func (r *Repository) hintLimit() int64 {
+	if r.props.CheapRangedReads {
+		return hintMax
+	}
+	return hintMaxRemote
+}
 
 // hinter is a Disk's state for fetch hints; its zero value is ready.
 type hinter struct {
@@ -48,9 +62,10 @@ func (d *Disk) hintAhead(off, n int64) {
 		return
 	}
 	h := &d.hint
+	limit := d.r.hintLimit()
 	end := off + n
 	last := h.end.Swap(end)
-	if off < last-hintMax || off > last+hintMax {
+	if off < last-limit || off > last+limit {
 		h.run.Store(0)
 		h.window.Store(0)
 		return
@@ -58,13 +73,13 @@ func (d *Disk) hintAhead(off, n int64) {
 	if h.run.Add(1) < 2 {
 		return
 	}
-	w := min(max(2*h.window.Load(), hintMin), hintMax)
+	w := min(max(2*h.window.Load(), hintMin), limit)
 	h.window.Store(w)
 	cs := d.idx.ChunkSize
 	from := (end + cs - 1) / cs
 	to := min((end+w+cs-1)/cs, int64(len(d.idx.IDs)))
 	start := h.next.Load()
-	if start < from || start > to+hintMax/cs {
+	if start < from || start > to+limit/cs {
 		start = from // behind this read, or another stream's mark
 	}
 	if start >= to || !h.busy.CompareAndSwap(false, true) {

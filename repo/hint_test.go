@@ -73,7 +73,7 @@ func TestFetchHints(t *testing.T) {
 			chunks - 2, chunks},
 	}
 	rec := faulty.New(mem.New(), 1) // counts the hints
-	r0, err := Init(context.Background(), rec, InitOptions{ChunkSize: cs})
+	r0, err := Init(context.Background(), rec, InitOptions{ChunkSize: cs, PackSize: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -99,20 +100,35 @@ func ApplyPolicy(rps []*RestorePoint, p Policy) []Decision {
 }
 
 // Forget removes restore point manifests (by object name, so even a damaged
-// manifest can be removed). Their chunks stay until gc.
-func (r *Repository) Forget(ctx context.Context, names []string, lockWait time.Duration) error {
-	lock, err := r.Lock(ctx, false, "forget", lockWait)
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
+// manifest can be removed). Their chunks stay until gc. It takes no lock:
+// readers and captures that pin a forgotten restore point keep its data
+// until they release it (see the package doc).
+//
+// Restore points an object lock still protects are left alone; the error
+// (a *ProtectedError) says which, and until when, after the others are
+// forgotten.
+func (r *Repository) Forget(ctx context.Context, names []string) error {
+	var prot *ProtectedError
 	for _, n := range names {
-		if _, err := format.ParseID(n); err != nil {
+		id, err := format.ParseID(n)
+		if err != nil {
 			return fmt.Errorf("forget: %w", err)
+		}
+		if until, err := r.ProtectedUntil(ctx, id); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return fmt.Errorf("forget: %w", err)
+		} else if !until.IsZero() {
+			if prot == nil {
+				prot = &ProtectedError{Until: map[string]time.Time{}}
+			}
+			prot.Until[n] = until
+			continue
 		}
 		if err := r.be.Remove(ctx, backend.Handle{Type: backend.SnapshotFile, Name: n}); err != nil {
 			return fmt.Errorf("forget %s: %w", n[:8], err)
 		}
+	}
+	if prot != nil {
+		return prot
 	}
 	return nil
 }

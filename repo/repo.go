@@ -18,20 +18,44 @@
 // durable before the manifest was written. An interrupted capture leaves
 // only unreferenced chunks and indexes, which gc removes.
 //
-// Locking (lock objects in the backend; stale when the holder's process is
-// gone on this host or it was not refreshed for StaleLockAge):
+// Locks and gc. Lock objects announce who uses the repository; none of
+// them stops a reader or a capture, and gc runs beside both:
 //
-//	operation        lock       why it is safe against the others
-//	capture          shared     only adds objects; checks that its base
-//	                            restore point still exists before commit
-//	restore/read     shared     objects it reads are only removed by gc
-//	verify           shared     read only; never deletes a bad chunk
-//	forget/prune     shared     removes manifests only; a capture whose base
-//	                            was forgotten refuses to commit
-//	gc               exclusive  marks from every manifest, then sweeps
-//	                            unreferenced objects older than a grace
-//	                            period, so chunks of a capture that ignored
-//	                            or lost its lock survive
+//	holder            lock         what it promises / what it is promised
+//	reader (serve,    reader       pins the restore points it reads: gc keeps
+//	mount, restore,                their indexes and chunks until it unpins,
+//	verify, cat, cp)               also when they are forgotten meanwhile
+//	capture           writer       pins its bases; waits while a gc deletes
+//	forget, prune     none         removes manifests only
+//	gc                maintenance  one at a time; deletes only while no
+//	                               writer runs
+//
+// Pin, then check: a reader writes its pins, then checks that each pinned
+// restore point's manifest still exists (Lock.Pin). gc reads the pins,
+// then the manifests, and marks both; so either gc sees the pin or the
+// reader sees that its restore point is gone (a clear error, never wrong
+// data). A reader on a repository it cannot write pins nothing and says so.
+//
+// gc marks every chunk of every manifest and pinned index in a Bloom
+// filter (11 bits per stored chunk; a false positive keeps a dead chunk
+// one more run), sweeps by listing stored objects, and removes an object
+// only when it is unmarked and older than the grace period on the
+// storage's clock. Removal needs a moment without writers: gc sets its
+// lock's phase to "deleting", then lists the locks; a writer saves its
+// lock, then waits while any gc is deleting. Each looks after announcing
+// itself, so at least one sees the other: gc defers (and waits up to its
+// lock wait for a moment without captures) or the capture waits. Before
+// removing, gc marks again whatever restore points and pins appeared
+// while it swept, so a capture that committed meanwhile (also one that
+// reused a stored chunk no restore point referenced when gc began) keeps
+// its chunks. Lock ages are measured on the storage's clock (modification
+// times of lock objects), so hosts whose clocks differ agree on staleness.
+//
+// Verify records what it finds (state objects): a record per restore
+// point, and the damaged list. A damaged chunk object is copied aside
+// (quarantine) before anything may replace it; captures store chunks on
+// the damaged list again instead of taking them from a base index; a
+// verify that finds a listed chunk good takes it off the list.
 //
 // Chunk identity is trusted only after checking: the writer reuses a chunk
 // without storing it when the base restore point's verified index lists it,
@@ -50,10 +74,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/cache"
+	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
 )
@@ -66,6 +94,7 @@ var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
 // Repository is an open repository. It is safe for concurrent use.
 type Repository struct {
 	be       backend.Backend
+	packs    *pack.Backend // the pack layer in be's chain (format version 2), or nil
 	cfg      *format.Config
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
@@ -73,7 +102,8 @@ type Repository struct {
 	props    backend.Properties
 	hostname string
 	now      func() time.Time
-	listing  listing // cached restore points (snapshots.go)
+	listing  listing      // cached restore points (snapshots.go)
+	clock    storageClock // the storage's time, learned from lock objects (lock.go)
 }
 
 // Options tune an open repository.
@@ -81,6 +111,17 @@ type Options struct {
 	// CacheSize bounds the decoded-chunk cache shared by all Disks, in bytes.
 	// Zero means DefaultCacheSize.
 	CacheSize int64
+	// DiskCacheDir, when set, keeps local copies of what a repository on a
+	// backend with costly reads (object storage: Properties.CheapRangedReads
+	// false) gives out: chunk frames, indexes, manifests and pack indexes,
+	// at most DiskCacheSize bytes (repo/backend/cache). Backends with cheap
+	// reads get no disk cache.
+	DiskCacheDir  string
+	DiskCacheSize int64
+	// Hostname names this host in lock objects ("" : os.Hostname). Hosts
+	// sharing a repository must have different names: a lock of this
+	// host's name whose process is gone is stale at once.
+	Hostname string
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -90,6 +131,15 @@ const DefaultCacheSize = 256 << 20
 type InitOptions struct {
 	ChunkSize   int64  // zero means format.DefaultChunkSize
 	Compression string // empty means zstd-fastest
+	// PackSize is the target size of packs; zero means
+	// format.DefaultPackSize, negative one object per chunk (format
+	// version 1, as repositories before packs).
+	PackSize int64
+	// ObjectLock is the retention every object gets from a backend that
+	// locks objects (S3 Object Lock; the backend must have been created
+	// with it); recorded so forget, prune and gc leave protected objects
+	// alone.
+	ObjectLock time.Duration
 }
 
 // Init creates a repository in an empty backend.
@@ -109,7 +159,14 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	}
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
-		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(),
+		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
+		ObjectLockSeconds: int64(opts.ObjectLock / time.Second),
+	}
+	switch {
+	case opts.PackSize == 0:
+		cfg.PackSize = format.DefaultPackSize
+	case opts.PackSize < 0:
+		cfg.Version, cfg.PackSize = 1, 0
 	}
 	b, err := cfg.Marshal()
 	if err != nil {
@@ -141,10 +198,31 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
 	}
-	host, _ := os.Hostname()
+	remote := opts.DiskCacheDir != "" && !be.Properties().CheapRangedReads
+	var packs *pack.Backend
+	if cfg.PackSize > 0 {
+		po := pack.Options{PackSize: cfg.PackSize}
+		if remote {
+			po.IndexCacheDir = filepath.Join(opts.DiskCacheDir, cfg.ID, "packidx")
+		}
+		packs = pack.New(be, po)
+		be = packs
+	}
+	if remote {
+		c, err := cache.New(be, cache.Options{Dir: filepath.Join(opts.DiskCacheDir, cfg.ID, "objects"), Size: opts.DiskCacheSize})
+		if err != nil {
+			slog.Warn("no disk cache: reading everything from the backend", "err", err)
+		} else {
+			be = c
+		}
+	}
+	host := opts.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+	return &Repository{be: be, packs: packs, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
 		props: be.Properties(), hostname: host, now: time.Now}
 }
 

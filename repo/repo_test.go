@@ -35,12 +35,24 @@ func newRepo(t *testing.T) *Repository {
 
 func newLocalRepo(t *testing.T) (*Repository, string) {
 	t.Helper()
+	return newLocalRepoWith(t, InitOptions{ChunkSize: cs})
+}
+
+// newLooseRepo is a local repository of format version 1: one object per
+// chunk, so a test can damage one chunk's object in every way.
+func newLooseRepo(t *testing.T) (*Repository, string) {
+	t.Helper()
+	return newLocalRepoWith(t, InitOptions{ChunkSize: cs, PackSize: -1})
+}
+
+func newLocalRepoWith(t *testing.T, opts InitOptions) (*Repository, string) {
+	t.Helper()
 	dir := t.TempDir()
 	be, err := local.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(context.Background(), be, InitOptions{ChunkSize: cs})
+	r, err := Init(context.Background(), be, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,8 +227,7 @@ func TestCorruptChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	victim := d.Index().IDs[4]
-	p := filepath.Join(dir, "chunks", victim.String()[:2], victim.String())
-	flipByte(t, p, 100)
+	flipChunkByte(t, r, dir, victim, 100)
 
 	rep, err := r.Verify(context.Background(), VerifyOptions{})
 	if err != nil {
@@ -292,6 +303,22 @@ func TestStreamingReads(t *testing.T) {
 	}
 }
 
+// flipChunkByte flips byte at of a chunk's frame, in its pack or its own
+// object.
+func flipChunkByte(t *testing.T, r *Repository, dir string, id format.ID, at int64) {
+	t.Helper()
+	pb := r.packs
+	if pb == nil {
+		flipByte(t, filepath.Join(dir, "chunks", id.String()[:2], id.String()), at)
+		return
+	}
+	name, off, _, found, err := pb.Locate(context.Background(), id)
+	if err != nil || !found {
+		t.Fatalf("locate chunk %s: %v", id.Short(), err)
+	}
+	flipByte(t, filepath.Join(dir, "packs", name.String()), off+at)
+}
+
 func flipByte(t *testing.T, p string, at int64) {
 	t.Helper()
 	if err := os.Chmod(p, 0o600); err != nil {
@@ -340,10 +367,10 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// A capture that fails part-way (the 5th chunk save fails) leaves
-	// orphans; gc with no grace removes only those.
-	fb := faulty.New(r.be, 1)
-	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.ChunkFile, From: 5, Effect: faulty.Fail(errInjected)})
+	// A capture that fails part-way (its pack is stored, but the backend
+	// reports an error) leaves orphans; gc with no grace removes only those.
+	fb := faulty.New(r.packs.Inner(), 1)
+	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.PackFile, From: 1, Effect: faulty.FailAfter(errInjected)})
 	fr := newRepository(fb, r.cfg, Options{})
 	orphan := testImage(77, size)
 	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
@@ -354,7 +381,7 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.RemovedChunks == 0 {
+	if rep.RemovedPacks == 0 || rep.RemovedBytes == 0 {
 		t.Errorf("gc removed nothing after an abandoned capture: %+v", rep)
 	}
 	for vm, rp := range rps {
@@ -388,7 +415,7 @@ func TestForgetBaseDuringCapture(t *testing.T) {
 	r := newRepo(t)
 	img := testImage(3, 4*cs)
 	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))})
-	if err := r.Forget(context.Background(), []string{rp1.ID.String()}, 0); err != nil {
+	if err := r.Forget(context.Background(), []string{rp1.ID.String()}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := r.Capture(context.Background(), CaptureOptions{VM: "vm"}, []DiskSource{{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img)), Base: rp1}})
@@ -398,47 +425,155 @@ func TestForgetBaseDuringCapture(t *testing.T) {
 }
 
 func TestLocks(t *testing.T) {
-	r := newRepo(t)
+	r, dir := newLocalRepo(t)
 	ctx := context.Background()
-	s1, err := r.Lock(ctx, false, "a", 0)
+	take := func(kind, op string) (*Lock, error) {
+		return r.Lock(ctx, LockOptions{Kind: kind, Operation: op})
+	}
+	reader, err := take(format.LockReader, "serve")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, err := r.Lock(ctx, false, "b", 0)
+	writer, err := take(format.LockWriter, "capture")
 	if err != nil {
-		t.Fatalf("second shared lock: %v", err)
+		t.Fatalf("writer beside a reader: %v", err)
 	}
-	if _, err := r.Lock(ctx, true, "gc", 0); !errors.Is(err, ErrLocked) {
-		t.Fatalf("exclusive while shared held: %v", err)
-	}
-	_ = s1.Unlock()
-	_ = s2.Unlock()
-	x, err := r.Lock(ctx, true, "gc", 0)
+	gc, err := take(format.LockMaintenance, "gc")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("gc beside a reader and a writer: %v", err)
 	}
-	if _, err := r.Lock(ctx, false, "c", 0); !errors.Is(err, ErrLocked) {
-		t.Fatalf("shared while exclusive held: %v", err)
+	if _, err := take(format.LockMaintenance, "gc"); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a second gc: %v", err)
 	}
-	_ = x.Unlock()
+	if reader.Epoch().IsZero() || gc.Epoch().Before(reader.Epoch()) {
+		t.Fatalf("epochs: reader %v gc %v", reader.Epoch(), gc.Epoch())
+	}
+	_ = gc.Unlock()
+	_ = writer.Unlock()
+	_ = reader.Unlock()
 
-	// A lock of a dead process on this host, and one not refreshed for long, are stale.
-	for _, l := range []format.Lock{
-		{Exclusive: true, Hostname: r.hostname, PID: 1 << 22, Started: time.Now(), Refreshed: time.Now()},
-		{Exclusive: true, Hostname: "elsewhere", PID: 1, Started: time.Now(), Refreshed: time.Now().Add(-2 * StaleLockAge)},
-	} {
-		b, _ := l.Marshal()
-		if err := r.be.Save(ctx, backend.Handle{Type: backend.LockFile, Name: newLockName()}, b); err != nil {
-			t.Fatal(err)
-		}
+	// A build that knows only shared and exclusive locks: its exclusive
+	// lock (an old gc) keeps everybody out; its shared ones count as writers.
+	old := format.Lock{Exclusive: true, Hostname: "elsewhere", PID: 1, Started: time.Now(), Refreshed: time.Now()}
+	b, _ := old.Marshal()
+	name := newLockName()
+	if err := r.be.Save(ctx, backend.Handle{Type: backend.LockFile, Name: name}, b); err != nil {
+		t.Fatal(err)
 	}
-	if l, err := r.Lock(ctx, true, "gc", 0); err != nil {
-		t.Fatalf("stale locks block: %v", err)
+	if _, err := take(format.LockReader, "serve"); !errors.Is(err, ErrLocked) {
+		t.Fatalf("reader beside an old exclusive lock: %v", err)
+	}
+	// Stale: not refreshed for StaleLockAge on the storage's clock (the
+	// lock's object time, not the Refreshed field a host's clock wrote).
+	path := filepath.Join(dir, "locks", name)
+	past := time.Now().Add(-2 * StaleLockAge)
+	if err := os.Chtimes(path, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := take(format.LockMaintenance, "gc"); err != nil {
+		t.Fatalf("a stale lock blocks: %v", err)
 	} else {
 		_ = l.Unlock()
 	}
+	// A dead process on this host is stale at once.
+	dead := format.Lock{Exclusive: true, Hostname: r.hostname, PID: 1 << 22, Started: time.Now(), Refreshed: time.Now()}
+	b, _ = dead.Marshal()
+	if err := r.be.Save(ctx, backend.Handle{Type: backend.LockFile, Name: newLockName()}, b); err != nil {
+		t.Fatal(err)
+	}
+	// A garbage lock object is reported (not silently ignored) and counts
+	// as a possible writer until it is stale.
+	if err := r.be.Save(ctx, backend.Handle{Type: backend.LockFile, Name: newLockName()}, []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	locks, err := r.Locks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := 0
+	for _, l := range locks {
+		if l.Garbage && !l.Stale {
+			garbage++
+		}
+	}
+	if garbage != 1 {
+		t.Fatalf("locks: %+v", locks)
+	}
+	if w, _ := r.runningWriters(ctx); len(w) != 1 || !strings.Contains(w[0], "unreadable lock") {
+		t.Fatalf("running writers with a garbage lock: %v", w)
+	}
 	if n, err := r.RemoveLocks(ctx, false); err != nil || n != 2 {
-		t.Fatalf("RemoveLocks = %d, %v; want 2", n, err)
+		t.Fatalf("RemoveLocks = %d, %v; want 2 (the stale and the dead)", n, err)
+	}
+	if n, err := r.RemoveLocks(ctx, true); err != nil || n != 1 {
+		t.Fatalf("RemoveLocks(all) = %d, %v; want 1 (the garbage)", n, err)
+	}
+}
+
+func mustIndex(t *testing.T, r *Repository, rp *RestorePoint) *format.Index {
+	t.Helper()
+	idx, err := r.loadIndex(context.Background(), rp.Disks[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
+}
+
+// TestPinThenCheck: a pin on a restore point forgotten before the pin was
+// visible fails; one forgotten after keeps its data through gc.
+func TestPinThenCheck(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	img := testImage(11, 6*cs)
+	rp1 := capture(t, r, "vm", nil, DiskSource{Name: "d", Reader: bytes.NewReader(img), Size: int64(len(img))})
+	rp2 := capture(t, r, "other", nil, DiskSource{Name: "d", Reader: bytes.NewReader(testImage(12, 3*cs)), Size: 3 * cs})
+	l, err := r.Lock(ctx, LockOptions{Kind: format.LockReader, Operation: "serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if err := l.Pin(ctx, rp1); err != nil {
+		t.Fatal(err)
+	}
+	only2 := map[format.ID]bool{}
+	for _, id := range mustIndex(t, r, rp2).IDs {
+		only2[id] = !id.IsZero()
+	}
+	for _, id := range mustIndex(t, r, rp1).IDs {
+		delete(only2, id)
+	}
+	want := 0
+	for _, ok := range only2 {
+		if ok {
+			want++
+		}
+	}
+	if err := r.Forget(ctx, []string{rp1.ID.String(), rp2.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Pin(ctx, rp2); !errors.Is(err, ErrNotFoundRP) {
+		t.Fatalf("pin of a forgotten restore point: %v", err)
+	}
+	rep, err := r.GC(ctx, GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.PinnedIndexes != 1 || rep.RemovedIndexes != 1 || rep.RemovedChunks != want || want == 0 {
+		t.Fatalf("gc with a pin: %+v", rep)
+	}
+	d, err := r.OpenDisk(ctx, rp1, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(img))
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("read of a pinned, forgotten restore point after gc: %v", err)
+	}
+	if err := l.Unpin(ctx, rp1); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = r.GC(ctx, GCOptions{}); err != nil || rep.RemovedIndexes != 1 || rep.RemovedChunks == 0 {
+		t.Fatalf("gc after unpin: %+v %v", rep, err)
 	}
 }
 
@@ -652,7 +787,7 @@ func TestDamagedMetadata(t *testing.T) {
 		t.Fatalf("open with truncated config: %v", err)
 	}
 	// Nothing was deleted.
-	if n, _ := filepath.Glob(filepath.Join(dir, "chunks", "*", "*")); len(n) == 0 {
+	if n, _ := filepath.Glob(filepath.Join(dir, "packs", "*")); len(n) == 0 {
 		t.Fatal("chunks gone")
 	}
 }
@@ -783,7 +918,7 @@ func TestDiskExtentsAndPrefetch(t *testing.T) {
 // chunk, and a failure must neither stop a worker nor leak into the next
 // chunk's check.
 func TestVerifyReportsEveryDamagedChunk(t *testing.T) {
-	r, dir := newLocalRepo(t)
+	r, dir := newLooseRepo(t)
 	n := 4 * (r.props.ReadParallelism + 8) // every 4th chunk of testImage is random: unique
 	img := testImage(7, n*cs)
 	rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(n * cs)})

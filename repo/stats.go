@@ -10,6 +10,11 @@ import (
 
 // Stats summarises a repository.
 type Stats struct {
+	Location           string  `json:"location"`       // where the repository is (no secrets)
+	FormatVersion      int     `json:"format_version"` // 1: one object per chunk, 2: packs
+	PackSize           int64   `json:"pack_size,omitempty"`
+	Packs              int     `json:"packs,omitempty"`      // pack objects
+	PackBytes          int64   `json:"pack_bytes,omitempty"` // their size, dead frames included (gc reclaims)
 	RestorePoints      int     `json:"restore_points"`
 	Disks              int     `json:"disks"`
 	LogicalBytes       int64   `json:"logical_bytes"`       // sum of disk sizes over all restore points
@@ -64,11 +69,24 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 	for _, n := range unique {
 		s.UniqueBytes += n
 	}
-	for _, t := range []backend.FileType{backend.ConfigFile, backend.SnapshotFile, backend.IndexFile, backend.ChunkFile} {
+	s.Location, s.FormatVersion, s.PackSize = r.be.Location(), r.cfg.Version, r.cfg.PackSize
+	if r.packs != nil {
+		if err := r.packs.Inner().List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+			s.Packs++
+			s.PackBytes += fi.Size
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("stats: %w", err)
+		}
+		s.TotalStoredBytes += s.PackBytes
+	}
+	for _, t := range []backend.FileType{backend.ConfigFile, backend.SnapshotFile, backend.IndexFile, backend.ChunkFile, backend.PackIndexFile, backend.StateFile} {
 		if err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
-			s.TotalStoredBytes += fi.Size
+			if t != backend.ChunkFile || r.packs == nil { // packs are counted whole
+				s.TotalStoredBytes += fi.Size
+			}
 			switch t {
-			case backend.SnapshotFile, backend.IndexFile:
+			case backend.SnapshotFile, backend.IndexFile, backend.PackIndexFile, backend.StateFile:
 				s.MetadataBytes += fi.Size
 			case backend.ChunkFile:
 				id, err := format.ParseID(fi.Name)

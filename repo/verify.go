@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,15 +20,21 @@ import (
 	"github.com/vmvault/vmvault/repo/format"
 )
 
-// VerifyOptions choose how much verify reads.
+// VerifyOptions choose what verify checks and how much it reads.
 type VerifyOptions struct {
+	// RestorePoints to verify; nil means every restore point (and then
+	// unreadable manifests are reported too).
+	RestorePoints []*RestorePoint
 	// Subset is the share of referenced chunks to read and re-hash, in
 	// (0, 1]; 0 means 1 (all). With NoData chunks are only checked for
-	// existence.
-	Subset   float64
-	NoData   bool
-	Progress *Progress
-	LockWait time.Duration
+	// existence. Chunks on the damaged list are always read.
+	Subset float64
+	NoData bool
+	// SkipVerifiedWithin skips restore points whose newest verify record
+	// is clean, read all data and is younger than this (0: skip none).
+	SkipVerifiedWithin time.Duration
+	Progress           *Progress
+	LockWait           time.Duration
 }
 
 // Damage is one problem found in one restore point's disk.
@@ -50,6 +57,20 @@ type VerifyReport struct {
 	Damage         []Damage
 	DamagedPoints  []*RestorePoint
 	CheckedAllData bool
+	// Skipped lists restore points left out because a clean verify of all
+	// their data is recorded within SkipVerifiedWithin.
+	Skipped []*RestorePoint
+	// Forgotten lists restore points that were forgotten while verify
+	// started: they were not checked.
+	Forgotten []*RestorePoint
+	// Healed lists chunks the damaged list named that are good now (a
+	// capture stored them again); they are off the list.
+	Healed []format.ID
+	// Quarantined counts damaged chunk objects copied aside this run.
+	Quarantined int
+	// ReadOnly is set when the repository could not be written: nothing
+	// was pinned or recorded.
+	ReadOnly bool
 }
 
 // OK reports whether nothing was found.
@@ -57,14 +78,13 @@ func (v *VerifyReport) OK() bool {
 	return len(v.BadManifests) == 0 && len(v.BadChunks) == 0 && len(v.Damage) == 0
 }
 
-// Verify checks every restore point: manifests, indexes (checksums) and the
-// referenced chunks (decoded and re-hashed). It never deletes anything.
+// Verify checks restore points: manifests, indexes (checksums) and the
+// referenced chunks (decoded and re-hashed). It pins what it checks (gc
+// keeps it meanwhile), never deletes or overwrites anything, and records
+// what it found: a verify record per restore point and the damaged list,
+// with a copy of each newly damaged chunk object set aside
+// ("quarantine"), so captures store good copies of those chunks.
 func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, error) {
-	lock, err := r.Lock(ctx, false, "verify", opts.LockWait)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Unlock()
 	if opts.Subset <= 0 || opts.Subset > 1 {
 		opts.Subset = 1
 	}
@@ -72,11 +92,53 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 		opts.Progress = &Progress{}
 	}
 	rep := &VerifyReport{BadChunks: map[format.ID]error{}, CheckedAllData: opts.Subset == 1 && !opts.NoData}
-	rps, bad, err := r.ListRestorePoints(ctx)
+	rps := opts.RestorePoints
+	if rps == nil {
+		all, bad, err := r.ListRestorePoints(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rps, rep.BadManifests = all, bad
+	}
+	records, err := r.VerifyRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rep.RestorePoints, rep.BadManifests = len(rps), bad
+	if opts.SkipVerifiedWithin > 0 {
+		since := r.now().Add(-opts.SkipVerifiedWithin)
+		rps = slices.DeleteFunc(slices.Clone(rps), func(rp *RestorePoint) bool {
+			v := records[rp.ID]
+			if v != nil && v.OK && v.AllData && v.Time.After(since) {
+				rep.Skipped = append(rep.Skipped, rp)
+				return true
+			}
+			return false
+		})
+	}
+	// Pin what is checked, each restore point on its own: one forgotten
+	// meanwhile is left out, not an error.
+	lock, err := r.Lock(ctx, LockOptions{Kind: format.LockReader, Operation: "verify", Wait: opts.LockWait})
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	rep.ReadOnly = lock.ReadOnly()
+	pinned := rps[:0:0]
+	for _, rp := range rps {
+		if err := lock.Pin(ctx, rp); errors.Is(err, ErrNotFoundRP) {
+			rep.Forgotten = append(rep.Forgotten, rp)
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		pinned = append(pinned, rp)
+	}
+	rps = pinned
+	rep.RestorePoints = len(rps)
+	damagedList, damagedObjs, err := r.DamagedChunks(ctx)
+	if err != nil {
+		return nil, err
+	}
 
 	// Pass 1: indexes and the set of referenced chunks.
 	chunks := map[format.ID]int64{}
@@ -113,7 +175,8 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 	// Pass 2: check chunks in parallel.
 	ids := make([]format.ID, 0, len(chunks))
 	for id := range chunks {
-		if opts.Subset == 1 || rand.Float64() < opts.Subset {
+		_, listed := damagedList[id]
+		if opts.Subset == 1 || listed || rand.Float64() < opts.Subset {
 			ids = append(ids, id)
 			opts.Progress.Total.Add(chunks[id])
 		}
@@ -153,7 +216,7 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 			}
 			for id := range next {
 				var err error
-				if opts.NoData {
+				if _, listed := damagedList[id]; opts.NoData && !listed {
 					_, err = r.be.Stat(gctx, chunkHandle(id))
 				} else {
 					var data []byte
@@ -207,6 +270,11 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 			rep.DamagedPoints = append(rep.DamagedPoints, rp)
 		}
 	}
+	if !rep.ReadOnly {
+		if err := r.record(ctx, rep, rps, chunks, damagedList, damagedObjs, damaged); err != nil {
+			return nil, err
+		}
+	}
 	sort.SliceStable(rep.Damage, func(i, j int) bool {
 		a, b := rep.Damage[i], rep.Damage[j]
 		if a.RestorePoint.ID != b.RestorePoint.ID {
@@ -218,4 +286,66 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 		return a.Offset < b.Offset
 	})
 	return rep, nil
+}
+
+// record writes what a verify run found: damaged chunks it checked join
+// the damaged list (their objects copied aside first, once), listed chunks
+// it found good leave it, and every restore point it checked in full gets
+// a verify record.
+func (r *Repository) record(ctx context.Context, rep *VerifyReport, rps []*RestorePoint, checked map[format.ID]int64,
+	list map[format.ID]format.DamagedChunk, listObjs []string, damagedRPs map[format.ID]bool) error {
+	changed := false
+	now := r.now().UTC()
+	for id, cerr := range rep.BadChunks {
+		if _, ok := list[id]; ok {
+			continue
+		}
+		q, err := r.quarantine(ctx, id)
+		if err != nil {
+			return err
+		}
+		if q != "" {
+			rep.Quarantined++
+		}
+		list[id] = format.DamagedChunk{ID: id.String(), Problem: cerr.Error(), Found: now, Quarantine: q}
+		changed = true
+	}
+	for id := range list {
+		if _, seen := checked[id]; !seen {
+			continue // not referenced by what this run checked
+		}
+		if _, bad := rep.BadChunks[id]; !bad {
+			rep.Healed = append(rep.Healed, id)
+			delete(list, id)
+			changed = true
+		}
+	}
+	slices.SortFunc(rep.Healed, func(a, b format.ID) int { return bytes.Compare(a[:], b[:]) })
+	if changed {
+		if err := r.saveDamaged(ctx, list, listObjs); err != nil {
+			return err
+		}
+	}
+	old, err := r.listState(ctx, "verified-")
+	if err != nil {
+		return err
+	}
+	oldOf := map[string][]string{}
+	for _, fi := range old {
+		if parts := strings.SplitN(fi.Name, "-", 3); len(parts) == 3 {
+			oldOf[parts[1]] = append(oldOf[parts[1]], fi.Name)
+		}
+	}
+	for _, rp := range rps {
+		v := &format.VerifyRecord{RestorePoint: rp.ID.String(), Time: now, OK: !damagedRPs[rp.ID], AllData: rep.CheckedAllData}
+		for _, d := range rep.Damage {
+			if d.RestorePoint.ID == rp.ID {
+				v.Damaged++
+			}
+		}
+		if err := r.saveVerifyRecord(ctx, v, oldOf[rp.ID.String()]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

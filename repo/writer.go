@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,7 +88,9 @@ type diskPlan struct {
 	reason  string
 	parent  string
 	total   int64
-	changed int64 // bytes the source reported changed (extents mode)
+	changed int64       // bytes the source reported changed (extents mode)
+	known   []format.ID // chunks known stored and good (dedup mode)
+	damaged map[format.ID]format.DamagedChunk
 }
 
 // Capture stores a new restore point of disks and returns it. On any error
@@ -102,12 +106,26 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
 	}
-	lock, err := r.Lock(ctx, false, "capture "+opts.VM, opts.LockWait)
+	// The writer's lock announces it to gc and pins the bases: their
+	// chunks stay even if they are forgotten while this runs.
+	var bases []*RestorePoint
+	for _, src := range disks {
+		if src.Base != nil && !slices.ContainsFunc(bases, func(b *RestorePoint) bool { return b.ID == src.Base.ID }) {
+			bases = append(bases, src.Base)
+		}
+	}
+	lock, err := r.Lock(ctx, LockOptions{Kind: format.LockWriter, Operation: "capture " + opts.VM, Pins: bases, Wait: opts.LockWait})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
 	defer lock.Unlock()
 
+	// Chunks verify found damaged are stored again, never taken from a
+	// base index.
+	damagedList, _, err := r.DamagedChunks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
+	}
 	plans := make([]*diskPlan, len(disks))
 	seen := map[string]bool{}
 	for i, src := range disks {
@@ -118,7 +136,7 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 			return nil, fmt.Errorf("capture: disk %q given twice", src.Name)
 		}
 		seen[src.Name] = true
-		p, err := r.planDisk(ctx, src)
+		p, err := r.planDisk(ctx, src, damagedList)
 		if err != nil {
 			return nil, err
 		}
@@ -141,17 +159,6 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		}
 		m.Disks = append(m.Disks, *md)
 	}
-	// Chunks reused from a base are only safe if it still exists.
-	checked := map[format.ID]bool{}
-	for _, src := range disks {
-		if src.Base == nil || checked[src.Base.ID] {
-			continue
-		}
-		checked[src.Base.ID] = true
-		if _, err := r.be.Stat(ctx, snapshotHandle(src.Base.ID)); err != nil {
-			return nil, fmt.Errorf("capture %s: base restore point %s vanished during the capture (forgotten?); not committing: %w", opts.VM, src.Base.ID.Short(), err)
-		}
-	}
 	b, err := m.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
@@ -164,13 +171,13 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 }
 
 // planDisk works out what to read for one disk from the decision in src.
-func (r *Repository) planDisk(ctx context.Context, src DiskSource) (*diskPlan, error) {
+func (r *Repository) planDisk(ctx context.Context, src DiskSource, damaged map[format.ID]format.DamagedChunk) (*diskPlan, error) {
 	if src.Size < 0 || src.Size > format.MaxDiskSize {
 		return nil, fmt.Errorf("capture disk %s: size %d out of range", src.Name, src.Size)
 	}
 	cs := r.cfg.ChunkSize
 	n := int(format.ChunkCount(src.Size, cs))
-	p := &diskPlan{src: src, ids: make([]format.ID, n), mode: "full", reason: src.Reason}
+	p := &diskPlan{src: src, ids: make([]format.ID, n), mode: "full", reason: src.Reason, damaged: damaged}
 	all := func(reason string) *diskPlan {
 		p.read = make([]int, n)
 		for i := range p.read {
@@ -210,8 +217,7 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource) (*diskPlan, e
 	if src.Changed == nil {
 		// Read everything; chunks already in the base are not stored again.
 		p.mode = "dedup"
-		p.ids = append(p.ids[:0], bidx.IDs[:min(n, len(bidx.IDs))]...)
-		p.ids = p.ids[:n]
+		p.known = bidx.IDs
 		return all(""), nil
 	}
 	// Incremental from changed ranges: reuse every base chunk the ranges do
@@ -228,6 +234,11 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource) (*diskPlan, e
 		mark[i] = true
 	}
 	markChunks(mark, src.Changed, cs)
+	for i, id := range p.ids {
+		if _, bad := damaged[id]; bad && !id.IsZero() {
+			mark[i] = true // read and store it again
+		}
+	}
 	for i, m := range mark {
 		if m {
 			p.read = append(p.read, i)
@@ -277,10 +288,12 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 		workers = runtime.GOMAXPROCS(0)
 	}
 	savers := r.props.WriteParallelism
-	known := &knownSet{m: make(map[format.ID]struct{}, len(p.ids))}
-	if p.mode != "full" {
-		for _, id := range p.ids {
-			known.m[id] = struct{}{}
+	known := &knownSet{m: make(map[format.ID]struct{}, len(p.ids)+len(p.known))}
+	for _, ids := range [][]format.ID{p.ids, p.known} {
+		for _, id := range ids {
+			if _, bad := p.damaged[id]; !id.IsZero() && !bad {
+				known.m[id] = struct{}{}
+			}
 		}
 	}
 	var (
@@ -473,9 +486,18 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 		return nil // in the base, or stored (or being stored) by this capture
 	}
 	// Not known: trust a stored object only after decoding and hashing it.
+	// A damaged one is copied aside before the good copy replaces it.
 	if _, err := r.be.Stat(ctx, chunkHandle(id)); err == nil {
-		if _, err := r.loadChunk(ctx, id, nil); err == nil {
+		_, lerr := r.loadChunk(ctx, id, nil)
+		if lerr == nil {
 			return nil
+		}
+		if _, listed := p.damaged[id]; !listed {
+			q, err := r.quarantine(ctx, id)
+			if err != nil {
+				return err
+			}
+			slog.Warn("stored chunk is damaged: copied aside, storing a good copy", "chunk", id.String(), "err", lerr, "copy", "state/"+q)
 		}
 	} else if !errors.Is(err, backend.ErrNotFound) {
 		return err

@@ -63,7 +63,7 @@ PORT_V=10911 PORT_Q=10912 PORT_K=10913
 VPID=""
 start_vmvault() { # CACHE
 	stop_vmvault
-	vmvault serve --socket "$S/vmvault" --listen 127.0.0.1:$PORT_V --cache-size "$1" 2>"$W/serve.log" &
+	vmvault serve --socket "$S/vmvault" --listen 127.0.0.1:$PORT_V --memory-cache "$1" 2>"$W/serve.log" &
 	VPID=$!
 	for _ in $(seq 200); do [ -S "$S/vmvault" ] && nbdinfo --size "nbd+unix:///bench@latest/disk0?socket=$S/vmvault" >/dev/null 2>&1 && return; sleep 0.05; done
 	echo "vmvault serve did not start" >&2; cat "$W/serve.log" >&2; exit 1

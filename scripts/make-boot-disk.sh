@@ -86,6 +86,22 @@ cat >"$work/root/sbin/init" <<'EOF'
 #!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
+# Writer mode (capture tests): with a second virtio disk, write numbered
+# 4 KiB records forever, record N to slot N%64 of the first disk's area
+# past 32 MiB and then of the second disk (each flushed before the
+# next), so any point in time shows, per disk, the last 64 records whole
+# and, across the disks, a newest record on the second disk at most one
+# behind the first.
+if [ -b /dev/vdb ]; then
+	echo "VMVAULT-WRITER-START" >/dev/console
+	n=0
+	while :; do
+		n=$((n + 1))
+		s=$((n % 64))
+		$B yes "rec $n" | $B head -c 4096 | $B dd of=/dev/vda bs=4096 iflag=fullblock seek=$((8192 + s * 64)) conv=notrunc,fsync 2>/dev/null
+		$B yes "rec $n" | $B head -c 4096 | $B dd of=/dev/vdb bs=4096 iflag=fullblock seek=$((s * 256)) conv=notrunc,fsync 2>/dev/null
+	done
+fi
 $B mount -o remount,rw /
 n=$($B cat /boots 2>/dev/null || echo 0)
 n=$((n + 1))

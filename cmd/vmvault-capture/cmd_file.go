@@ -23,8 +23,7 @@ type fileOptions struct {
 	json     bool
 	workers  int
 	cacheDir string
-	skipFree bool
-	skipSwap bool
+	skip     skipFlags
 }
 
 func newFileCommand(g *cli.Global) *cobra.Command {
@@ -49,18 +48,7 @@ commit or a vSphere capture, whose content the list does not describe);
 otherwise the disk is read completely, only new chunks are stored, and the
 reason is printed with the result.
 
---skip-free-space reads the partition table and the allocation maps of the
-filesystems on each disk (ext2/3/4 block bitmaps, NTFS $Bitmap, the FAT)
-and does not read the blocks they do not use: those read as zeros in the
-restore point, so data of deleted files is not kept. Partition tables,
-space outside partitions, unknown filesystems, LVM volumes, filesystems
-whose journal needs replaying and unclean or hibernated NTFS volumes are
-read in full. --skip-swap also skips Linux swap partitions and NTFS's
-pagefile.sys, swapfile.sys and hiberfil.sys. Neither is the default here:
-a file capture is often a forensic image, whose free space is evidence.
-What was skipped, and why a partition was read in full, is recorded with
-the restore point (vmvault show, --json, vmvault-skipped.txt in the
-mount).`,
+` + skipHelp(false),
 		Example: `  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw
   vmvault-capture file --vm web01 --disk disk0=/images/web01.raw --changed-extents disk0=/tmp/changed.txt
   vmvault-capture file --vm db --disk sda=/dev/vg0/db-snap --tag nightly --json
@@ -76,8 +64,7 @@ mount).`,
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read and hash everything")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
-	f.BoolVar(&o.skipFree, "skip-free-space", false, "do not read blocks the guest filesystems do not use (they read as zeros; deleted data is lost)")
-	f.BoolVar(&o.skipSwap, "skip-swap", false, "do not read swap partitions and Windows page, swap and hibernation files")
+	o.skip.add(f, false)
 	return cmd
 }
 
@@ -157,7 +144,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
 		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
-		SkipFreeSpace: o.skipFree, SkipSwap: o.skipSwap,
+		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 	})
 	stop()
 	if err != nil {
@@ -166,6 +153,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		return err
 	}
+	return printCapture(cmd, rp, start, o.json)
+}
+
+// summarize describes a new restore point for output.
+func summarize(rp *repo.RestorePoint, start time.Time) captureSummary {
 	sum := captureSummary{ID: rp.ID.String(), VM: rp.VM, Time: rp.Time.Format(time.RFC3339Nano), DurationSeconds: format.Float3(time.Since(start).Seconds())}
 	for _, d := range rp.Disks {
 		if sum.Parent == "" {
@@ -173,9 +165,11 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		sum.Disks = append(sum.Disks, diskSummary{Name: d.Name, Size: d.Size, Parent: d.Parent, DiskStats: d.Stats})
 	}
-	if o.json {
-		return cli.PrintJSON(cmd.OutOrStdout(), sum)
-	}
+	return sum
+}
+
+// printSummary prints a capture summary for people.
+func printSummary(cmd *cobra.Command, rp *repo.RestorePoint, sum captureSummary) {
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "restore point %s of %s created in %.1fs\n", rp.ID.Short(), rp.VM, float64(sum.DurationSeconds))
 	for _, d := range sum.Disks {
@@ -186,5 +180,4 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		fmt.Fprintf(w, "  %s: %s %s, read %s, stored %s in %d new chunks\n", d.Name, cli.Bytes(d.Size), mode, cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored), d.NewChunks)
 		cli.PrintSkipped(w, "    ", "skipped: ", d.Skipped)
 	}
-	return nil
 }

@@ -37,8 +37,7 @@ type vsphereOptions struct {
 	parallel   int
 	tags       []string
 	json       bool
-	skipFree   bool
-	skipSwap   bool
+	skip       skipFlags
 }
 
 const vsphereAuthHelp = `Credentials come from VMVAULT_VSPHERE_USER and VMVAULT_VSPHERE_PASSWORD, or
@@ -70,6 +69,8 @@ and the VM's configuration, and remove the snapshot — also after an error
 or Ctrl-C. A disk is captured in full (reason logged and in --json) when
 there is no previous restore point, the disk is new, its uuid or size
 changed, or CBT was reset. Independent disks are skipped with a warning.
+
+` + skipHelp(true) + `
 
 VMs are named by inventory path (/dc/vm/folder/web01), name or MoRef
 (vm-42). Several VMs are captured --parallel at a time; each becomes its
@@ -116,8 +117,7 @@ Transports (--transport):
 	f.IntVar(&o.parallel, "parallel", 2, "VMs captured at the same time")
 	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore points (repeatable)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per VM")
-	f.BoolVar(&o.skipFree, "skip-free-space", true, "do not read blocks the guest filesystems do not use (=false keeps deleted data)")
-	f.BoolVar(&o.skipSwap, "skip-swap", true, "do not read swap partitions and Windows page, swap and hibernation files")
+	o.skip.add(f, true)
 	cmd.AddCommand(newVSphereCleanupCommand(g))
 	return cmd
 }
@@ -292,7 +292,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
 				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
-				SkipFreeSpace: o.skipFree, SkipSwap: o.skipSwap,
+				SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 			})
 		}()
 	}

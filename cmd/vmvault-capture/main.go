@@ -1,7 +1,9 @@
 // Command vmvault-capture captures new restore points into a vmvault
-// repository: from raw image files and block devices (file) and from vSphere
-// VMs with snapshots and Changed Block Tracking (vsphere). Every capture
-// after the first of a VM is incremental.
+// repository: from raw image files and block devices (file), vSphere VMs
+// with snapshots and Changed Block Tracking (vsphere), running QEMU VMs
+// through QMP and dirty bitmaps (qemu), libvirt domains through libvirt's
+// backup API with checkpoints (libvirt), and any NBD export (nbd). Every
+// capture after the first of a VM is incremental.
 package main
 
 import (
@@ -24,7 +26,7 @@ existing ones.
 ` + cli.ExitCodesHelp,
 	}
 	g.Install(root)
-	root.AddCommand(newFileCommand(g), newVSphereCommand(g))
+	root.AddCommand(newFileCommand(g), newVSphereCommand(g), newNBDCommand(g), newQEMUCommand(g), newLibvirtCommand(g))
 	return root
 }
 

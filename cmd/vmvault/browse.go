@@ -36,6 +36,7 @@ type browser struct {
 	all   bool
 
 	r       *repo.Repository
+	lock    *repo.Lock // pins the restore points whose disks are read
 	rps     []*repo.RestorePoint
 	file    *os.File
 	paths   *browse.Browser
@@ -50,6 +51,7 @@ func (b *browser) addFlags(f *pflag.FlagSet) {
 
 func (b *browser) close() {
 	b.paths.ReportWarnings()
+	_ = b.lock.Unlock()
 	if b.r != nil {
 		b.r.Close()
 	}
@@ -136,6 +138,9 @@ func (b *browser) rpSource(rp *repo.RestorePoint) *browse.Source {
 		return s
 	}
 	s := &browse.Source{Name: rp.ID.Short(), Open: func(ctx context.Context, name string) (io.ReaderAt, int64, error) {
+		if err := b.lock.Pin(ctx, rp); err != nil {
+			return nil, 0, err
+		}
 		d, err := b.r.OpenDisk(ctx, rp, name)
 		if err != nil {
 			return nil, 0, err
@@ -163,6 +168,10 @@ func (b *browser) repository(ctx context.Context) (*repo.Repository, []*repo.Res
 	}
 	rps, bad, err := r.ListRestorePoints(ctx)
 	if err != nil {
+		r.Close()
+		return nil, nil, err
+	}
+	if b.lock, err = cli.ReadLock(ctx, r, "browse", b.g.LockWait); err != nil {
 		r.Close()
 		return nil, nil, err
 	}

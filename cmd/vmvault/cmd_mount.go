@@ -48,7 +48,7 @@ As root the mount is made directly; otherwise through fusermount3.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cache, err := cli.ParseSize(cacheSize)
 			if err != nil {
-				return cli.Usagef("--cache-size: %v", err)
+				return cli.Usagef("--memory-cache: %v", err)
 			}
 			ctx := cmd.Context()
 			r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cache})
@@ -79,7 +79,12 @@ As root the mount is made directly; otherwise through fusermount3.`,
 					Options:       []string{"ro", "default_permissions"},
 				},
 			}
-			srv, err := gofs.Mount(args[0], mount.New(r, log), opts)
+			lock, err := cli.ReadLock(ctx, r, "mount", g.LockWait)
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock()
+			srv, err := gofs.Mount(args[0], mount.New(r, log, lock), opts)
 			if err != nil {
 				return fmt.Errorf("mount %s: %w", args[0], err)
 			}
@@ -109,7 +114,7 @@ As root the mount is made directly; otherwise through fusermount3.`,
 		},
 	}
 	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users read the mount (needs user_allow_other in /etc/fuse.conf unless root)")
-	cmd.Flags().StringVar(&cacheSize, "cache-size", "256MiB", "decoded chunk cache shared by all readers")
+	cmd.Flags().StringVar(&cacheSize, "memory-cache", "256MiB", "decoded chunk cache in memory shared by all readers")
 	return cmd
 }
 

@@ -21,7 +21,10 @@ func newPartitionsCommand(g *cli.Global) *cobra.Command {
 		Long: `Show the partition table of a disk: table type, partition name (p1, …),
 start and size in bytes, type id or GUID, the filesystem found in it, and its
 label and UUID. Logical partitions of an MBR disk are p5 and up; the
-extended partition that holds them is listed too.
+extended partition that holds them is listed too. The logical volumes of
+LVM2 physical volumes on the disk follow, named VG-LV as device-mapper names
+them (a '-' inside a name doubled); one that cannot be read (on a physical
+volume of another disk, a thin or RAID volume) is listed with the reason.
 
 ` + browseHelp,
 		Example: "  vmvault partitions web01@latest:disk0\n  vmvault partitions --json --image disk.img",
@@ -66,6 +69,7 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTART\tSIZE\tTYPE\tFS\tLABEL\tUUID")
+	var notes []string
 	for _, p := range d.Partitions {
 		typ := p.Type
 		if p.TypeName != "" {
@@ -78,7 +82,18 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 		if fsys == "" {
 			fsys = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Start, cli.Bytes(p.Size), typ, fsys, browse.QuoteName(p.Label), p.UUID)
+		start := fmt.Sprint(p.Start)
+		if p.Error != "" {
+			start, fsys = "-", "(unreadable)"
+			notes = append(notes, p.Name+": "+p.Error)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, start, cli.Bytes(p.Size), typ, fsys, browse.QuoteName(p.Label), p.UUID)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
+	return nil
 }

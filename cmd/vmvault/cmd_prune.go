@@ -31,18 +31,35 @@ data no remaining restore point references (like 'gc').`,
 			if err != nil {
 				return err
 			}
-			names := f.plan(cmd.OutOrStdout(), rps)
-			if err := forget(cmd, r, names, f.dryRun, g.LockWait); err != nil {
+			entries := f.plan(rps)
+			gcf.asJSON = f.asJSON
+			if !f.asJSON {
+				printPlan(cmd.OutOrStdout(), entries)
+			}
+			res, err := forget(cmd, r, entries, f.dryRun, f.asJSON)
+			if err != nil {
 				return err
 			}
 			var ignore []format.ID
 			if f.dryRun {
-				for _, n := range names {
-					id, _ := format.ParseID(n)
-					ignore = append(ignore, id)
+				for _, e := range entries {
+					if !e.Keep {
+						ignore = append(ignore, e.rp.ID)
+					}
 				}
 			}
-			return runGC(cmd, r, gcf, f.dryRun, g.LockWait, ignore)
+			rep, err := r.GC(cmd.Context(), repo.GCOptions{Grace: gcf.grace, DryRun: f.dryRun, LockWait: g.LockWait, Ignore: ignore})
+			if err != nil {
+				return err
+			}
+			if f.asJSON {
+				return cli.PrintJSON(cmd.OutOrStdout(), struct {
+					Forget forgetJSON `json:"forget"`
+					GC     gcJSON     `json:"gc"`
+				}{res, toGCJSON(rep, gcf, f.dryRun)})
+			}
+			printGC(cmd.OutOrStdout(), rep, gcf, f.dryRun)
+			return nil
 		},
 	}
 	f.addFlags(cmd.Flags())

@@ -43,15 +43,15 @@ An existing regular file is only replaced with --overwrite.`,
 				return err
 			}
 			defer r.Close()
-			lock, err := r.Lock(ctx, false, "restore", g.LockWait)
-			if err != nil {
-				return err
-			}
-			defer lock.Unlock()
 			rp, err := resolveOne(cmd, r, args[0])
 			if err != nil {
 				return err
 			}
+			lock, err := cli.ReadLock(ctx, r, "restore", g.LockWait, rp)
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock()
 			disk := o.disk
 			if disk == "" {
 				if len(rp.Disks) != 1 {

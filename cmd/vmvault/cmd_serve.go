@@ -78,7 +78,7 @@ overlays and exits 0. One log line per connection goes to stderr.`,
 	f.StringArrayVar(&o.exports, "export", nil, "serve only exports matching this glob (repeatable), e.g. 'web01@latest/*'")
 	f.BoolVar(&o.writable, "writable", false, "accept writes into per-export copy-on-write overlays")
 	f.StringVar(&o.overlayDir, "overlay-dir", os.Getenv("VMVAULT_OVERLAY_DIR"), "where overlays live (env VMVAULT_OVERLAY_DIR; default ~/.local/state/vmvault/overlays/REPO-ID)")
-	f.StringVar(&o.cacheSize, "cache-size", "256MiB", "decoded chunk cache shared by all connections")
+	f.StringVar(&o.cacheSize, "memory-cache", "256MiB", "decoded chunk cache in memory shared by all connections")
 	f.StringVar(&o.readAhead, "read-ahead", "8MiB", "prefetch window for sequential readers (0 disables)")
 	f.StringVar(&o.tlsMode, "tls", "", "off, on (offer STARTTLS) or require; default on when --tls-cert is given")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM)")
@@ -145,7 +145,7 @@ func serveTLS(o *serveOptions) (*tls.Config, bool, error) {
 func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 	cacheSize, err := cli.ParseSize(o.cacheSize)
 	if err != nil || cacheSize < 1<<20 {
-		return cli.Usagef("--cache-size %q: need a size of at least 1MiB", o.cacheSize)
+		return cli.Usagef("--memory-cache %q: need a size of at least 1MiB", o.cacheSize)
 	}
 	readAhead, err := cli.ParseSize(o.readAhead)
 	if err != nil {
@@ -176,16 +176,16 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 		return err
 	}
 	defer r.Close()
-	// A shared lock for the server's lifetime keeps gc from removing
-	// chunks of restore points being served.
-	lock, err := r.Lock(ctx, false, "serve", g.LockWait)
+	// The server's reader lock pins the restore point of every open
+	// export: gc keeps their data while clients read them.
+	lock, err := cli.ReadLock(ctx, r, "serve", g.LockWait)
 	if err != nil {
 		return err
 	}
 	defer lock.Unlock()
 
 	log := slog.Default()
-	cat := &nbd.RepoCatalog{Repo: r, Patterns: o.exports, Log: log}
+	cat := &nbd.RepoCatalog{Repo: r, Patterns: o.exports, Log: log, Lock: lock}
 	if o.writable {
 		dir := o.overlayDir
 		if dir == "" {

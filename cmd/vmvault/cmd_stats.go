@@ -32,6 +32,11 @@ that is (after deduplication and without zero chunks), and how much is stored
 				return cli.PrintJSON(cmd.OutOrStdout(), s)
 			}
 			w := cmd.OutOrStdout()
+			layout := "one object per chunk"
+			if s.PackSize > 0 {
+				layout = fmt.Sprintf("%d packs of up to %s, %s", s.Packs, cli.Bytes(s.PackSize), cli.Bytes(s.PackBytes))
+			}
+			fmt.Fprintf(w, "repository:          %s (format %d, %s)\n", s.Location, s.FormatVersion, layout)
 			fmt.Fprintf(w, "restore points:      %d (%d disks)\n", s.RestorePoints, s.Disks)
 			fmt.Fprintf(w, "logical size:        %s (%s without zero chunks)\n", cli.Bytes(s.LogicalBytes), cli.Bytes(s.LogicalDataBytes))
 			fmt.Fprintf(w, "unique data:         %s in %d chunks (dedup ratio %.2f)\n", cli.Bytes(s.UniqueBytes), s.UniqueChunks, s.DedupRatio)

@@ -21,7 +21,11 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/nbd/overlay"
+	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/backend/local"
+	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/extent"
+	"github.com/vmvault/vmvault/repo/format"
 )
 
 var binDir string
@@ -227,34 +231,8 @@ func TestCorruptionIsNamed(t *testing.T) {
 	vb := makeImage(t, imgB, 2<<20, 20)
 	ca := e.capture("--vm", "a", "--disk", "disk0="+imgA)
 	e.capture("--vm", "b", "--disk", "disk0="+imgB)
-	// Corrupt one chunk only A has: find the largest chunk file of A's index.
-	chunks, _ := filepath.Glob(filepath.Join(e.repo, "chunks", "*", "*"))
-	bChunks := map[string]bool{}
-	e2 := &env{t: t, dir: t.TempDir()}
-	e2.repo = filepath.Join(e2.dir, "repo")
-	e2.ok("vmvault", "init", "--chunk-size", "64KiB")
-	e2.capture("--vm", "b", "--disk", "disk0="+imgB)
-	bc, _ := filepath.Glob(filepath.Join(e2.repo, "chunks", "*", "*"))
-	for _, c := range bc {
-		bChunks[filepath.Base(c)] = true
-	}
-	var victim string
-	for _, c := range chunks {
-		if !bChunks[filepath.Base(c)] {
-			victim = c
-			break
-		}
-	}
-	if victim == "" {
-		t.Fatal("no chunk unique to A")
-	}
-	os.Chmod(victim, 0o600)
-	f, _ := os.OpenFile(victim, os.O_RDWR, 0)
-	buf := make([]byte, 1)
-	f.ReadAt(buf, 40)
-	buf[0] ^= 0x80
-	f.WriteAt(buf, 40)
-	f.Close()
+	// Corrupt one chunk only A has.
+	flipChunkByte(t, e.repo, uniqueChunk(t, e.repo, ca.ID, "disk0"), 40)
 
 	out, _, code := e.run("vmvault", "verify")
 	if code != 3 || !strings.Contains(out, "DAMAGED restore point "+ca.ID[:8]) || !strings.Contains(out, "offset ") {
@@ -474,4 +452,112 @@ func TestFileCaptureAfterOverlayCommit(t *testing.T) {
 	if e.restoreSHA(latest, "disk0") != sha(img) {
 		t.Fatal("the restore point differs from the source disk")
 	}
+}
+
+// openRepoAt opens the repository in dir through the library, for tests
+// that look below the CLI.
+func openRepoAt(t *testing.T, dir string) *repo.Repository {
+	t.Helper()
+	be, err := local.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// chunkIDs returns the data chunks of a restore point's disk.
+func chunkIDs(t *testing.T, dir, rpID, disk string) []format.ID {
+	t.Helper()
+	r := openRepoAt(t, dir)
+	rps, _, err := r.ListRestorePoints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := repo.Resolve(rps, rpID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.OpenDisk(context.Background(), rp, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []format.ID
+	for _, id := range d.Index().IDs {
+		if !id.IsZero() {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// flipChunkByte flips byte at of a chunk's stored frame, in its pack (or
+// its own object in a repository of format version 1).
+func flipChunkByte(t *testing.T, dir string, id format.ID, at int64) {
+	t.Helper()
+	r := openRepoAt(t, dir)
+	path, off := filepath.Join(dir, "chunks", id.String()[:2], id.String()), int64(0)
+	if pb, ok := r.Backend().(*pack.Backend); ok {
+		name, o, _, found, err := pb.Locate(context.Background(), id)
+		if err != nil || !found {
+			t.Fatalf("locate chunk %s: %v", id.Short(), err)
+		}
+		path, off = filepath.Join(dir, "packs", name.String()), o
+	}
+	os.Chmod(path, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off+at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x80
+	if _, err := f.WriteAt(b, off+at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// uniqueChunk returns a data chunk of restore point rpName's disk that no
+// other restore point uses.
+func uniqueChunk(t *testing.T, dir, rpName, disk string) format.ID {
+	t.Helper()
+	r := openRepoAt(t, dir)
+	ctx := context.Background()
+	rps, _, err := r.ListRestorePoints(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := repo.Resolve(rps, rpName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	others := map[format.ID]bool{}
+	for _, rp := range rps {
+		for _, md := range rp.Disks {
+			if rp.ID == target.ID && md.Name == disk {
+				continue
+			}
+			d, err := r.OpenDisk(ctx, rp, md.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range d.Index().IDs {
+				others[id] = true
+			}
+		}
+	}
+	for _, id := range chunkIDs(t, dir, target.ID.String(), disk) {
+		if !others[id] {
+			return id
+		}
+	}
+	t.Fatalf("no chunk unique to %s", rpName)
+	return format.ID{}
 }

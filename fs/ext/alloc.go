@@ -33,14 +33,18 @@ const (
 //
 // It refuses (an error, so the caller reads everything) when the journal
 // needs recovery (committed transactions may allocate blocks the on-disk
-// bitmaps still call free), when the superblock records errors, and for
-// bigalloc (cluster bitmaps; Open refuses those filesystems already).
+// bitmaps still call free), when the superblock records errors or says the
+// filesystem is not clean (a filesystem without a journal while mounted
+// writes its bitmaps lazily), and for bigalloc (cluster bitmaps; Open
+// refuses those filesystems already).
 func (f *FS) Allocated(ctx context.Context) ([]extent.Range, error) {
 	switch {
 	case f.incompat&incompatRecover != 0:
 		return nil, fmt.Errorf("ext: the journal needs recovery: the block bitmaps may be out of date")
 	case f.stateErrors:
 		return nil, fmt.Errorf("ext: the superblock records filesystem errors: the block bitmaps cannot be trusted")
+	case !f.stateValid:
+		return nil, fmt.Errorf("ext: not cleanly unmounted (mounted without a journal, or a check is pending): the block bitmaps may be out of date")
 	case f.roCompat&roCompatBigalloc != 0:
 		return nil, fmt.Errorf("ext: bigalloc (cluster bitmaps) is not supported")
 	}

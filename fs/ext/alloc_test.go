@@ -99,7 +99,8 @@ func TestAllocatedAgainstDumpe2fs(t *testing.T) {
 		{name: "ext4 64bit 3G", size: "3G", args: []string{"-t", "ext4", "-b", "4096", "-O", "64bit"}},
 		{name: "partition past the fs", size: "100M", fsSize: "80M", args: []string{"-t", "ext4"}},
 		{name: "journal needs recovery", size: "64M", args: []string{"-t", "ext4"}, refuse: "feature needs_recovery", want: "journal needs recovery"},
-		{name: "errors recorded", size: "64M", args: []string{"-t", "ext4"}, refuse: "ssv state 2", want: "records filesystem errors"},
+		{name: "errors recorded", size: "64M", args: []string{"-t", "ext4"}, refuse: "ssv state 3", want: "records filesystem errors"},
+		{name: "not clean", size: "64M", args: []string{"-t", "ext2"}, refuse: "ssv state 0", want: "not cleanly unmounted"},
 		{name: "bigalloc (not opened)", size: "64M", args: []string{"-t", "ext4", "-O", "bigalloc", "-C", "16384"}, want: "bigalloc"},
 	}
 	for _, c := range cases {

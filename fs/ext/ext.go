@@ -111,6 +111,7 @@ type FS struct {
 	backupBGs   [2]uint64 // sparse_super2: the groups with superblock backups
 	reservedGDT uint64    // blocks reserved for growing the descriptor table
 	stateErrors bool      // the superblock records errors
+	stateValid  bool      // cleanly unmounted (EXT2_VALID_FS)
 
 	wmu      sync.Mutex
 	warnings []string
@@ -223,6 +224,7 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if f.incompat&incompatEncrypt != 0 {
 		f.warnings = append(f.warnings, "filesystem uses fscrypt: encrypted files and names are shown as stored")
 	}
+	f.stateValid = le.Uint16(sb[0x3a:])&1 != 0
 	if le.Uint16(sb[0x3a:])&2 != 0 {
 		f.stateErrors = true
 		f.warnings = append(f.warnings, "filesystem has errors recorded (run e2fsck on a copy)")

@@ -1,18 +1,24 @@
 // Package freespace finds the parts of a disk whose content no filesystem
-// on it reaches: the free blocks of each partition's filesystem (from its
+// on it reaches: the free blocks of each volume's filesystem (from its
 // allocation map, fs.AllocationMapper) and, on request, swap space (Linux
-// swap partitions; pagefile.sys, swapfile.sys and hiberfil.sys on NTFS).
-// Capture skips them (cbt.Options.SkipFreeSpace and SkipSwap): the
-// restore point holds zeros there.
+// swap volumes; pagefile.sys, swapfile.sys and hiberfil.sys on NTFS).
+// Volumes are what fs/image finds: partitions, a filesystem filling the
+// disk, and LVM logical volumes, whose bytes fs/image maps to the disk
+// (image.Partition.DiskRanges). Capture skips what this package finds
+// (cbt.Options.SkipFreeSpace and SkipSwap): the restore point holds zeros
+// there.
 //
-// Invariants: only bytes inside a partition whose filesystem vouches for
+// Invariants: only bytes inside a volume whose filesystem vouches for
 // them are ever skipped. The partition table, the space between and after
-// partitions, partitions without a recognised filesystem, filesystems
-// without an allocation map or whose map is refused (an unreplayed
-// journal, an unclean or hibernated NTFS volume, a dirty FAT, recorded
-// errors) are read in full, and so is any part of a partition that
-// another partition overlaps. Logical volumes (LVM) are not mapped: their
-// physical volumes are read in full. Each volume records what was decided
+// partitions, LVM physical volumes outside their logical volumes (labels,
+// metadata, unallocated extents), volumes without a recognised filesystem,
+// filesystems without an allocation map or whose map is refused (an
+// unreplayed ext journal, an unclean or hibernated NTFS volume, a dirty
+// FAT, recorded errors) are read in full, and so is XFS: fs/xfs does not
+// yet tell whether its log needs replaying, and a log to replay can
+// allocate blocks the free-space btrees still call free. A byte two
+// volumes claim (overlapping partitions, or logical volumes mapped onto
+// the same extents) is read in full. Each volume records what was decided
 // and why.
 package freespace
 
@@ -26,9 +32,9 @@ import (
 	"github.com/vmvault/vmvault/repo/extent"
 )
 
-// swapKeep is the start of a Linux swap partition that is always read: its
-// header (one page of up to 64 KiB) stays, so the restored partition is
-// still swap space.
+// swapKeep is the start of a Linux swap volume that is always read: its
+// header (one page of up to 64 KiB) stays, so the restored volume is still
+// swap space.
 const swapKeep = 64 << 10
 
 // Options say what to skip.
@@ -40,11 +46,11 @@ type Options struct {
 	Swap bool
 }
 
-// Volume is what was decided for one partition.
+// Volume is what was decided for one volume.
 type Volume struct {
-	Partition  string // p1, p5, p0, …
+	Partition  string // p1, p5, p0, or an LV's VG-LV name
 	Filesystem string // as image.Probe names it; "" when none was recognised
-	Offset     int64  // on the disk
+	Offset     int64  // on the disk (an LV: where its first byte lies)
 	Size       int64
 	Skipped    int64  // bytes skipped
 	Ranges     int    // ranges skipped
@@ -88,6 +94,11 @@ func Compute(ctx context.Context, r io.ReaderAt, size int64, opts Options) (*Map
 			parts = append(parts, p)
 		}
 	}
+	// where each volume's bytes lie on the disk
+	extents := make([][]extent.Range, len(parts))
+	for i, p := range parts {
+		extents[i] = p.DiskRanges(extent.Range{Offset: 0, Length: p.Size})
+	}
 	skips := make([][]extent.Range, len(parts))
 	for i, p := range parts {
 		v := Volume{Partition: p.Name, Filesystem: p.Filesystem, Offset: p.Start, Size: p.Size}
@@ -95,24 +106,24 @@ func Compute(ctx context.Context, r io.ReaderAt, size int64, opts Options) (*Map
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		// to disk offsets, within the partition
+		// to disk ranges, within the volume
 		var out []extent.Range
 		for _, r := range extent.Normalize(rs) {
-			if lo, hi := max(r.Offset, 0), min(r.End(), p.Size); lo < hi {
-				out = append(out, extent.Range{Offset: p.Start + lo, Length: hi - lo})
-			}
+			out = append(out, p.DiskRanges(r)...)
 		}
-		skips[i] = out
+		skips[i] = extent.Normalize(out)
 		v.What, v.ReadInFull = what, why
 		m.Volumes = append(m.Volumes, v)
 	}
-	// a byte another partition also covers is not skipped
-	for i := range parts {
+	// a byte another volume also holds is not skipped; a logical volume
+	// lies inside its physical volume's partition by design
+	for i, p := range parts {
 		var others []extent.Range
 		for j, q := range parts {
-			if j != i {
-				others = append(others, extent.Range{Offset: q.Start, Length: q.Size})
+			if j == i || p.Table == "lvm" && q.Filesystem == "LVM2_member" {
+				continue
 			}
+			others = append(others, extents[j]...)
 		}
 		skips[i] = extent.Subtract(skips[i], extent.Normalize(others))
 		v := &m.Volumes[i]
@@ -120,7 +131,7 @@ func Compute(ctx context.Context, r io.ReaderAt, size int64, opts Options) (*Map
 		if v.Skipped == 0 && v.ReadInFull == "" {
 			v.ReadInFull = "nothing to skip"
 			if v.What != "" {
-				v.ReadInFull = "nothing to skip outside other partitions"
+				v.ReadInFull = "nothing to skip outside other volumes"
 			}
 			v.What = ""
 		}
@@ -133,6 +144,9 @@ func Compute(ctx context.Context, r io.ReaderAt, size int64, opts Options) (*Map
 // volume returns the ranges of one partition (relative to its start) to
 // skip and what they are, or why none are.
 func volume(ctx context.Context, d *image.Disk, p image.Partition, opts Options) (skip []extent.Range, what, why string) {
+	if p.Error != "" {
+		return nil, "", p.Error
+	}
 	switch p.Filesystem {
 	case "swap":
 		if !opts.Swap {
@@ -143,7 +157,12 @@ func volume(ctx context.Context, d *image.Disk, p image.Partition, opts Options)
 		}
 		return []extent.Range{{Offset: swapKeep, Length: p.Size - swapKeep}}, "swap partition", ""
 	case "LVM2_member":
-		return nil, "", "LVM physical volume: logical volumes are not mapped, the volume is read in full"
+		return nil, "", "LVM physical volume: its logical volumes are volumes of their own; the rest is read"
+	case "xfs":
+		if opts.FreeSpace {
+			return nil, "", "XFS: whether its log needs replaying is not known yet, and a log to replay can allocate blocks the free-space btrees call free"
+		}
+		return nil, "", "nothing to skip"
 	case "":
 		return nil, "", "no filesystem recognised"
 	}

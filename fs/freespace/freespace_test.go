@@ -243,3 +243,62 @@ func TestComputeOverlap(t *testing.T) {
 		t.Errorf("unreadable disk: %+v, %v", m, err)
 	}
 }
+
+// TestComputeLVM: on a GPT disk with two LVM physical volumes, the free
+// space of the ext4 filesystems in the logical volumes (linear, and two
+// segments in reverse order) is skipped where the LVs' segments put it on
+// the disk, and nothing else: the physical volumes' labels, metadata and
+// unallocated extents and the XFS LV (its log state is not known) are read
+// in full.
+func TestComputeLVM(t *testing.T) {
+	dir := fstest.VolumeImages(t)
+	b, err := os.ReadFile(filepath.Join(dir, "lvm.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := image.Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []extent.Range
+	ext4LVs, xfsLVs := 0, 0
+	for _, p := range d.Partitions {
+		if p.Table != "lvm" || p.Error != "" {
+			continue
+		}
+		switch {
+		case p.Filesystem == "xfs":
+			xfsLVs++
+		case strings.HasPrefix(p.Filesystem, "ext"):
+			ext4LVs++
+			fsys, err := image.OpenFS(d.Reader(p), p.Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alloc, err := fsys.(fs.AllocationMapper).Allocated(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range extent.Subtract([]extent.Range{{Offset: 0, Length: p.Size}}, alloc) {
+				want = append(want, p.DiskRanges(r)...)
+			}
+		}
+	}
+	if ext4LVs < 2 || xfsLVs < 1 {
+		t.Fatalf("lvm.img has %d ext4 and %d XFS LVs: the image changed", ext4LVs, xfsLVs)
+	}
+	m, err := Compute(context.Background(), bytes.NewReader(b), int64(len(b)), Options{FreeSpace: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = extent.Normalize(want)
+	if !reflect.DeepEqual(m.Skip, want) {
+		t.Errorf("Skip differs: only here %v, only expected %v", extent.Subtract(m.Skip, want), extent.Subtract(want, m.Skip))
+	}
+	for _, v := range m.Volumes {
+		t.Logf("%s %s: skipped %d, %s%s", v.Partition, v.Filesystem, v.Skipped, v.What, v.ReadInFull)
+		if (v.Filesystem == "xfs" || v.Filesystem == "LVM2_member") && v.Skipped != 0 {
+			t.Errorf("%s (%s): %d bytes skipped", v.Partition, v.Filesystem, v.Skipped)
+		}
+	}
+}

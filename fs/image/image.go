@@ -1,18 +1,48 @@
 // Package image opens a whole disk image — a restore point's disk or a plain
-// image file, as an io.ReaderAt — finds its partitions and the filesystem in
+// image file, as an io.ReaderAt — finds its volumes (partitions, and the
+// logical volumes of LVM2 physical volumes on it) and the filesystem in
 // each, and hands out fs.FileSystem values for them.
 //
 // Partitions are read through go-diskfs (GPT; MBR primary entries); the
 // extended-partition chain of an MBR disk, which go-diskfs does not follow,
 // is walked here by reading each EBR with go-diskfs's MBR parser. Partitions
 // are named as Linux numbers them: primaries p1–p4 by slot, logical
-// partitions from p5, GPT entries by their index; a filesystem that fills a
-// disk without a partition table is p0.
+// partitions from p5, GPT entries by their index; a filesystem or PV that
+// fills a disk without a partition table is p0.
+//
+// LVM2 (fs/lvm): every partition (or whole disk) holding a PV label is
+// read; each volume group's newest metadata (by seqno) maps its visible
+// logical volumes, which are appended to Disk.Partitions after the
+// partitions, named as device-mapper names them (VG-LV, '-' inside a name
+// doubled: DMName), with Table "lvm". Linear and striped LVs, in any number
+// of segments in any order on the disk's PVs, are read; an LV with a
+// segment on a PV that is not on this disk ("spans another disk"), and
+// thin, RAID, mirror, cache, snapshot and other LVs are listed with Error
+// set and no filesystem. The PV's own partition shows Filesystem
+// "LVM2_member" and OpenFS says which volumes it holds.
+//
+// The volume API, for callers that map filesystem bytes to disk bytes
+// (skipping free space at capture): every Partition — a table entry, the
+// whole disk (p0) or an LV — is a volume of Size bytes;
+//
+//	r := d.Reader(p)             // io.ReaderAt of the volume's bytes
+//	fsys, err := d.OpenFS(p)     // its filesystem (fs.AllocationMapper when it knows its free space)
+//	disk := p.DiskRanges(rng)    // disk byte ranges holding volume bytes rng, normalized
+//
+// DiskRanges of a partition is rng shifted by p.Start; of an LV, the pieces
+// of its segments and stripes (whole stripe rows become one range per
+// stripe, so the result stays small for large ranges). A volume with Error
+// set has no bytes: DiskRanges returns nil and Reader fails.
+//
+// Detected and reported without failing the disk: Linux swap ("swap"),
+// LUKS ("crypto_LUKS", shown as encrypted, never opened), LVM PVs, and
+// unknown or unreadable filesystems: their OpenFS error says why.
 //
 // Invariants: every table field is range-checked against the disk size
 // before it is used, table walks are bounded (128 logical partitions, no
-// EBR visited twice), and GPT headers are checked before go-diskfs sizes an
-// allocation from them.
+// EBR visited twice), GPT headers are checked before go-diskfs sizes an
+// allocation from them, and every LV segment is checked to lie inside its
+// PV's partition before it is mapped.
 package image
 
 import (
@@ -29,7 +59,9 @@ import (
 	"github.com/vmvault/vmvault/fs"
 	"github.com/vmvault/vmvault/fs/ext"
 	"github.com/vmvault/vmvault/fs/fat"
+	"github.com/vmvault/vmvault/fs/lvm"
 	"github.com/vmvault/vmvault/fs/ntfs"
+	"github.com/vmvault/vmvault/fs/xfs"
 )
 
 const (
@@ -40,7 +72,8 @@ const (
 	maxGPTArray = 1 << 20
 )
 
-// Partition is one entry of a disk's partition table (or the whole disk).
+// Partition is a volume of a disk: one entry of its partition table, the
+// whole disk, or an LVM logical volume.
 type Partition struct {
 	Name     string `json:"name"` // p0, p1, …
 	Index    int    `json:"index"`
@@ -60,6 +93,15 @@ type Partition struct {
 	Filesystem string `json:"filesystem,omitempty"`
 	Label      string `json:"label,omitempty"`
 	UUID       string `json:"uuid,omitempty"`
+	// VG and LV name an LVM logical volume (Table "lvm"); Start is then
+	// where its first byte lies on the disk.
+	VG string `json:"vg,omitempty"`
+	LV string `json:"lv,omitempty"`
+	// Error says why the volume's bytes cannot be read (an LV on another
+	// disk, an unsupported LV type).
+	Error string `json:"error,omitempty"`
+
+	vmap *volMap // LVs: where the volume's bytes lie on the disk
 }
 
 // Disk is an opened disk image.
@@ -109,12 +151,16 @@ func Open(r io.ReaderAt, size int64) (*Disk, error) {
 		}
 		sr := d.Reader(*p)
 		p.Filesystem = Probe(sr, p.Size)
+		if p.Filesystem == "LVM2_member" {
+			continue // readLVM says what it holds
+		}
 		fsys, err := openFS(sr, p.Size, p.Filesystem)
 		if err == nil {
 			p.Label, p.UUID = fsys.Label(), fsys.UUID()
 		}
 		d.opened[p.Name] = openResult{fsys, err}
 	}
+	d.readLVM()
 	return d, nil
 }
 
@@ -135,8 +181,14 @@ func (d *Disk) Partition(name string) (Partition, error) {
 	return Partition{}, fmt.Errorf("no partition %q on this disk (it has %s): %w", name, strings.Join(names, ", "), fs.ErrNotExist)
 }
 
-// Reader returns the bytes of a partition.
-func (d *Disk) Reader(p Partition) *io.SectionReader {
+// Reader returns the bytes of a volume (Size bytes from offset 0).
+func (d *Disk) Reader(p Partition) io.ReaderAt {
+	switch {
+	case p.vmap != nil:
+		return &volReader{r: d.r, m: p.vmap, size: p.Size}
+	case p.Error != "":
+		return errReader{errors.New(p.Error)}
+	}
 	return io.NewSectionReader(d.r, p.Start, p.Size)
 }
 
@@ -169,8 +221,16 @@ func openFS(r io.ReaderAt, size int64, kind string) (fs.FileSystem, error) {
 		return ntfs.Open(r, size)
 	case strings.HasPrefix(kind, "fat"):
 		return fat.Open(r, size)
+	case kind == "xfs":
+		return xfs.Open(r, size)
 	case kind == "":
 		return nil, errors.New("no filesystem recognised")
+	case kind == "swap":
+		return nil, errors.New("Linux swap space: it holds no files")
+	case kind == "crypto_LUKS":
+		return nil, errors.New("LUKS-encrypted volume: vmvault does not open encrypted volumes")
+	case kind == "LVM2_member":
+		return nil, errors.New("LVM physical volume: its logical volumes are volumes of the disk it is on")
 	}
 	return nil, fmt.Errorf("%s filesystems are detected but cannot be read yet", kind)
 }
@@ -193,8 +253,10 @@ func Probe(r io.ReaderAt, size int64) string {
 		return "ntfs"
 	case at(0, "XFSB"):
 		return "xfs"
-	case at(512, "LABELONE") || at(24+512, "LVM2 001"):
+	case lvm.Probe(r):
 		return "LVM2_member"
+	case at(0, "LUKS\xba\xbe"):
+		return "crypto_LUKS"
 	case at(4086, "SWAPSPACE2") || at(4086, "SWAP-SPACE"):
 		return "swap"
 	case at(3, "EXFAT   "):

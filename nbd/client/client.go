@@ -538,3 +538,47 @@ func (c *Client) structuredReply(br *bufio.Reader, h []byte) error {
 	}
 	return nil
 }
+
+// maxStatusRequest bounds one BLOCK_STATUS request: lengths are 32-bit
+// on the wire, and a multiple of 1 MiB keeps requests aligned.
+const maxStatusRequest = 1 << 31
+
+// Map returns the status of every byte of [off, off+length) in the
+// negotiated meta context meta, in order, contiguous and clipped to the
+// range, with neighbours of equal flags joined. It sends as many
+// BLOCK_STATUS requests as the server needs (it may describe less than
+// asked) and splits ranges longer than a 32-bit length.
+func (c *Client) Map(ctx context.Context, meta string, off, length int64) ([]Block, error) {
+	if off < 0 || length < 0 || off > c.size || length > c.size-off {
+		return nil, fmt.Errorf("nbd: map (%s) [%d,+%d) outside the export of %d bytes", meta, off, length, c.size)
+	}
+	var out []Block
+	end := off + length
+	for pos := off; pos < end; {
+		n := min(end-pos, maxStatusRequest)
+		bs, err := c.BlockStatus(ctx, meta, pos, uint32(n))
+		if err != nil {
+			return nil, err
+		}
+		start := pos
+		for _, b := range bs {
+			if b.Offset != pos || b.Length <= 0 {
+				return nil, fmt.Errorf("nbd: block status (%s) at %d: descriptor [%d,+%d) does not continue at %d", meta, start, b.Offset, b.Length, pos)
+			}
+			l := min(b.Length, end-pos)
+			if k := len(out); k > 0 && out[k-1].Flags == b.Flags && out[k-1].Offset+out[k-1].Length == pos {
+				out[k-1].Length += l
+			} else {
+				out = append(out, Block{Offset: pos, Length: l, Flags: b.Flags})
+			}
+			pos += l
+			if pos >= end {
+				break
+			}
+		}
+		if pos == start {
+			return nil, fmt.Errorf("nbd: block status (%s) at %d: the server described nothing", meta, start)
+		}
+	}
+	return out, nil
+}

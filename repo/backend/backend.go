@@ -51,19 +51,25 @@ type FileType uint8
 
 // The object types of a repository.
 const (
-	ConfigFile   FileType = iota + 1 // the single repository config, named "config"
-	LockFile                         // one per running operation
-	SnapshotFile                     // restore point manifests, named by id
-	IndexFile                        // fixed disk indexes, named by content hash
-	ChunkFile                        // disk chunks, named by content hash
+	ConfigFile    FileType = iota + 1 // the single repository config, named "config"
+	LockFile                          // one per running operation
+	SnapshotFile                      // restore point manifests, named by id
+	IndexFile                         // fixed disk indexes, named by content hash
+	ChunkFile                         // disk chunks, named by content hash
+	StateFile                         // repository state kept beside the data: verify records, quarantined chunks
+	PackFile                          // packs of chunk frames (repo/backend/pack), named by content hash
+	PackIndexFile                     // where chunks sit in packs, named by content hash
 )
 
 var typeNames = map[FileType]string{
-	ConfigFile:   "config",
-	LockFile:     "locks",
-	SnapshotFile: "snapshots",
-	IndexFile:    "index",
-	ChunkFile:    "chunks",
+	ConfigFile:    "config",
+	LockFile:      "locks",
+	SnapshotFile:  "snapshots",
+	IndexFile:     "index",
+	ChunkFile:     "chunks",
+	StateFile:     "state",
+	PackFile:      "packs",
+	PackIndexFile: "packidx",
 }
 
 // String returns the type's directory-style name.
@@ -75,7 +81,9 @@ func (t FileType) String() string {
 }
 
 // Types lists every object type, for backends that prepare storage per type.
-func Types() []FileType { return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile} }
+func Types() []FileType {
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile}
+}
 
 // Handle names one object.
 type Handle struct {
@@ -216,6 +224,26 @@ type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
 }
 
+// RangeLoader is implemented by backends that load a range of an object
+// into a caller's buffer (the pack layer reads chunk frames so).
+// LoadRangeInto returns the range in buf[:length] when cap(buf) suffices,
+// else in a new slice; errors are those of Load.
+type RangeLoader interface {
+	LoadRangeInto(ctx context.Context, h Handle, off, length int64, buf []byte) ([]byte, error)
+}
+
+// RangePrefetcher is a Prefetcher for part of an object (a chunk's frame
+// in a pack).
+type RangePrefetcher interface {
+	PrefetchRange(h Handle, off, length int64)
+}
+
+// Counter is implemented by backends that count a type's objects much
+// faster than List describes them (names only, no sizes or times).
+type Counter interface {
+	Count(ctx context.Context, t FileType) (int, error)
+}
+
 // Prefetcher is implemented by backends that can start fetching objects
 // ahead of their Load, so a sequential reader's next chunks come from
 // several requests in flight instead of one read after another. Prefetch
@@ -231,4 +259,12 @@ type Prefetcher interface {
 // cap(buf) suffices, else in a new slice.
 type BufferLoader interface {
 	LoadInto(ctx context.Context, h Handle, buf []byte) ([]byte, error)
+}
+
+// BatchLoader is implemented by backends that load many whole objects of
+// one type at once cheaper than one by one (the pack layer reads runs of
+// neighbouring chunk frames with one ranged read). Objects that are
+// missing are left out of the result; fn gets each loaded object once.
+type BatchLoader interface {
+	LoadBatch(ctx context.Context, t FileType, names []string, fn func(name string, data []byte) error) error
 }

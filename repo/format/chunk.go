@@ -209,3 +209,16 @@ func DecodeChunkID(dst, frame []byte, id ID) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// CheckFrame checks a frame's header and payload checksum without
+// decoding it: what a copy of a frame (a disk cache's) must pass before it
+// stands in for the stored one.
+func CheckFrame(frame []byte) error {
+	if len(frame) < ChunkHeaderSize || [4]byte(frame[0:4]) != chunkMagic || frame[4] != ChunkVersion {
+		return fmt.Errorf("chunk frame: bad header: %w", ErrCorrupt)
+	}
+	if crc32.Checksum(frame[ChunkHeaderSize:], castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
+		return fmt.Errorf("chunk frame: checksum mismatch: %w", ErrCorrupt)
+	}
+	return nil
+}

@@ -14,12 +14,35 @@ type Config struct {
 	Hash        string    `json:"hash"`
 	Compression string    `json:"compression"`
 	Created     time.Time `json:"created"`
+	// PackSize is the target size of packs (format version 2): chunk frames
+	// are stored in packs of about this size (repo/backend/pack). Version 1
+	// repositories store one object per chunk.
+	PackSize int64 `json:"pack_size,omitempty"`
+	// ObjectLock is how long every object stays immutable after it is
+	// written (S3 Object Lock), in seconds; 0 for none.
+	ObjectLockSeconds int64 `json:"object_lock_seconds,omitempty"`
 }
+
+// Limits on the pack size.
+const (
+	MinPackSize     = 1 << 20
+	DefaultPackSize = 32 << 20
+	MaxPackSizeConf = 1 << 30
+)
 
 // Validate checks a config.
 func (c *Config) Validate() error {
-	if c.Version != ConfigVersion {
-		return fmt.Errorf("config version %d (this build reads %d): %w", c.Version, ConfigVersion, ErrUnsupportedVersion)
+	if c.Version < 1 || c.Version > ConfigVersion {
+		return fmt.Errorf("config version %d (this build reads 1 to %d): %w", c.Version, ConfigVersion, ErrUnsupportedVersion)
+	}
+	if (c.Version >= 2) != (c.PackSize > 0) {
+		return fmt.Errorf("config version %d with pack size %d: packs are what version 2 adds: %w", c.Version, c.PackSize, ErrCorrupt)
+	}
+	if c.PackSize != 0 && (c.PackSize < MinPackSize || c.PackSize > MaxPackSizeConf) {
+		return fmt.Errorf("config: pack size %d outside %d..%d: %w", c.PackSize, MinPackSize, MaxPackSizeConf, ErrCorrupt)
+	}
+	if c.ObjectLockSeconds < 0 {
+		return fmt.Errorf("config: negative object lock period: %w", ErrCorrupt)
 	}
 	if len(c.ID) != 32 {
 		return fmt.Errorf("config: repository id %q: %w", c.ID, ErrCorrupt)

@@ -29,7 +29,7 @@ import (
 
 // Format versions this build reads and writes.
 const (
-	ConfigVersion   = 1
+	ConfigVersion   = 2 // 2: chunk frames in packs
 	IndexVersion    = 1
 	ManifestVersion = 1
 	ChunkVersion    = 1

@@ -209,15 +209,23 @@ func TestManifestValidation(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	c := &Config{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now()}
-	b, err := c.Marshal()
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []*Config{
+		{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize},
+		{Version: 1, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now()},
+	} {
+		b, err := c.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseConfig(b); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := ParseConfig(b); err != nil {
-		t.Fatal(err)
-	}
-	for _, bad := range []string{`{`, `{"version":2}`, `{"version":1,"id":"x"}`, `null`, ``} {
+	for _, bad := range []string{`{`, `{"version":2}`, `{"version":1,"id":"x"}`, `null`, ``,
+		`{"version":3,"id":"abababababababababababababababab","chunk_size":262144,"hash":"blake3","compression":"zstd-fastest","pack_size":33554432}`,
+		`{"version":2,"id":"abababababababababababababababab","chunk_size":262144,"hash":"blake3","compression":"zstd-fastest"}`,
+		`{"version":1,"id":"abababababababababababababababab","chunk_size":262144,"hash":"blake3","compression":"zstd-fastest","pack_size":33554432}`,
+		`{"version":2,"id":"abababababababababababababababab","chunk_size":262144,"hash":"blake3","compression":"zstd-fastest","pack_size":1000}`} {
 		if _, err := ParseConfig([]byte(bad)); err == nil {
 			t.Errorf("config %q accepted", bad)
 		}

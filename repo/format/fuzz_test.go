@@ -66,3 +66,75 @@ func FuzzParseLock(f *testing.F) {
 	f.Add([]byte(`{"exclusive":true,"operation":"gc","hostname":"h","pid":12,"started":"2026-11-23T10:00:00Z","refreshed":"2026-11-23T10:00:00Z"}`))
 	f.Fuzz(func(t *testing.T, b []byte) { _, _ = ParseLock(b) })
 }
+
+func FuzzParsePackIndex(f *testing.F) {
+	x := &PackIndex{Packs: []ID{Hash([]byte("p0")), Hash([]byte("p1"))},
+		Entries:   []PackIndexEntry{{ID: Hash([]byte("a")), Pack: 1, Offset: 16, Length: 100}, {ID: Hash([]byte("b")), Pack: 0, Offset: 0, Length: 20}},
+		Dead:      []PackIndexDead{{ID: Hash([]byte("c")), Pack: 0}},
+		GonePacks: []uint32{1}}
+	f.Add(x.Marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		x, err := ParsePackIndex(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(x.Marshal(), b) {
+			t.Fatal("accepted pack index does not re-encode to the same bytes")
+		}
+	})
+}
+
+func FuzzParsePackTrailer(f *testing.F) {
+	frames := make([]byte, 200)
+	tr := PackTrailer([]PackEntry{{ID: Hash([]byte("a")), Offset: 0, Length: 100}, {ID: Hash([]byte("b")), Offset: 100, Length: 100}})
+	f.Add(append(frames, tr...))
+	f.Fuzz(func(t *testing.T, pack []byte) {
+		if len(pack) < packTrailerFixed {
+			return
+		}
+		size, err := PackTrailerSize(pack[len(pack)-packTrailerFixed:], int64(len(pack)))
+		if err != nil {
+			return
+		}
+		entries, err := ParsePackTrailer(pack[int64(len(pack))-size:], int64(len(pack)))
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			if int(e.Offset)+int(e.Length) > len(pack)-int(size) {
+				t.Fatalf("entry %+v outside the frames", e)
+			}
+		}
+		if !bytes.Equal(PackTrailer(entries), pack[int64(len(pack))-size:]) {
+			t.Fatal("accepted trailer does not re-encode to the same bytes")
+		}
+	})
+}
+
+func TestPackRoundTrip(t *testing.T) {
+	var frames []byte
+	var entries []PackEntry
+	for i := range 5 {
+		fr, _ := EncodeChunk(nil, bytes.Repeat([]byte{byte(i)}, 1000+i), CompressionNone)
+		entries = append(entries, PackEntry{ID: Hash([]byte{byte(i)}), Offset: uint32(len(frames)), Length: uint32(len(fr))})
+		frames = append(frames, fr...)
+	}
+	pack := append(frames, PackTrailer(entries)...)
+	size, err := PackTrailerSize(pack[len(pack)-16:], int64(len(pack)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParsePackTrailer(pack[int64(len(pack))-size:], int64(len(pack)))
+	if err != nil || len(got) != 5 || got[3] != entries[3] {
+		t.Fatalf("trailer: %v %+v", err, got)
+	}
+	pack[len(frames)+3] ^= 1
+	if _, err := ParsePackTrailer(pack[int64(len(pack))-size:], int64(len(pack))); err == nil {
+		t.Fatal("a damaged trailer was accepted")
+	}
+	x := &PackIndex{Packs: []ID{Hash(pack)}, Entries: []PackIndexEntry{{ID: entries[1].ID, Offset: entries[1].Offset, Length: entries[1].Length}}}
+	y, err := ParsePackIndex(x.Marshal())
+	if err != nil || len(y.Entries) != 1 || y.Entries[0] != x.Entries[0] {
+		t.Fatalf("pack index: %v %+v", err, y)
+	}
+}

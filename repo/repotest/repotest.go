@@ -31,6 +31,10 @@ type Options struct {
 	ChunkSize   int64  // 0: format.MinChunkSize
 	Compression string // "": the repository default
 	CacheSize   int64  // the chunk cache of the returned Repository; 0: repo's default
+	// Loose makes a repository of format version 1 (one object per chunk)
+	// instead of packs, for tests that act on single chunk objects below
+	// the repository (faulty rules on backend.ChunkFile).
+	Loose bool
 	// Backend, when set, holds the repository instead of a new in-memory
 	// one (New) — e.g. a faulty.Backend wrapped around mem.New().
 	Backend backend.Backend
@@ -68,7 +72,11 @@ func initOpen(t testing.TB, be backend.Backend, opts Options) *repo.Repository {
 		opts.ChunkSize = format.MinChunkSize
 	}
 	ctx := context.Background()
-	if _, err := repo.Init(ctx, be, repo.InitOptions{ChunkSize: opts.ChunkSize, Compression: opts.Compression}); err != nil {
+	init := repo.InitOptions{ChunkSize: opts.ChunkSize, Compression: opts.Compression}
+	if opts.Loose {
+		init.PackSize = -1
+	}
+	if _, err := repo.Init(ctx, be, init); err != nil {
 		t.Fatal(err)
 	}
 	r, err := repo.Open(ctx, be, repo.Options{CacheSize: opts.CacheSize})

@@ -36,7 +36,7 @@ type rule struct {
 var rules = []rule{
 	{why: "fs reads io.ReaderAt disks and never knows the repository", from: []string{"fs/..."}, to: []string{"repo/..."}, allow: []string{"repo/extent"}},
 	{why: "repo is below every consumer", from: []string{"repo/..."}, to: []string{"nbd/...", "fs/...", "cbt/...", "mount/...", "cmd/..."}},
-	{why: "only repo and cmd choose backend implementations", from: []string{"..."}, to: backendImpls, direct: true},
+	{why: "only repo, cmd (and scripts tools) choose backend implementations", from: []string{"..."}, to: backendImpls, direct: true},
 	{why: "capture code reads NBD exports through nbd/client, never the server", from: []string{"cbt/..."}, to: []string{"nbd"}},
 	{why: "the mount serves files, not NBD", from: []string{"mount/..."}, to: []string{"nbd/..."}},
 	{why: "the NBD server and overlays do not capture", from: []string{"nbd/..."}, to: []string{"cbt/...", "mount/..."}},
@@ -50,7 +50,7 @@ var backendImpls = []string{"repo/backend/local", "repo/backend/mem", "repo/back
 
 // importers of backend implementations, besides the implementations
 // themselves.
-var implImporters = []string{"repo/...", "cmd/..."}
+var implImporters = []string{"repo/...", "cmd/...", "scripts/..."}
 
 type pkg struct {
 	ImportPath string

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -62,6 +63,8 @@ type Global struct {
 	LockWait   time.Duration
 	Quiet      bool
 	CPUProfile string
+	CacheDir   string
+	CacheSize  string
 
 	stopProfile func()
 }
@@ -73,6 +76,38 @@ func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
 	_ = fs.MarkHidden("cpu-profile")
+	fs.StringVar(&g.CacheDir, "cache-dir", os.Getenv("VMVAULT_CACHE_DIR"), "disk cache for repositories on object storage (env VMVAULT_CACHE_DIR; default ~/.cache/vmvault; \"off\" for none)")
+	fs.StringVar(&g.CacheSize, "cache-size", envOr("VMVAULT_CACHE_SIZE", "4GiB"), "most the disk cache holds per repository (env VMVAULT_CACHE_SIZE)")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// diskCache returns the disk cache directory and size of the flags.
+func (g *Global) diskCache() (string, int64, error) {
+	size, err := ParseSize(g.CacheSize)
+	if err != nil {
+		return "", 0, Usagef("--cache-size: %v", err)
+	}
+	switch g.CacheDir {
+	case "off":
+		return "", 0, nil
+	case "":
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", 0, nil // no home: no cache
+			}
+			base = filepath.Join(home, ".cache")
+		}
+		return filepath.Join(base, "vmvault"), size, nil
+	}
+	return g.CacheDir, size, nil
 }
 
 // Install registers the global flags on root and makes --cpu-profile
@@ -130,6 +165,15 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	if opts.Hostname == "" {
+		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
+	}
+	if opts.DiskCacheDir == "" {
+		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
+			_ = be.Close()
+			return nil, err
+		}
 	}
 	r, err := repo.Open(ctx, be, opts)
 	if err != nil {
@@ -247,4 +291,38 @@ func PrintSkipped(w io.Writer, indent, label string, s *format.SkipStats) {
 			fmt.Fprintf(w, "%s%s%s\n", indent, pad, l)
 		}
 	}
+}
+
+// ReadLock takes a reader's lock pinning rps, for the life of a command
+// that reads them. On a repository it cannot write it says on stderr that
+// nothing is pinned, and goes on.
+func ReadLock(ctx context.Context, r *repo.Repository, op string, wait time.Duration, rps ...*repo.RestorePoint) (*repo.Lock, error) {
+	l, err := r.Lock(ctx, repo.LockOptions{Kind: format.LockReader, Operation: op, Pins: rps, Wait: wait})
+	if err != nil {
+		return nil, err
+	}
+	if l.ReadOnly() {
+		fmt.Fprintln(os.Stderr, "note: the repository is read-only here: no lock was taken, so a gc elsewhere may remove what is being read (reads would then fail, never return wrong data)")
+	}
+	return l, nil
+}
+
+// ParseDuration parses a Go duration ("36h", "90m") or a whole number of
+// days or weeks ("30d", "2w").
+func ParseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
+		if n, ok := strings.CutSuffix(t, suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || v < 0 || v > int64(1<<62/unit) {
+				return 0, fmt.Errorf("duration %q: want a number of days or weeks, or a Go duration like 36h", s)
+			}
+			return time.Duration(v) * unit, nil
+		}
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("duration %q: want e.g. 30d, 2w, 36h or 90m", s)
+	}
+	return d, nil
 }

@@ -198,3 +198,21 @@ func TestCreateBackend(t *testing.T) {
 		t.Errorf("create on gs: %v, want wrong usage", err)
 	}
 }
+
+func TestParseDuration(t *testing.T) {
+	cases := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"30d", 30 * 24 * time.Hour, true}, {"2w", 14 * 24 * time.Hour, true}, {"36h", 36 * time.Hour, true},
+		{"90m", 90 * time.Minute, true}, {"0d", 0, true}, {"-1d", 0, false}, {"d", 0, false}, {"1.5d", 0, false},
+		{"-5m", 0, false}, {"soon", 0, false}, {"99999999999999999d", 0, false},
+	}
+	for _, c := range cases {
+		got, err := ParseDuration(c.in)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v ok=%v", c.in, got, err, c.want, c.ok)
+		}
+	}
+}

@@ -48,10 +48,13 @@ type Backend struct {
 }
 
 var (
-	_ backend.Backend     = (*Backend)(nil)
-	_ backend.TempCleaner = (*Backend)(nil)
-	_ backend.Flusher     = (*Backend)(nil)
-	_ backend.Prefetcher  = (*Backend)(nil)
+	_ backend.Backend         = (*Backend)(nil)
+	_ backend.TempCleaner     = (*Backend)(nil)
+	_ backend.Flusher         = (*Backend)(nil)
+	_ backend.Prefetcher      = (*Backend)(nil)
+	_ backend.Counter         = (*Backend)(nil)
+	_ backend.RangeLoader     = (*Backend)(nil)
+	_ backend.RangePrefetcher = (*Backend)(nil)
 )
 
 func init() {
@@ -145,11 +148,13 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) (err 
 	// Created read-only: the descriptor is still writable, and the object
 	// never needs changing once renamed into place.
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
-	if errors.Is(err, fs.ErrNotExist) && h.Type == backend.ChunkFile {
-		// A chunk prefix directory is missing (e.g. names shorter than the
-		// usual hash): create it on demand.
+	if errors.Is(err, fs.ErrNotExist) && h.Type != backend.ConfigFile {
+		// The type's directory is missing (a chunk prefix of an unusual
+		// name, or a type newer than the repository): create it durably.
 		if err = os.MkdirAll(dir, 0o700); err == nil {
-			f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			if err = syncDir(filepath.Dir(dir)); err == nil {
+				f, err = os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o400)
+			}
 		}
 	}
 	if err != nil {
@@ -241,6 +246,11 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, off, length int64)
 	return b.load(ctx, h, off, length, nil)
 }
 
+// LoadRangeInto implements backend.RangeLoader.
+func (b *Backend) LoadRangeInto(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
+	return b.load(ctx, h, off, length, buf)
+}
+
 // LoadInto implements backend.BufferLoader.
 func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([]byte, error) {
 	return b.load(ctx, h, 0, -1, buf)
@@ -301,6 +311,20 @@ func (b *Backend) Prefetch(h backend.Handle) {
 	_ = unix.Close(fd)
 }
 
+// PrefetchRange implements backend.RangePrefetcher like Prefetch, for a
+// range of the object.
+func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
+	if h.Valid() != nil {
+		return
+	}
+	fd, err := unix.Open(b.path(h), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_ = unix.Fadvise(fd, off, length, unix.FADV_WILLNEED)
+	_ = unix.Close(fd)
+}
+
 // Stat implements backend.Backend.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
 	if err := h.Valid(); err != nil {
@@ -340,11 +364,76 @@ func (b *Backend) List(ctx context.Context, t backend.FileType, fn func(backend.
 		}
 	}
 	for _, d := range dirs {
-		if err := listDir(ctx, d, fn); err != nil {
+		err := listDir(ctx, d, fn)
+		if errors.Is(err, fs.ErrNotExist) && d == base && newerType(t) {
+			continue // a repository from before the type existed
+		}
+		if err != nil {
 			return fmt.Errorf("list %v: %w", t, err)
 		}
 	}
 	return nil
+}
+
+// Count implements backend.Counter from directory entries alone (no stat
+// per object).
+func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
+	if t == backend.ConfigFile {
+		n := 0
+		err := b.List(ctx, t, func(backend.FileInfo) error { n++; return nil })
+		return n, err
+	}
+	base := filepath.Join(b.root, t.String())
+	dirs := []string{base}
+	if t == backend.ChunkFile {
+		ents, err := os.ReadDir(base)
+		if err != nil {
+			return 0, fmt.Errorf("count %v: %w", t, err)
+		}
+		dirs = dirs[:0]
+		for _, e := range ents {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(base, e.Name()))
+			}
+		}
+	}
+	n := 0
+	for _, d := range dirs {
+		f, err := os.Open(d)
+		if errors.Is(err, fs.ErrNotExist) && newerType(t) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("count %v: %w", t, err)
+		}
+		for {
+			ents, err := f.ReadDir(4096)
+			for _, e := range ents {
+				if !strings.HasPrefix(e.Name(), tempPrefix) && e.Type().IsRegular() {
+					n++
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				f.Close()
+				return n, fmt.Errorf("count %v: %w", t, err)
+			}
+			if err := ctx.Err(); err != nil {
+				f.Close()
+				return n, err
+			}
+		}
+		f.Close()
+	}
+	return n, nil
+}
+
+// newerType reports whether repositories created before the type existed
+// lack its directory (it is made by the first Save of the type).
+func newerType(t backend.FileType) bool {
+	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {

@@ -3,6 +3,7 @@ package local_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,4 +133,28 @@ func TestPrefetch(t *testing.T) {
 	}
 	be.Prefetch(backend.Handle{Type: backend.ChunkFile, Name: strings.Repeat("cd", 32)}) // missing
 	be.Prefetch(backend.Handle{Type: backend.ChunkFile, Name: "../../etc/passwd"})       // invalid
+}
+
+// TestCount counts what List lists, without temporary files.
+func TestCount(t *testing.T) {
+	b, root := newBackend(t)
+	ctx := context.Background()
+	for i := range 300 {
+		name := fmt.Sprintf("%064x", i*7919)
+		if err := b.Save(ctx, backend.Handle{Type: backend.ChunkFile, Name: name}, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "chunks", "00", ".tmp-leftover"), nil, 0o600)
+	for _, tc := range []struct {
+		t    backend.FileType
+		want int
+	}{{backend.ChunkFile, 300}, {backend.IndexFile, 0}, {backend.StateFile, 0}, {backend.ConfigFile, 0}} {
+		n, err := b.Count(ctx, tc.t)
+		listed := 0
+		b.List(ctx, tc.t, func(backend.FileInfo) error { listed++; return nil })
+		if err != nil || n != tc.want || n != listed {
+			t.Errorf("Count(%v) = %d, %v; listed %d, want %d", tc.t, n, err, listed, tc.want)
+		}
+	}
 }

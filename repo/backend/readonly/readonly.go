@@ -94,3 +94,14 @@ func (b *Backend) Properties() backend.Properties { return b.be.Properties() }
 
 // Close implements backend.Backend.
 func (b *Backend) Close() error { return b.be.Close() }
+
+// Count implements backend.Counter through the inner backend when it
+// counts, else by listing.
+func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
+	if c, ok := b.be.(backend.Counter); ok {
+		return c.Count(ctx, t)
+	}
+	n := 0
+	err := b.be.List(ctx, t, func(backend.FileInfo) error { n++; return nil })
+	return n, err
+}

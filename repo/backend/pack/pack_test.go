@@ -1,0 +1,238 @@
+package pack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/vmvault/vmvault/repo/backend"
+	"github.com/vmvault/vmvault/repo/backend/backendtest"
+	"github.com/vmvault/vmvault/repo/backend/faulty"
+	"github.com/vmvault/vmvault/repo/backend/mem"
+	"github.com/vmvault/vmvault/repo/format"
+)
+
+// flushing makes every Save durable at once, so the pack layer meets the
+// plain backend contract the conformance suite checks.
+type flushing struct{ *Backend }
+
+func (f flushing) Save(ctx context.Context, h backend.Handle, data []byte) error {
+	if err := f.Backend.Save(ctx, h, data); err != nil {
+		return err
+	}
+	return f.Backend.Flush(ctx)
+}
+
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, func(t *testing.T) backend.Backend {
+		return flushing{New(mem.New(), Options{PackSize: 1 << 20})}
+	})
+}
+
+func chunk(i int, size int) (backend.Handle, []byte) {
+	data := bytes.Repeat([]byte{byte(i), byte(i >> 8), 7}, size/3+1)[:size]
+	return backend.Handle{Type: backend.ChunkFile, Name: format.Hash(data).String()}, data
+}
+
+func count(t *testing.T, be backend.Backend, typ backend.FileType) int {
+	t.Helper()
+	n := 0
+	if err := be.List(context.Background(), typ, func(backend.FileInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestPacksAndPUTs: chunks go into packs of about PackSize, one PUT each
+// plus one pack index per Flush; another process sees them after it
+// refreshes.
+func TestPacksAndPUTs(t *testing.T) {
+	ctx := context.Background()
+	inner := faulty.New(mem.New(), 1)
+	w := New(inner, Options{PackSize: 1 << 20})
+	var hs []backend.Handle
+	var datas [][]byte
+	for i := range 100 {
+		h, d := chunk(i, 100<<10)
+		hs, datas = append(hs, h), append(datas, d)
+		if err := w.Save(ctx, h, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Readable before Flush (the writer reuses what it stored).
+	if got, err := w.Load(ctx, hs[99], 0, -1); err != nil || !bytes.Equal(got, datas[99]) {
+		t.Fatalf("load before flush: %v", err)
+	}
+	r := New(inner, Options{})
+	if _, err := r.Stat(ctx, hs[0]); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("another process sees an unflushed chunk: %v", err)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	packs, idx := count(t, inner, backend.PackFile), count(t, inner, backend.PackIndexFile)
+	if packs != 10 || idx != 1 {
+		t.Fatalf("100 chunks of 100 KiB in 1 MiB packs: %d packs, %d pack indexes; want 10 and 1", packs, idx)
+	}
+	if puts := inner.Calls(faulty.Save, backend.ChunkFile); puts != 0 {
+		t.Fatalf("%d chunk objects saved", puts)
+	}
+	time.Sleep(2100 * time.Millisecond) // the reader's miss above rate-limits refreshes
+	for i, h := range hs {
+		got, err := r.Load(ctx, h, 0, -1)
+		if err != nil || !bytes.Equal(got, datas[i]) {
+			t.Fatalf("reader: chunk %d: %v", i, err)
+		}
+	}
+	if n := count(t, r, backend.ChunkFile); n != 100 {
+		t.Fatalf("listed %d chunks, want 100", n)
+	}
+}
+
+// TestFailedUploadLosesOnlyUnreferenced: a pack upload that fails makes
+// Flush fail and names no missing pack; the chunks are not found, so the
+// next capture stores them again.
+func TestFailedUploadLosesOnlyUnreferenced(t *testing.T) {
+	ctx := context.Background()
+	inner := faulty.New(mem.New(), 1)
+	w := New(inner, Options{PackSize: 1 << 20})
+	inner.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.PackFile, Nth: 1, Effect: faulty.Fail(errors.New("disk full"))})
+	h, d := chunk(1, 5000)
+	if err := w.Save(ctx, h, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err == nil {
+		t.Fatal("flush after a failed upload succeeded")
+	}
+	if n := count(t, inner, backend.PackIndexFile); n != 0 {
+		t.Fatalf("%d pack indexes after a failed upload", n)
+	}
+	if _, err := w.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("a chunk of a failed pack is still found: %v", err)
+	}
+	if err := w.Save(ctx, h, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatalf("flush after storing again: %v", err)
+	}
+}
+
+// TestCompact: removed chunks' space is reclaimed, live chunks stay
+// readable, also by a reader whose view predates the compaction; pack
+// indexes are merged; orphaned packs go.
+func TestCompact(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{PackSize: 1 << 20})
+	rng := rand.New(rand.NewPCG(1, 1))
+	live := map[backend.Handle][]byte{}
+	var all []backend.Handle
+	for i := range 200 {
+		h, d := chunk(i, 10<<10+rng.IntN(100<<10))
+		if err := w.Save(ctx, h, d); err != nil {
+			t.Fatal(err)
+		}
+		live[h] = d
+		all = append(all, h)
+		if i%20 == 19 {
+			if err := w.Flush(ctx); err != nil { // many small pack indexes
+				t.Fatal(err)
+			}
+		}
+	}
+	stale := New(inner, Options{})
+	if _, err := stale.Load(ctx, all[0], 0, -1); err != nil { // loads its view now
+		t.Fatal(err)
+	}
+	// An orphan: a pack no index names (a crashed capture's).
+	orphan := append(bytes.Repeat([]byte{1}, 100), format.PackTrailer(nil)...)
+	inner.Save(ctx, backend.Handle{Type: backend.PackFile, Name: format.Hash(orphan).String()}, orphan)
+	for i, h := range all {
+		if i%3 != 0 { // two thirds dead
+			if err := w.Remove(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+			delete(live, h)
+		}
+	}
+	before := storedBytes(t, inner)
+	rep, err := w.Compact(ctx, CompactOptions{OrphansBefore: time.Now().Add(time.Hour), MaxIndexes: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := storedBytes(t, inner)
+	if rep.PacksRepacked == 0 || rep.IndexesMerged == 0 || after >= before/2 {
+		t.Fatalf("compact: %+v; %d → %d bytes", rep, before, after)
+	}
+	if n := count(t, inner, backend.PackIndexFile); n != 1 {
+		t.Fatalf("%d pack indexes after merging", n)
+	}
+	for _, r := range []*Backend{w, stale, New(inner, Options{})} {
+		for h, d := range live {
+			got, err := r.Load(ctx, h, 0, -1)
+			if err != nil || !bytes.Equal(got, d) {
+				t.Fatalf("after compact: %v", err)
+			}
+		}
+		n := 0
+		r.List(ctx, backend.ChunkFile, func(backend.FileInfo) error { n++; return nil })
+		if n != len(live) {
+			t.Fatalf("after compact: %d chunks listed, want %d", n, len(live))
+		}
+	}
+	for _, h := range all[1:3] {
+		if _, err := w.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) {
+			t.Fatalf("a removed chunk is still found: %v", err)
+		}
+	}
+}
+
+func storedBytes(t *testing.T, be backend.Backend) int64 {
+	t.Helper()
+	var n int64
+	for _, typ := range []backend.FileType{backend.PackFile, backend.PackIndexFile} {
+		be.List(context.Background(), typ, func(fi backend.FileInfo) error { n += fi.Size; return nil })
+	}
+	return n
+}
+
+// TestLooseChunksStillRead: chunks stored one per object (format version
+// 1) are found, listed and removed through the pack layer.
+func TestLooseChunksStillRead(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	h, d := chunk(5, 3000)
+	inner.Save(ctx, h, d)
+	p := New(inner, Options{})
+	if got, err := p.Load(ctx, h, 10, 20); err != nil || !bytes.Equal(got, d[10:30]) {
+		t.Fatalf("loose chunk: %v", err)
+	}
+	if n := count(t, p, backend.ChunkFile); n != 1 {
+		t.Fatalf("listed %d", n)
+	}
+	if err := p.Remove(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inner.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatal("loose chunk not removed")
+	}
+}
+
+func BenchmarkLookup(b *testing.B) {
+	v := newView()
+	x := &format.PackIndex{Packs: []format.ID{{1}}}
+	for i := range 1_000_000 {
+		x.Entries = append(x.Entries, format.PackIndexEntry{ID: format.Hash([]byte(fmt.Sprint(i))), Length: 100})
+	}
+	x.Marshal() // sorts
+	v.merge(x, time.Now())
+	b.ResetTimer()
+	for i := range b.N {
+		v.find(x.Entries[i%len(x.Entries)].ID)
+	}
+}
