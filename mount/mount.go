@@ -23,7 +23,10 @@
 // a raw disk also hand the rest of the chunks they decoded to the kernel's
 // page cache, see readAround). Errors reading
 // a damaged chunk are EIO for that read only, logged with restore point,
-// disk and offset.
+// disk and offset. Modes are the filesystem's, permission bits 0 included:
+// mount with go-fuse's Options.NullPermissions, which otherwise shows them
+// as 0644/0755. The root, each VM directory and each VM's latest link have
+// the time of the newest restore point below them.
 package mount
 
 import (
@@ -71,6 +74,9 @@ type FS struct {
 
 	// storing limits the read-around stores in flight (see readAround).
 	storing chan struct{}
+	// started is the time of the root and VM directories while there are
+	// no restore points.
+	started time.Time
 }
 
 type fsKey struct {
@@ -89,7 +95,7 @@ func New(r *repo.Repository, log *slog.Logger, lock *repo.Lock) gofs.InodeEmbedd
 		log = slog.Default()
 	}
 	m := &FS{r: r, log: log, lock: lock, inos: map[string]uint64{}, fsInos: map[fsKey]uint64{}, nextIno: 1, disks: map[string]*diskState{},
-		storing: make(chan struct{}, maxStores)}
+		storing: make(chan struct{}, maxStores), started: time.Now()}
 	return &rootNode{m: m}
 }
 
@@ -199,8 +205,29 @@ func (n *rootNode) vms(ctx context.Context) ([]string, error) {
 	return vms, nil
 }
 
+// newest returns the time of the newest restore point in rps (of vm, or
+// of all when vm is ""), or the time the mount started when there is none:
+// the times of the root, the VM directories and latest, which change when
+// restore points are captured.
+func (m *FS) newest(rps []*repo.RestorePoint, vm string) time.Time {
+	var t time.Time
+	for _, rp := range rps {
+		if (vm == "" || rp.VM == vm) && rp.Time.After(t) {
+			t = rp.Time
+		}
+	}
+	if t.IsZero() {
+		return m.started
+	}
+	return t
+}
+
 func (n *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, 1, time.Time{})
+	rps, err := n.m.restorePoints(ctx)
+	if err != nil {
+		return syscall.EIO
+	}
+	dirAttr(&out.Attr, 1, n.m.newest(rps, ""))
 	out.SetTimeout(ListTTL)
 	return 0
 }
@@ -226,8 +253,12 @@ func (n *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if i == len(vms) || vms[i] != name {
 		return nil, syscall.ENOENT
 	}
+	rps, err := n.m.restorePoints(ctx)
+	if err != nil {
+		return nil, syscall.EIO
+	}
 	ino := n.m.ino("vm/" + name)
-	dirAttr(&out.Attr, ino, time.Time{})
+	dirAttr(&out.Attr, ino, n.m.newest(rps, name))
 	out.SetEntryTimeout(ListTTL)
 	out.SetAttrTimeout(ListTTL)
 	return n.NewInode(ctx, &vmNode{m: n.m, vm: name}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0
@@ -260,7 +291,11 @@ func (n *vmNode) points(ctx context.Context) ([]*repo.RestorePoint, error) {
 }
 
 func (n *vmNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr, n.m.ino("vm/"+n.vm), time.Time{})
+	rps, err := n.points(ctx)
+	if err != nil {
+		return syscall.EIO
+	}
+	dirAttr(&out.Attr, n.m.ino("vm/"+n.vm), n.m.newest(rps, ""))
 	out.SetTimeout(ListTTL)
 	return 0
 }
@@ -286,12 +321,13 @@ func (n *vmNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return nil, syscall.EIO
 	}
 	if name == "latest" && len(rps) > 0 {
-		target := DirName(rps[len(rps)-1])
+		newest := rps[len(rps)-1]
+		ln := &linkNode{target: DirName(newest), t: newest.Time}
 		ino := n.m.ino("latest/" + n.vm)
-		out.Attr = fuse.Attr{Ino: ino, Mode: fuse.S_IFLNK | 0o777, Size: uint64(len(target)), Nlink: 1}
+		ln.attr(&out.Attr, ino)
 		out.SetEntryTimeout(ListTTL)
 		out.SetAttrTimeout(ListTTL)
-		return n.NewInode(ctx, &linkNode{target: target}, gofs.StableAttr{Mode: fuse.S_IFLNK, Ino: ino}), 0
+		return n.NewInode(ctx, ln, gofs.StableAttr{Mode: fuse.S_IFLNK, Ino: ino}), 0
 	}
 	for _, rp := range rps {
 		if DirName(rp) == name {
@@ -305,13 +341,26 @@ func (n *vmNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	return nil, syscall.ENOENT
 }
 
-// linkNode is a fixed symlink (latest).
+// linkNode is a fixed symlink (latest) with the time of its target.
 type linkNode struct {
 	gofs.Inode
 	target string
+	t      time.Time
 }
 
 var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
+var _ = (gofs.NodeGetattrer)((*linkNode)(nil))
+
+func (n *linkNode) attr(out *fuse.Attr, ino uint64) {
+	*out = fuse.Attr{Ino: ino, Mode: fuse.S_IFLNK | 0o777, Size: uint64(len(n.target)), Nlink: 1}
+	setTimes(out, n.t, n.t, n.t)
+}
+
+func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.attr(&out.Attr, n.StableAttr().Ino)
+	out.SetTimeout(ListTTL)
+	return 0
+}
 
 func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(n.target), 0
@@ -459,9 +508,11 @@ type diskState struct {
 	once  sync.Once
 	disk  *repo.Disk
 	table *image.Disk
-	err   error
-	mu    sync.Mutex
-	fss   map[string]*fsState
+	// tableErr is why table is nil (the disk holds vmvault-error.txt).
+	tableErr error
+	err      error
+	mu       sync.Mutex
+	fss      map[string]*fsState
 }
 
 type fsState struct {
@@ -515,10 +566,15 @@ func (m *FS) openDisk(ctx context.Context, rp *repo.RestorePoint, name string) *
 		}
 		d.SetStreaming(true)
 		st.disk = d
-		if t, err := image.Open(d, d.Size()); err == nil {
-			st.table = t
-		} else {
+		t, err := image.Open(d, d.Size())
+		if err != nil {
+			st.tableErr = fmt.Errorf("partition table: %w", err)
 			m.log.Warn("partition table", "restore_point", rp.ID.Short(), "disk", name, "err", err)
+			return
+		}
+		st.table = t
+		for _, e := range t.TableErrors {
+			m.log.Warn("bad partition table entry", "restore_point", rp.ID.Short(), "disk", name, "partition", e.Name, "err", e.Err)
 		}
 	})
 	return st

@@ -2,6 +2,7 @@ package mount
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -9,11 +10,13 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/vmvault/vmvault/fs"
+	"github.com/vmvault/vmvault/fs/image"
 	"github.com/vmvault/vmvault/repo"
 )
 
 // errorFile names the file a partition directory holds when its
-// filesystem cannot be read.
+// filesystem (or its partition table entry) cannot be read, and the file
+// a disk directory holds when its partition table cannot be read at all.
 const errorFile = "vmvault-error.txt"
 
 // diskNode lists a disk's partitions (p1, p5, p0, …).
@@ -37,12 +40,17 @@ func (n *diskNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 		return nil, syscall.EIO
 	}
 	var ents []fuse.DirEntry
-	if st.table != nil {
-		for _, p := range st.table.Partitions {
-			if !p.Extended {
-				ents = append(ents, fuse.DirEntry{Name: p.Name, Mode: fuse.S_IFDIR, Ino: n.m.ino(n.key(p.Name))})
-			}
+	if st.table == nil {
+		ents = append(ents, fuse.DirEntry{Name: errorFile, Mode: fuse.S_IFREG, Ino: n.m.ino(n.key(errorFile))})
+		return gofs.NewListDirStream(ents), 0
+	}
+	for _, p := range st.table.Partitions {
+		if !p.Extended {
+			ents = append(ents, fuse.DirEntry{Name: p.Name, Mode: fuse.S_IFDIR, Ino: n.m.ino(n.key(p.Name))})
 		}
+	}
+	for _, e := range st.table.TableErrors {
+		ents = append(ents, fuse.DirEntry{Name: e.Name, Mode: fuse.S_IFDIR, Ino: n.m.ino(n.key(e.Name))})
 	}
 	return gofs.NewListDirStream(ents), 0
 }
@@ -52,16 +60,30 @@ func (n *diskNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if st.err != nil {
 		return nil, syscall.EIO
 	}
+	out.SetEntryTimeout(immutableCache)
+	out.SetAttrTimeout(immutableCache)
 	if st.table == nil {
-		return nil, syscall.ENOENT
+		if name != errorFile {
+			return nil, syscall.ENOENT
+		}
+		msg := fmt.Sprintf("restore point %s disk %s: %v\n", n.rp.ID.Short(), n.disk, st.tableErr)
+		ino := n.m.ino(n.key(errorFile))
+		out.Attr = fuse.Attr{Ino: ino, Mode: fuse.S_IFREG | 0o444, Size: uint64(len(msg)), Nlink: 1}
+		setTimes(&out.Attr, n.rp.Time, n.rp.Time, n.rp.Time)
+		return n.NewInode(ctx, &memFile{data: []byte(msg), t: n.rp.Time}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
 	}
 	p, err := st.table.Partition(name)
+	var bad image.TableError
+	if errors.As(err, &bad) {
+		ino := n.m.ino(n.key(name))
+		dirAttr(&out.Attr, ino, n.rp.Time)
+		msg := fmt.Sprintf("restore point %s disk %s: %v\n", n.rp.ID.Short(), n.disk, bad)
+		return n.NewInode(ctx, &errDir{m: n.m, key: n.key(name), msg: msg, rp: n.rp}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0
+	}
 	if err != nil || p.Extended {
 		return nil, syscall.ENOENT
 	}
 	fss := n.m.openFS(st, n.rp, n.disk, p.Name)
-	out.SetEntryTimeout(immutableCache)
-	out.SetAttrTimeout(immutableCache)
 	if fss.err != nil {
 		ino := n.m.ino(n.key(name))
 		dirAttr(&out.Attr, ino, n.rp.Time)

@@ -2,12 +2,14 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -65,12 +67,15 @@ func (d DiskDevice) Prefetch(ctx context.Context, off, length int64) error {
 // LIST or open; forgotten ones vanish.
 type RepoCatalog struct {
 	Repo *repo.Repository
-	// Patterns restrict the exports (path.Match globs on export names,
-	// e.g. "web01@latest/*"); empty allows all.
+	// Patterns restrict the exports (see MatchExport: "web01",
+	// "web01/*", "web01@latest/*", "web01/3fa4b2c1"); empty allows all. A
+	// name is checked in its canonical form, so an id prefix a client
+	// opens is offered exactly when the full id is.
 	Patterns []string
 	// OverlayDir, when set, makes exports writable: each (restore point,
 	// disk) gets a persistent copy-on-write overlay below it, at
-	// overlay.Path.
+	// overlay.Path, created by the first write to the export (listing,
+	// INFO and reads create none).
 	OverlayDir string
 	Log        *slog.Logger
 	// Lock, when set, pins the restore point of every open export until
@@ -79,15 +84,10 @@ type RepoCatalog struct {
 	Lock *repo.Lock
 
 	mu       sync.Mutex
-	overlays map[string]*sharedOverlay
+	overlays map[string]*writableDisk // by overlay directory
 }
 
-type sharedOverlay struct {
-	ov   *overlay.Overlay
-	refs int
-}
-
-// An overlay is what a writable export serves.
+// An overlay is what a writable export serves once written.
 var _ WritableDevice = (*overlay.Overlay)(nil)
 
 // refresh returns the repository's restore points as of now.
@@ -104,16 +104,92 @@ func (c *RepoCatalog) refresh(ctx context.Context) ([]*repo.RestorePoint, error)
 	return rps, nil
 }
 
+// allowed reports whether the canonical export name (VM/ID/DISK with the
+// full id, or VM@latest/DISK) is offered.
 func (c *RepoCatalog) allowed(name string) bool {
 	if len(c.Patterns) == 0 {
 		return true
 	}
 	for _, p := range c.Patterns {
-		if ok, _ := path.Match(p, name); ok {
+		if MatchExport(p, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// CheckPattern reports a malformed export pattern.
+func CheckPattern(pattern string) error {
+	if pattern == "" {
+		return errors.New("empty export pattern")
+	}
+	for _, p := range strings.Split(pattern, "/") {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("export pattern %q: %w", pattern, err)
+		}
+	}
+	return nil
+}
+
+// MatchExport reports whether pattern covers the canonical export name
+// (VM/RESTOREPOINT-ID/DISK with the full id, or VM@latest/DISK). Patterns
+// are path.Match globs compared component by component ('/' separated):
+//   - A pattern with fewer components than the name covers it when it
+//     matches the name's leading components, so a pattern naming a VM or a
+//     restore point covers all of its disks: "web01/*" every restore point
+//     of web01 by id, "web01/*/disk0" their disk0, "web01@latest/*" the
+//     latest disks.
+//   - In the restore point's place, a component without glob characters
+//     also matches the ids it is a prefix of, as ids are shown shortened:
+//     "web01/3fa4b2c1".
+//   - A one-component pattern also matches the VM of VM@latest names:
+//     "web01" covers all of web01's exports, @latest included.
+func MatchExport(pattern, name string) bool {
+	pc, nc := strings.Split(pattern, "/"), strings.Split(name, "/")
+	if len(pc) > len(nc) {
+		return false
+	}
+	if len(pc) == 1 && len(nc) == 2 {
+		if vm, ok := strings.CutSuffix(nc[0], "@latest"); ok {
+			if m, _ := path.Match(pc[0], vm); m {
+				return true
+			}
+		}
+	}
+	for i, p := range pc {
+		if m, _ := path.Match(p, nc[i]); m {
+			continue
+		}
+		if i == 1 && len(nc) == 3 && len(p) >= 4 && !strings.ContainsAny(p, `*?[\`) && strings.HasPrefix(nc[1], strings.ToLower(p)) {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// UnmatchedPatterns returns the patterns that match none of the exports
+// the repository has now (a typo, or a VM not captured yet).
+func (c *RepoCatalog) UnmatchedPatterns(ctx context.Context) ([]string, error) {
+	rps, err := c.refresh(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all := (&RepoCatalog{}).exports(rps)
+	var out []string
+	for _, p := range c.Patterns {
+		used := false
+		for _, e := range all {
+			if MatchExport(p, e.Name) {
+				used = true
+				break
+			}
+		}
+		if !used {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 func describe(rp *repo.RestorePoint, d format.ManifestDisk) string {
@@ -175,31 +251,35 @@ func (c *RepoCatalog) resolve(ctx context.Context, name string) (*repo.RestorePo
 		}
 		name = list[0].Name
 	}
-	if !c.allowed(name) {
-		return nil, "", fmt.Errorf("export %q is not offered by this server: %w", name, ErrUnknownExport)
-	}
+	notOffered := fmt.Errorf("export %q is not offered by this server: %w", name, ErrUnknownExport)
 	parts := strings.Split(name, "/")
 	var rp *repo.RestorePoint
 	var disk string
 	switch {
 	case len(parts) == 2 && strings.HasSuffix(parts[0], "@latest"):
 		vm := strings.TrimSuffix(parts[0], "@latest")
-		rp = repo.Latest(rps, vm)
 		disk = parts[1]
+		if !c.allowed(vm + "@latest/" + disk) {
+			return nil, "", notOffered
+		}
+		rp = repo.Latest(rps, vm)
 	case len(parts) == 3 && len(parts[1]) >= 8:
+		disk = parts[2]
 		var match []*repo.RestorePoint
 		for _, r := range rps {
-			if r.VM == parts[0] && strings.HasPrefix(r.ID.String(), strings.ToLower(parts[1])) {
+			if r.VM == parts[0] && strings.HasPrefix(r.ID.String(), strings.ToLower(parts[1])) && c.allowed(ExportName(r, disk)) {
 				match = append(match, r)
 			}
 		}
 		if len(match) > 1 {
 			return nil, "", fmt.Errorf("export %q: id prefix %s is ambiguous: %w", name, parts[1], ErrUnknownExport)
 		}
+		if len(match) == 0 && len(c.Patterns) > 0 {
+			return nil, "", notOffered
+		}
 		if len(match) == 1 {
 			rp = match[0]
 		}
-		disk = parts[2]
 	default:
 		return nil, "", fmt.Errorf("export %q: names look like VM/RESTOREPOINT-ID/DISK or VM@latest/DISK: %w", name, ErrUnknownExport)
 	}
@@ -212,7 +292,11 @@ func (c *RepoCatalog) resolve(ctx context.Context, name string) (*repo.RestorePo
 	return rp, disk, nil
 }
 
-// Open implements Catalog.
+// Open implements Catalog. A writable export's overlay is opened here
+// only when it exists already (a restarted server continues it, and
+// 'vmvault overlay list' shows it in use); otherwise the first write
+// creates it (see writableDisk), so listing, INFO and reading clients
+// leave nothing behind.
 func (c *RepoCatalog) Open(ctx context.Context, name string) (*Export, error) {
 	rp, diskName, err := c.resolve(ctx, name)
 	if err != nil {
@@ -258,50 +342,155 @@ func (c *RepoCatalog) open(ctx context.Context, rp *repo.RestorePoint, diskName 
 	if c.OverlayDir == "" {
 		return exp, nil
 	}
-	ov, release, err := c.openOverlay(rp, diskName, DiskDevice{d})
+	wd, release, err := c.writable(rp, diskName, DiskDevice{d})
 	if err != nil {
 		return nil, err
 	}
-	exp.Device = ov
-	exp.Description += " writable overlay " + ov.Dir()
+	exp.Device = wd
+	exp.Description += " writable overlay " + wd.dir
 	exp.Close = release
 	return exp, nil
 }
 
-// openOverlay returns the shared overlay for (rp, disk), opening it on
-// first use.
-func (c *RepoCatalog) openOverlay(rp *repo.RestorePoint, disk string, base Device) (*overlay.Overlay, func() error, error) {
+// writable returns the shared writable device for (rp, disk), making it on
+// first use and opening its overlay if one exists.
+func (c *RepoCatalog) writable(rp *repo.RestorePoint, disk string, base Device) (*writableDisk, func() error, error) {
 	dir := overlay.Path(c.OverlayDir, rp.ID.String(), disk)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.overlays == nil {
-		c.overlays = map[string]*sharedOverlay{}
+		c.overlays = map[string]*writableDisk{}
 	}
-	so := c.overlays[dir]
-	if so == nil {
-		ov, err := overlay.Open(dir, overlay.Meta{VM: rp.VM, RestorePoint: rp.ID.String(), Disk: disk}, base)
-		if err != nil {
-			return nil, nil, err
+	wd := c.overlays[dir]
+	if wd == nil {
+		wd = &writableDisk{dir: dir, meta: overlay.Meta{VM: rp.VM, RestorePoint: rp.ID.String(), Disk: disk}, base: base}
+		if _, err := overlay.ReadMeta(dir); err == nil {
+			if _, err := wd.overlay(); err != nil {
+				return nil, nil, err
+			}
 		}
-		so = &sharedOverlay{ov: ov}
-		c.overlays[dir] = so
+		c.overlays[dir] = wd
 	}
-	so.refs++
+	wd.refs++
 	var once sync.Once
 	release := func() error {
 		var err error
 		once.Do(func() {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			so.refs--
-			if so.refs == 0 {
+			wd.refs--
+			if wd.refs == 0 {
 				delete(c.overlays, dir)
-				err = so.ov.Close()
+				err = wd.close()
 			} else {
-				err = so.ov.Flush(context.Background())
+				err = wd.Flush(context.Background())
 			}
 		})
 		return err
 	}
-	return so.ov, release, nil
+	return wd, release, nil
+}
+
+// writableDisk is the device of a writable export, shared by every
+// connection to one (restore point, disk). It reads the restore point's
+// disk until the first WRITE, WRITE_ZEROES or TRIM creates the overlay in
+// dir; from then on every request goes through the overlay, which reads
+// the blocks it does not hold from the same disk.
+type writableDisk struct {
+	dir  string
+	meta overlay.Meta
+	base Device
+	refs int // connections holding it; guarded by RepoCatalog.mu
+
+	mu sync.Mutex // held while the overlay is opened
+	ov atomic.Pointer[overlay.Overlay]
+}
+
+var _ WritableDevice = (*writableDisk)(nil)
+
+// overlay returns the overlay, opening (or creating) it on first use.
+func (w *writableDisk) overlay() (*overlay.Overlay, error) {
+	if ov := w.ov.Load(); ov != nil {
+		return ov, nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ov := w.ov.Load(); ov != nil {
+		return ov, nil
+	}
+	ov, err := overlay.Open(w.dir, w.meta, w.base)
+	if err != nil {
+		return nil, err
+	}
+	w.ov.Store(ov)
+	return ov, nil
+}
+
+// reader is what reads go to: the overlay once it exists, else the disk.
+func (w *writableDisk) reader() Device {
+	if ov := w.ov.Load(); ov != nil {
+		return ov
+	}
+	return w.base
+}
+
+// Size implements Device.
+func (w *writableDisk) Size() int64 { return w.base.Size() }
+
+// ReadAt implements Device.
+func (w *writableDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return w.reader().ReadAt(ctx, p, off)
+}
+
+// Extents implements Device.
+func (w *writableDisk) Extents(ctx context.Context, off, length int64) ([]extent.Extent, error) {
+	return w.reader().Extents(ctx, off, length)
+}
+
+// Prefetch implements Device.
+func (w *writableDisk) Prefetch(ctx context.Context, off, length int64) error {
+	return w.reader().Prefetch(ctx, off, length)
+}
+
+// WriteAt implements WritableDevice.
+func (w *writableDisk) WriteAt(ctx context.Context, p []byte, off int64) error {
+	ov, err := w.overlay()
+	if err != nil {
+		return err
+	}
+	return ov.WriteAt(ctx, p, off)
+}
+
+// WriteZeroes implements WritableDevice.
+func (w *writableDisk) WriteZeroes(ctx context.Context, off, length int64, fast bool) error {
+	ov, err := w.overlay()
+	if err != nil {
+		return err
+	}
+	return ov.WriteZeroes(ctx, off, length, fast)
+}
+
+// Trim implements WritableDevice.
+func (w *writableDisk) Trim(ctx context.Context, off, length int64) error {
+	ov, err := w.overlay()
+	if err != nil {
+		return err
+	}
+	return ov.Trim(ctx, off, length)
+}
+
+// Flush implements WritableDevice; without an overlay nothing was written.
+func (w *writableDisk) Flush(ctx context.Context) error {
+	if ov := w.ov.Load(); ov != nil {
+		return ov.Flush(ctx)
+	}
+	return nil
+}
+
+// close flushes and closes the overlay, if there is one.
+func (w *writableDisk) close() error {
+	if ov := w.ov.Load(); ov != nil {
+		return ov.Close()
+	}
+	return nil
 }

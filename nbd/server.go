@@ -8,8 +8,12 @@
 //   - Every request is validated (magic, flags, command, range, size,
 //     export mode) before any byte of its reply is written, and a failed
 //     request is answered with an NBD error for that request alone: the
-//     connection stays open. Only a broken stream (bad magic, short read)
-//     ends a connection.
+//     connection stays open. A refused WRITE is answered before its
+//     payload is read; the payload (at most MaxBlockSize) is then skipped
+//     without being buffered. Only a broken stream (bad magic, short read)
+//     or a WRITE longer than MaxBlockSize (which the protocol forbids
+//     clients to send) ends a connection, the latter right after its error
+//     reply and without reading its payload.
 //   - No allocation is driven by a length the client sent before it is
 //     checked against MaxBlockSize; payload buffers (or, for devices that
 //     lend their bytes, see SliceReader, the cached data pinned for a

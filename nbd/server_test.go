@@ -185,7 +185,6 @@ func TestRequests(t *testing.T) {
 			{"read unknown flag", proto.CmdRead, 1 << 9, 0, 10, nil, proto.EINVAL},
 			{"read FUA on read-only", proto.CmdRead, proto.CmdFlagFUA, 0, 10, nil, proto.EINVAL},
 			{"write read-only", proto.CmdWrite, 0, 0, 100, make([]byte, 100), proto.EPERM},
-			{"write too large", proto.CmdWrite, 0, 0, MaxBlockSize + 1, make([]byte, MaxBlockSize+1), proto.EINVAL},
 			{"trim read-only", proto.CmdTrim, 0, 0, 100, nil, proto.EPERM},
 			{"zeroes read-only", proto.CmdWriteZeroes, 0, 0, 100, nil, proto.EPERM},
 			{"flush read-only", proto.CmdFlush, 0, 0, 0, nil, proto.EINVAL},

@@ -144,32 +144,38 @@ func (c *conn) transmit() error {
 		}
 		c.st.requests.Add(1)
 		code, msg := c.validate(r)
-		var payload []byte
-		if r.Type == proto.CmdWrite {
-			if code != 0 {
+		if code != 0 {
+			c.st.failed.Add(1)
+			c.log.Warn("request refused", "request", reqString(r), "err", msg)
+			// A refused write is answered before its payload is read.
+			if err := c.replyError(r, code, msg); err != nil {
+				return err
+			}
+			if r.Type == proto.CmdWrite {
+				if r.Length > MaxBlockSize {
+					// The client broke the advertised maximum (a MUST
+					// NOT of the protocol): hard disconnect rather than
+					// read a payload of up to 4 GiB.
+					return fmt.Errorf("write of %d bytes exceeds the maximum block size %d: disconnecting without reading its payload", r.Length, MaxBlockSize)
+				}
 				// Stay in step with the stream without holding the data.
 				if _, err := io.CopyN(io.Discard, c.br, int64(r.Length)); err != nil {
 					return err
 				}
-			} else {
-				if err := c.acquire(int64(r.Length)); err != nil {
-					return err
-				}
-				payload = payloads.Get(int(r.Length))
-				if _, err := io.ReadFull(c.br, payload); err != nil {
-					c.release(int64(r.Length))
-					payloads.Put(payload)
-					return err
-				}
-			}
-		}
-		if code != 0 {
-			c.st.failed.Add(1)
-			c.log.Warn("request refused", "request", reqString(r), "err", msg)
-			if err := c.replyError(r, code, msg); err != nil {
-				return err
 			}
 			continue
+		}
+		var payload []byte
+		if r.Type == proto.CmdWrite {
+			if err := c.acquire(int64(r.Length)); err != nil {
+				return err
+			}
+			payload = payloads.Get(int(r.Length))
+			if _, err := io.ReadFull(c.br, payload); err != nil {
+				c.release(int64(r.Length))
+				payloads.Put(payload)
+				return err
+			}
 		}
 		if r.Type == proto.CmdRead {
 			if err := c.acquire(int64(r.Length)); err != nil {

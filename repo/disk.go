@@ -64,7 +64,7 @@ func (r *Repository) loadIndex(ctx context.Context, name string) (*format.Index,
 	if err != nil {
 		return nil, fmt.Errorf("load index %s: %w", id.Short(), err)
 	}
-	if format.Hash(b) != id {
+	if r.nameID(b) != id {
 		return nil, fmt.Errorf("index %s: content does not match its name: %w", id.Short(), format.ErrCorrupt)
 	}
 	idx, err := format.ParseIndex(b)

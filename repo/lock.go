@@ -132,7 +132,13 @@ func (r *Repository) Locks(ctx context.Context) ([]LockInfo, error) {
 	}
 	var out []LockInfo
 	for _, fi := range infos {
-		b, err := r.be.Load(ctx, backend.Handle{Type: backend.LockFile, Name: fi.Name}, 0, -1)
+		h := backend.Handle{Type: backend.LockFile, Name: fi.Name}
+		if err := h.Valid(); err != nil {
+			out = append(out, LockInfo{Name: fi.Name, ModTime: fi.ModTime, Garbage: true, StaleReason: "not a lock vmvault writes: " + err.Error(),
+				Stale: r.storageNow().Sub(fi.ModTime) > StaleLockAge})
+			continue
+		}
+		b, err := r.be.Load(ctx, h, 0, -1)
 		if errors.Is(err, backend.ErrNotFound) {
 			continue // released meanwhile
 		}
@@ -163,7 +169,14 @@ func (r *Repository) RemoveLocks(ctx context.Context, all bool) (int, error) {
 	n := 0
 	for _, l := range locks {
 		if all || l.Stale {
-			if err := r.be.Remove(ctx, backend.Handle{Type: backend.LockFile, Name: l.Name}); err != nil {
+			h := backend.Handle{Type: backend.LockFile, Name: l.Name}
+			var err error
+			if fr, ok := r.be.(backend.ForeignRemover); ok && h.Valid() != nil {
+				err = fr.RemoveForeign(ctx, backend.LockFile, l.Name)
+			} else {
+				err = r.be.Remove(ctx, h)
+			}
+			if err != nil {
 				return n, err
 			}
 			n++

@@ -77,13 +77,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/cache"
+	"github.com/vmvault/vmvault/repo/backend/crypt"
 	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // ErrNoRepository means there is no repository (no config) at the location.
@@ -95,6 +98,8 @@ var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
 type Repository struct {
 	be       backend.Backend
 	packs    *pack.Backend // the pack layer in be's chain (format version 2), or nil
+	keys     *keys.Set     // an encrypted repository's keys (format version 3), or nil
+	dkMu     sync.Mutex    // one data key load at a time
 	cfg      *format.Config
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
@@ -122,6 +127,9 @@ type Options struct {
 	// sharing a repository must have different names: a lock of this
 	// host's name whose process is gone is stale at once.
 	Hostname string
+	// Password returns the password of an encrypted repository (called
+	// once, only for one); nil means none is known.
+	Password func() ([]byte, error)
 }
 
 // DefaultCacheSize is the default chunk cache size.
@@ -140,6 +148,11 @@ type InitOptions struct {
 	// with it); recorded so forget, prune and gc leave protected objects
 	// alone.
 	ObjectLock time.Duration
+	// Password, when set, encrypts the repository (format version 3); it
+	// opens the first (full) key slot. KDF are its key derivation
+	// parameters (zero: calibrated here, keys.Calibrate).
+	Password []byte
+	KDF      keys.KDF
 }
 
 // Init creates a repository in an empty backend.
@@ -157,6 +170,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
+	var err error
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
 		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
@@ -168,6 +182,30 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	case opts.PackSize < 0:
 		cfg.Version, cfg.PackSize = 1, 0
 	}
+	if cfg.Version > 2 {
+		cfg.Version = 2
+	}
+	var set *keys.Set
+	if opts.Password != nil {
+		if cfg.PackSize == 0 {
+			return nil, fmt.Errorf("init repository at %s: encryption needs packs", be.Location())
+		}
+		cfg.Version, cfg.Encryption = 3, format.EncryptionV1
+		if set, err = keys.NewSet(); err != nil {
+			return nil, err
+		}
+		kdf := opts.KDF
+		if kdf.Alg == "" {
+			kdf = keys.Calibrate(keys.DefaultKDFTime)
+		}
+		slot, err := keys.NewSlot(set, keys.KindFull, opts.Password, kdf, hostname(""))
+		if err != nil {
+			return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
+		}
+		if err := be.Save(ctx, keyHandle(slotName()), slot); err != nil {
+			return nil, fmt.Errorf("init repository at %s: save key: %w", be.Location(), err)
+		}
+	}
 	b, err := cfg.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
@@ -175,7 +213,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if err := be.Save(ctx, configHandle, b); err != nil {
 		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, Options{}), nil
+	return newRepository(be, cfg, set, Options{}), nil
 }
 
 // Open opens the repository stored in be.
@@ -191,17 +229,36 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, opts), nil
+	var set *keys.Set
+	if cfg.Encryption != "" {
+		if set, err = openKeys(ctx, be, opts.Password); err != nil {
+			return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+		}
+	}
+	return newRepository(be, cfg, set, opts), nil
 }
 
-func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Repository {
+func hostname(h string) string {
+	if h == "" {
+		h, _ = os.Hostname()
+	}
+	return h
+}
+
+func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts Options) *Repository {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
 	}
 	remote := opts.DiskCacheDir != "" && !be.Properties().CheapRangedReads
+	if set != nil {
+		be = crypt.New(be, set)
+	}
 	var packs *pack.Backend
 	if cfg.PackSize > 0 {
 		po := pack.Options{PackSize: cfg.PackSize}
+		if set != nil {
+			po.SealTrailer = func(t []byte) []byte { return set.Seal("pack", "trailer", t) }
+		}
 		if remote {
 			po.IndexCacheDir = filepath.Join(opts.DiskCacheDir, cfg.ID, "packidx")
 		}
@@ -216,14 +273,10 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 			be = c
 		}
 	}
-	host := opts.Hostname
-	if host == "" {
-		host, _ = os.Hostname()
-	}
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, packs: packs, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
-		props: be.Properties(), hostname: host, now: time.Now}
+	return &Repository{be: be, packs: packs, keys: set, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+		props: be.Properties(), hostname: hostname(opts.Hostname), now: time.Now}
 }
 
 // Config returns the repository config.
@@ -280,6 +333,18 @@ func (r *Repository) loadChunkFrame(ctx context.Context, id format.ID, frameBuf,
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	if r.keys != nil {
+		plain, err := r.openFrame(ctx, frame, id)
+		if err != nil {
+			return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
+		}
+		defer r.bufs.Put(plain)
+		out, err = format.DecodeChunkHashed(dst, plain, id, r.keys.ChunkID)
+		if err != nil {
+			return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
+		}
+		return out, frame, nil
 	}
 	out, err = format.DecodeChunkID(dst, frame, id)
 	if err != nil {

@@ -52,7 +52,7 @@ func (r *Repository) LoadRestorePoint(ctx context.Context, id format.ID) (*Resto
 		}
 		return nil, fmt.Errorf("load restore point %s: %w", id.Short(), err)
 	}
-	if format.Hash(b) != id {
+	if r.nameID(b) != id {
 		return nil, fmt.Errorf("restore point %s: manifest does not match its id: %w", id.Short(), format.ErrCorrupt)
 	}
 	m, err := format.ParseManifest(b)
@@ -205,7 +205,9 @@ func ParseTime(s string) (time.Time, error) {
 
 // Resolve finds the restore point a user named: a full ID, a unique ID
 // prefix (at least 4 hex digits), VM@latest, or VM@TIME (the newest restore
-// point of VM taken at or before TIME).
+// point of VM taken at or before TIME). A name no restore point matches
+// wraps ErrNotFoundRP; when the name is a VM's, or names a VM that has no
+// restore points, the error says what to write instead (hint).
 func Resolve(rps []*RestorePoint, name string) (*RestorePoint, error) {
 	if vm, when, ok := strings.Cut(name, "@"); ok {
 		var t time.Time
@@ -225,27 +227,73 @@ func Resolve(rps []*RestorePoint, name string) (*RestorePoint, error) {
 			}
 		}
 		if best == nil {
-			return nil, fmt.Errorf("restore point %q: %w", name, ErrNotFoundRP)
+			return nil, fmt.Errorf("restore point %q: %w%s", name, ErrNotFoundRP, hint(rps, vm))
 		}
 		return best, nil
 	}
-	if len(name) < 4 {
-		return nil, fmt.Errorf("restore point %q: give at least 4 hex digits of the id, or VM@latest", name)
-	}
 	var found []*RestorePoint
-	for _, rp := range rps {
-		if strings.HasPrefix(rp.ID.String(), strings.ToLower(name)) {
-			found = append(found, rp)
+	if len(name) >= 4 {
+		for _, rp := range rps {
+			if strings.HasPrefix(rp.ID.String(), strings.ToLower(name)) {
+				found = append(found, rp)
+			}
 		}
 	}
-	switch len(found) {
-	case 0:
-		return nil, fmt.Errorf("restore point %q: %w", name, ErrNotFoundRP)
-	case 1:
+	switch {
+	case len(found) == 1:
 		return found[0], nil
-	default:
+	case len(found) > 1:
 		return nil, fmt.Errorf("restore point %q: prefix matches %d restore points", name, len(found))
+	case Latest(rps, name) != nil:
+		return nil, fmt.Errorf("restore point %q: %w%s", name, ErrNotFoundRP, hint(rps, name))
+	case len(name) < 4:
+		return nil, fmt.Errorf("restore point %q: give at least 4 hex digits of the id, or VM@latest", name)
 	}
+	return nil, fmt.Errorf("restore point %q: %w", name, ErrNotFoundRP)
+}
+
+// hintShown is how many restore points or VMs a hint lists.
+const hintShown = 5
+
+// hint tells what to write instead of a name that did not resolve and
+// involves vm: the VM's newest restore points when it has some, else the
+// VMs that have.
+func hint(rps []*RestorePoint, vm string) string {
+	var of []*RestorePoint
+	vms := map[string]bool{}
+	for _, rp := range rps {
+		vms[rp.VM] = true
+		if rp.VM == vm {
+			of = append(of, rp)
+		}
+	}
+	if len(of) > 0 {
+		sort.Slice(of, func(i, j int) bool { return of[i].Time.After(of[j].Time) })
+		var names []string
+		for _, rp := range of[:min(len(of), hintShown)] {
+			names = append(names, rp.ID.Short()+" ("+rp.Time.UTC().Format("2006-01-02T15:04:05Z")+")")
+		}
+		more := ""
+		if len(of) > hintShown {
+			more = fmt.Sprintf(", … %d in all: vmvault snapshots --vm %s", len(of), vm)
+		}
+		return fmt.Sprintf("; %s is a VM: name one of its restore points as %s@latest, %s@TIME or by id: %s%s",
+			vm, vm, vm, strings.Join(names, ", "), more)
+	}
+	if len(vms) == 0 {
+		return "; the repository holds no restore points"
+	}
+	var names []string
+	for v := range vms {
+		names = append(names, v)
+	}
+	sort.Strings(names)
+	more := ""
+	if len(names) > hintShown {
+		more = fmt.Sprintf(", … %d in all", len(names))
+		names = names[:hintShown]
+	}
+	return fmt.Sprintf("; no VM is named %q (VMs: %s%s)", vm, strings.Join(names, ", "), more)
 }
 
 // SplitRestorePoint finds the restore point named at the start of arg,

@@ -18,6 +18,7 @@ import (
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // writeBehind bounds the memory of compressed chunks queued for saving.
@@ -91,6 +92,7 @@ type diskPlan struct {
 	changed int64       // bytes the source reported changed (extents mode)
 	known   []format.ID // chunks known stored and good (dedup mode)
 	damaged map[format.ID]format.DamagedChunk
+	dk      *keys.DataKey // seals new chunks (encrypted repositories)
 }
 
 // Capture stores a new restore point of disks and returns it. On any error
@@ -126,6 +128,12 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
+	var dk *keys.DataKey
+	if r.keys != nil {
+		if dk, err = r.newDataKey(ctx); err != nil {
+			return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
+		}
+	}
 	plans := make([]*diskPlan, len(disks))
 	seen := map[string]bool{}
 	for i, src := range disks {
@@ -140,6 +148,7 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		if err != nil {
 			return nil, err
 		}
+		p.dk = dk
 		plans[i] = p
 		opts.Progress.Total.Add(p.total)
 	}
@@ -163,7 +172,7 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
-	id := format.Hash(b)
+	id := r.nameID(b)
 	if err := r.be.Save(ctx, snapshotHandle(id), b); err != nil {
 		return nil, fmt.Errorf("capture %s: commit manifest: %w", opts.VM, err)
 	}
@@ -398,7 +407,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 
 	idx := &format.Index{DiskSize: p.src.Size, ChunkSize: cs, IDs: p.ids}
 	b := idx.Marshal()
-	idxID := format.Hash(b)
+	idxID := r.nameID(b)
 	if err := r.be.Save(ctx, backend.Handle{Type: backend.IndexFile, Name: idxID.String()}, b); err != nil {
 		return nil, fmt.Errorf("store index: %w", err)
 	}
@@ -480,7 +489,7 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 		zero.Add(1)
 		return nil
 	}
-	id := format.Hash(job.buf)
+	id := r.chunkID(job.buf)
 	p.ids[job.i] = id
 	if !known.claim(id) {
 		return nil // in the base, or stored (or being stored) by this capture
@@ -488,7 +497,7 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	// Not known: trust a stored object only after decoding and hashing it.
 	// A damaged one is copied aside before the good copy replaces it.
 	if _, err := r.be.Stat(ctx, chunkHandle(id)); err == nil {
-		_, lerr := r.loadChunk(ctx, id, nil)
+		lerr := r.checkStored(ctx, id)
 		if lerr == nil {
 			return nil
 		}
@@ -511,7 +520,17 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	if frame == nil {
 		frame = make([]byte, 0, format.ChunkHeaderSize+len(job.buf)+len(job.buf)/8)
 	}
-	frame, err := format.EncodeChunk(frame, job.buf, r.cfg.Compression)
+	var err error
+	if p.dk == nil {
+		frame, err = format.EncodeChunk(frame, job.buf, r.cfg.Compression)
+	} else {
+		plain := r.bufs.Get(len(job.buf) + format.ChunkHeaderSize)
+		plain, err = format.EncodeChunk(plain[:0], job.buf, r.cfg.Compression)
+		if err == nil {
+			frame = p.dk.SealFrame(frame, plain, id)
+		}
+		r.bufs.Put(plain)
+	}
 	if err != nil {
 		return err
 	}
@@ -521,4 +540,19 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// checkStored checks a chunk object a capture may reuse instead of storing
+// it: decoded and hashed, or — with a capture key, which cannot decrypt —
+// its frame's checksum over the stored bytes.
+func (r *Repository) checkStored(ctx context.Context, id format.ID) error {
+	if r.keys == nil || r.keys.CanRead() {
+		_, err := r.loadChunk(ctx, id, nil)
+		return err
+	}
+	frame, err := r.be.Load(ctx, chunkHandle(id), 0, -1)
+	if err != nil {
+		return err
+	}
+	return keys.CheckFrame(frame)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -153,7 +154,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 		}
 		return err
 	}
-	return printCapture(cmd, rp, start, o.json)
+	return printCapture(cmd, g, rp, start, o.json)
 }
 
 // summarize describes a new restore point for output.
@@ -169,8 +170,7 @@ func summarize(rp *repo.RestorePoint, start time.Time) captureSummary {
 }
 
 // printSummary prints a capture summary for people.
-func printSummary(cmd *cobra.Command, rp *repo.RestorePoint, sum captureSummary) {
-	w := cmd.OutOrStdout()
+func printSummary(w io.Writer, rp *repo.RestorePoint, sum captureSummary) {
 	fmt.Fprintf(w, "restore point %s of %s created in %.1fs\n", rp.ID.Short(), rp.VM, float64(sum.DurationSeconds))
 	for _, d := range sum.Disks {
 		mode := d.Mode

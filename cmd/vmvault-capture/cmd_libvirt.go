@@ -115,7 +115,7 @@ func runLibvirt(cmd *cobra.Command, g *cli.Global, o *libvirtOptions, args []str
 			}
 			continue
 		}
-		if err := printCapture(cmd, rp, start, o.json); err != nil {
+		if err := printCapture(cmd, g, rp, start, o.json); err != nil {
 			return err
 		}
 	}

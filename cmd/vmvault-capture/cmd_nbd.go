@@ -135,16 +135,16 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 		}
 		return err
 	}
-	return printCapture(cmd, rp, start, o.json)
+	return printCapture(cmd, g, rp, start, o.json)
 }
 
 // printCapture prints a capture's summary: JSON (captureSummary) or one
 // line per disk with its mode and reason.
-func printCapture(cmd *cobra.Command, rp *repo.RestorePoint, start time.Time, asJSON bool) error {
+func printCapture(cmd *cobra.Command, g *cli.Global, rp *repo.RestorePoint, start time.Time, asJSON bool) error {
 	sum := summarize(rp, start)
 	if asJSON {
 		return cli.PrintJSON(cmd.OutOrStdout(), sum)
 	}
-	printSummary(cmd, rp, sum)
+	printSummary(g.Summary(cmd.OutOrStdout()), rp, sum)
 	return nil
 }

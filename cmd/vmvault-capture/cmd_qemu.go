@@ -172,5 +172,5 @@ func runQEMU(cmd *cobra.Command, g *cli.Global, o *qemuOptions) error {
 		}
 		return err
 	}
-	return printCapture(cmd, rp, start, o.json)
+	return printCapture(cmd, g, rp, start, o.json)
 }

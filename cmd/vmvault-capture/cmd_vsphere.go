@@ -148,11 +148,12 @@ them, on the given VMs or on every VM. Other snapshots are never touched.
 				vms = append(vms, vm)
 			}
 			removed, err := vsphere.Cleanup(ctx, c.Client, vms, slog.Default())
+			w := g.Summary(cmd.OutOrStdout())
 			for _, r := range removed {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", r)
+				fmt.Fprintf(w, "removed %s\n", r)
 			}
 			if err == nil && len(removed) == 0 {
-				fmt.Fprintln(cmd.OutOrStdout(), "no orphaned backup snapshots")
+				fmt.Fprintln(w, "no orphaned backup snapshots")
 			}
 			return err
 		},
@@ -221,6 +222,10 @@ func (o *vsphereOptions) findProxy(ctx context.Context, c *govmomi.Client) (*obj
 
 func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []string) error {
 	ctx := cmd.Context()
+	// what every transport needs first, then what this one needs
+	if o.url == "" {
+		return cli.Usagef("--url is required (the vCenter or ESXi SDK URL, e.g. https://vcenter.example.com/sdk)")
+	}
 	var transport func(c *govmomi.Client) vsphere.Transport
 	switch o.transport {
 	case "direct":
@@ -299,6 +304,9 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 	wg.Wait()
 	stopProgress()
 	w := cmd.OutOrStdout()
+	if !o.json {
+		w = g.Summary(w) // failures are in the returned error too
+	}
 	for _, res := range results {
 		if o.json {
 			if err := cli.PrintJSON(w, res); err != nil {

@@ -26,6 +26,7 @@ existing ones.
 ` + cli.ExitCodesHelp,
 	}
 	g.Install(root)
+	cli.SetVersion(root)
 	root.AddCommand(newFileCommand(g), newVSphereCommand(g), newNBDCommand(g), newQEMUCommand(g), newLibvirtCommand(g))
 	return root
 }

@@ -73,7 +73,7 @@ as repositories before format version 2 do.`,
 			if c.PackSize > 0 {
 				packs = "packs of " + cli.Bytes(c.PackSize)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s at %s (chunk size %s, %s, %s, %s)\n", c.ID[:8], be.Location(), cli.Bytes(c.ChunkSize), c.Hash, c.Compression, packs)
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "created repository %s at %s (chunk size %s, %s, %s, %s)\n", c.ID[:8], be.Location(), cli.Bytes(c.ChunkSize), c.Hash, c.Compression, packs)
 			return nil
 		},
 	}

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -50,6 +53,9 @@ As root the mount is made directly; otherwise through fusermount3.`,
 			if err != nil {
 				return cli.Usagef("--memory-cache: %v", err)
 			}
+			if err := checkMountpoint(cmd, args[0]); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			r, err := g.OpenRepo(ctx, repo.Options{CacheSize: cache})
 			if err != nil {
@@ -63,6 +69,8 @@ As root the mount is made directly; otherwise through fusermount3.`,
 				EntryTimeout:    &ttl,
 				AttrTimeout:     &ttl,
 				NegativeTimeout: &neg,
+				// mode 0000 in an image stays 0000 (go-fuse would show 0644)
+				NullPermissions: true,
 				MountOptions: fuse.MountOptions{
 					FsName:        "vmvault",
 					Name:          "vmvault",
@@ -116,6 +124,72 @@ As root the mount is made directly; otherwise through fusermount3.`,
 	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users read the mount (needs user_allow_other in /etc/fuse.conf unless root)")
 	cmd.Flags().StringVar(&cacheSize, "memory-cache", "256MiB", "decoded chunk cache in memory shared by all readers")
 	return cmd
+}
+
+// checkMountpoint says what is wrong with dir as a mount point before
+// FUSE is asked (fusermount3 only reports an exit code): missing, not a
+// directory, a FUSE mount whose process is gone, a running vmvault mount,
+// or not writable for a non-root user. A non-empty directory is allowed
+// (its entries are hidden while mounted), with a warning.
+func checkMountpoint(cmd *cobra.Command, dir string) error {
+	// statfs always reaches the filesystem (stat may be answered from the
+	// kernel's attribute cache of a dead FUSE mount)
+	var sfs unix.Statfs_t
+	err := unix.Statfs(dir, &sfs)
+	switch {
+	case errors.Is(err, unix.ENOTCONN):
+		return fmt.Errorf("mount point %s is a FUSE mount whose process is gone (transport endpoint is not connected): run 'umount -l %s' (or 'fusermount3 -u -z %s') first", dir, dir, dir)
+	case errors.Is(err, unix.ENOENT):
+		return cli.Usagef("mount point %s does not exist: create it first (mkdir -p %s)", dir, dir)
+	case err != nil:
+		return fmt.Errorf("mount point %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("mount point %s: %w", dir, err)
+	case !fi.IsDir():
+		return cli.Usagef("mount point %s is not a directory", dir)
+	}
+	if fsType, ok := mountedAt(dir); ok && fsType == "fuse.vmvault" {
+		return fmt.Errorf("mount point %s: a vmvault mount is already there (umount %s first)", dir, dir)
+	}
+	if os.Geteuid() != 0 && unix.Access(dir, unix.W_OK) != nil {
+		return fmt.Errorf("mount point %s: fusermount3 mounts only on a directory you may write to", dir)
+	}
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: mount point %s is not empty: its %d entries are hidden while mounted\n", dir, len(ents))
+	}
+	return nil
+}
+
+// mountedAt returns the filesystem type of the topmost mount at dir, if
+// dir is a mount point.
+func mountedAt(dir string) (string, bool) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", false
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", false
+	}
+	fsType, found := "", false
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent maj:min root mountpoint options... - type source ...
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		if strings.ReplaceAll(f[4], "\\040", " ") == abs {
+			fsType, found = g[0], true // later lines are mounted on top
+		}
+	}
+	return fsType, found
 }
 
 // raiseReadahead lifts the kernel's readahead for this FUSE mount from the

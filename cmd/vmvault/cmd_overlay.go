@@ -143,45 +143,78 @@ func overlaysOf(root, id string, disk string) ([]overlay.Found, error) {
 	return out, nil
 }
 
-// resolveOverlayRP finds the restore point an overlay command names: in the
-// repository, or (for discard) only among overlays, so overlays of
-// forgotten restore points can still be removed.
-func resolveOverlayRP(cmd *cobra.Command, r *repo.Repository, root, name string, needRepo bool) (string, *repo.RestorePoint, error) {
-	rp, err := resolveOne(cmd, r, name)
+// overlayNameHelp describes the names commit and discard take.
+const overlayNameHelp = `The overlays are named by their restore point as everywhere else (an id
+prefix, VM@latest, VM@TIME) or by an export name as 'vmvault serve' lists
+it (VM/ID or VM/ID/DISK, ID a full id or a prefix; VM@latest/DISK).`
+
+// resolveOverlayName finds the restore point (full id) and disk an overlay
+// command names (overlay.ParseName): in the repository, or, unless
+// needRepo, among the overlays alone, so overlays of forgotten restore
+// points can still be discarded. rp is nil when only the overlays knew it.
+func resolveOverlayName(cmd *cobra.Command, r *repo.Repository, root, name string, needRepo bool) (id string, rp *repo.RestorePoint, disk string, err error) {
+	n, err := overlay.ParseName(name)
+	if err != nil {
+		return "", nil, "", cli.Usagef("%v", err)
+	}
+	rp, err = resolveOne(cmd, r, n.RestorePoint)
 	if err == nil {
-		return rp.ID.String(), rp, nil
+		if n.VM != "" && rp.VM != n.VM {
+			return "", nil, "", fmt.Errorf("%s: restore point %s belongs to VM %s, not %s", name, rp.ID.Short(), rp.VM, n.VM)
+		}
+		return rp.ID.String(), rp, n.Disk, nil
 	}
 	if needRepo {
-		return "", nil, err
+		return "", nil, "", err
 	}
 	all, lerr := findOverlays(root)
 	if lerr != nil {
-		return "", nil, lerr
+		return "", nil, "", lerr
 	}
-	if id := overlay.MatchRestorePoint(all, name); id != "" {
-		return id, nil, nil
+	if n.VM != "" {
+		var ofVM []overlay.Found
+		for _, f := range all {
+			if f.Meta.VM == n.VM {
+				ofVM = append(ofVM, f)
+			}
+		}
+		all = ofVM
 	}
-	return "", nil, err
+	if id := overlay.MatchRestorePoint(all, strings.ToLower(n.RestorePoint)); id != "" {
+		return id, nil, n.Disk, nil
+	}
+	return "", nil, "", err
 }
 
 func newOverlayDiscardCommand(g *cli.Global, dirFlag *string) *cobra.Command {
 	var disk string
 	cmd := &cobra.Command{
-		Use:   "discard RESTORE_POINT",
-		Short: "Delete the overlays of a restore point (all disks, or --disk)",
-		Long: `Delete the overlays of a restore point: the writes made through
-'vmvault serve --writable' are lost; the restore point is unchanged.
-An overlay a running server has open is not touched.`,
-		Args: cobra.ExactArgs(1),
+		Use:   "discard NAME",
+		Short: "Delete the overlays of a restore point (all disks, or one)",
+		Long: `Delete the overlays of a restore point, or of one disk (NAME ending in
+/DISK, or --disk): the writes made through 'vmvault serve --writable' are
+lost; the restore point is unchanged. An overlay a running server has open
+is not touched. Overlays of restore points no longer in the repository
+are found by their id prefix.
+
+` + overlayNameHelp,
+		Example: "  vmvault overlay discard 3fa4b2c1\n  vmvault overlay discard web01/3fa4b2c1/disk0\n  vmvault overlay discard web01@latest --disk disk1",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, root, err := overlayRoot(cmd, g, *dirFlag)
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			id, _, err := resolveOverlayRP(cmd, r, root, args[0], false)
+			id, _, nameDisk, err := resolveOverlayName(cmd, r, root, args[0], false)
 			if err != nil {
 				return err
+			}
+			if nameDisk != "" && disk != "" && nameDisk != disk {
+				return cli.Usagef("%s names disk %s, --disk %s", args[0], nameDisk, disk)
+			}
+			if disk == "" {
+				disk = nameDisk
 			}
 			list, err := overlaysOf(root, id, disk)
 			if err != nil {
@@ -193,7 +226,7 @@ An overlay a running server has open is not touched.`,
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Meta.Disk, cli.Bytes(e.Written))
+				fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "discarded overlay of %s disk %s (%s written)\n", id[:8], e.Meta.Disk, cli.Bytes(e.Written))
 			}
 			os.Remove(filepath.Join(root, id))
 			return errors.Join(errs...)
@@ -210,7 +243,7 @@ func newOverlayCommitCommand(g *cli.Global, dirFlag *string) *cobra.Command {
 		asJSON  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "commit RESTORE_POINT",
+		Use:   "commit NAME",
 		Short: "Store a restore point plus its overlays as a new restore point",
 		Long: `Store what the clients of a writable export saw — the restore point with
 its overlays applied — as a new restore point of the same VM whose parent
@@ -219,7 +252,11 @@ read and stored; every other chunk is shared with the parent. Disks
 without an overlay are carried over unchanged.
 
 The overlays must not be in use (stop the server or disconnect first).
-They are kept unless --discard is given.`,
+They are kept unless --discard is given. A restore point holds all disks
+of a VM, so every overlay of the restore point is committed, also when
+NAME is an export name ending in a disk.
+
+` + overlayNameHelp,
 		Example: "  vmvault overlay commit web01/3fa4b2c1 --tag recovered\n  vmvault overlay commit 3fa4b2c1 --discard",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -229,11 +266,7 @@ They are kept unless --discard is given.`,
 				return err
 			}
 			defer r.Close()
-			name := args[0]
-			if _, rest, ok := strings.Cut(name, "/"); ok {
-				name, _, _ = strings.Cut(rest, "/") // an export name VM/ID[/DISK]
-			}
-			id, rp, err := resolveOverlayRP(cmd, r, root, name, true)
+			id, rp, _, err := resolveOverlayName(cmd, r, root, args[0], true)
 			if err != nil {
 				return err
 			}
@@ -267,7 +300,7 @@ They are kept unless --discard is given.`,
 					"duration_seconds": time.Since(start).Seconds(), "overlays_discarded": discard,
 				})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "restore point %s of %s committed from %s + %s of overlay writes in %s\n",
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "restore point %s of %s committed from %s + %s of overlay writes in %s\n",
 				newRP.ID.Short(), rp.VM, rp.ID.Short(), cli.Bytes(changedBytes), time.Since(start).Round(time.Millisecond))
 			return nil
 		},

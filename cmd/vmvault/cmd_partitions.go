@@ -24,7 +24,10 @@ label and UUID. Logical partitions of an MBR disk are p5 and up; the
 extended partition that holds them is listed too. The logical volumes of
 LVM2 physical volumes on the disk follow, named VG-LV as device-mapper names
 them (a '-' inside a name doubled); one that cannot be read (on a physical
-volume of another disk, a thin or RAID volume) is listed with the reason.
+volume of another disk, a thin or RAID volume) is listed with the reason. A table entry that cannot
+be used (it lies outside the disk, a broken chain of logical partitions) is
+reported by name below the table (in --json: a line with "name" and
+"error"); the other partitions are listed and readable as usual.
 
 ` + browseHelp,
 		Example: "  vmvault partitions web01@latest:disk0\n  vmvault partitions --json --image disk.img",
@@ -57,6 +60,11 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 		enc.SetEscapeHTML(false)
 		for _, p := range d.Partitions {
 			if err := enc.Encode(p); err != nil {
+				return err
+			}
+		}
+		for _, e := range d.TableErrors {
+			if err := enc.Encode(e); err != nil {
 				return err
 			}
 		}
@@ -94,6 +102,9 @@ func printPartitions(w io.Writer, l *browse.Location, asJSON bool) error {
 	}
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
+	}
+	for _, e := range d.TableErrors {
+		fmt.Fprintf(w, "%s: bad table entry: %v\n", e.Name, e.Err)
 	}
 	return nil
 }

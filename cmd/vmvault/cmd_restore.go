@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmvault/vmvault/cmd/internal/blockdev"
 	"github.com/vmvault/vmvault/cmd/internal/cli"
 	"github.com/vmvault/vmvault/repo"
 )
@@ -30,8 +31,12 @@ Every chunk is checked against its hash while restoring; a damaged chunk
 stops the restore with an error naming the restore point, disk and offset
 (exit code 3). A regular-file target is written sparse: all-zero chunks
 become holes. A block-device target gets every byte written.
-An existing regular file is only replaced with --overwrite.`,
-		Example: "  vmvault restore web01@latest --disk disk0 --to /tmp/web01.raw\n  vmvault restore 3fa4b2c1 --to /dev/vg0/restore --disk disk0",
+
+An existing file or block device is only replaced with --overwrite. A
+block device that is mounted (or one of its partitions is), is used by
+device-mapper, LVM, md or swap, or is opened exclusively by another
+program is refused even then; it is held exclusively while restoring.`,
+		Example: "  vmvault restore web01@latest --disk disk0 --to /tmp/web01.raw\n  vmvault restore 3fa4b2c1 --to /dev/vg0/restore --disk disk0 --overwrite",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.to == "" {
@@ -85,14 +90,14 @@ An existing regular file is only replaced with --overwrite.`,
 				return fmt.Errorf("restore %s disk %s to %s: %w", rp.ID.Short(), disk, o.to, err)
 			}
 			el := time.Since(start)
-			fmt.Fprintf(cmd.OutOrStdout(), "restored %s disk %s (%s) to %s in %.1fs (%s/s)\n", rp.ID.Short(), disk, cli.Bytes(d.Size()), o.to,
+			fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "restored %s disk %s (%s) to %s in %.1fs (%s/s)\n", rp.ID.Short(), disk, cli.Bytes(d.Size()), o.to,
 				el.Seconds(), cli.Bytes(int64(float64(d.Size())/max(el.Seconds(), 1e-3))))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&o.disk, "disk", "", "disk to restore (may be left out when there is only one)")
 	cmd.Flags().StringVar(&o.to, "to", "", "target image file or block device")
-	cmd.Flags().BoolVar(&o.overwrite, "overwrite", false, "replace an existing target file")
+	cmd.Flags().BoolVar(&o.overwrite, "overwrite", false, "replace an existing target file or the content of a block device")
 	cmd.Flags().BoolVar(&o.noSparse, "no-sparse", false, "write zero chunks instead of leaving holes")
 	return cmd
 }
@@ -103,11 +108,17 @@ func openTarget(path string, overwrite bool, size int64) (*os.File, bool, error)
 	fi, err := os.Stat(path)
 	switch {
 	case err == nil && fi.Mode()&os.ModeDevice != 0:
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if fi.Mode()&os.ModeCharDevice != 0 {
+			return nil, false, fmt.Errorf("%s is a character device: restore to an image file or a block device", path)
+		}
+		if !overwrite {
+			return nil, false, fmt.Errorf("%s is a block device: restoring replaces everything on it; use --overwrite", path)
+		}
+		f, devSize, err := blockdev.OpenExclusive(path)
 		if err != nil {
 			return nil, false, err
 		}
-		if devSize, err := f.Seek(0, 2); err != nil || devSize < size {
+		if devSize < size {
 			f.Close()
 			return nil, false, fmt.Errorf("block device %s holds %d bytes, the disk needs %d", path, devSize, size)
 		}

@@ -46,14 +46,28 @@ protocol, for qemu, qemu-img, nbdcopy, nbdinfo, nbdfuse and nbd-client.
 Exports are named VM/RESTOREPOINT-ID/DISK (the full id; a unique prefix of
 8+ hex digits also opens) and VM@latest/DISK. 'nbdinfo --list' shows them
 with VM, time, disk and size. New restore points are served without a
-restart. --export restricts what is served (globs, repeatable).
+restart.
+
+--export restricts what is served (repeatable). A pattern is a glob
+compared with export names part by part ('/' separated); one that matches
+the leading parts of a name covers it, so a pattern naming a VM or a
+restore point covers all of its disks:
+  web01              every export of web01, web01@latest/DISK included
+  'web01/*'          every restore point of web01, by id
+  web01/3fa4b2c1     one restore point (an id prefix as 'snapshots' shows it)
+  'web01@latest/*'   the disks of web01's newest restore point
+  '*/*/disk0'        disk0 of every restore point
+A pattern that matches nothing when the server starts is logged.
 
 Read-only by default: the repository is never written. With --writable each
 export gets a copy-on-write overlay (a sparse file plus an allocation
 bitmap below --overlay-dir, one per restore point and disk, kept across
-restarts); 'vmvault overlay' lists, discards or commits overlays as new
-restore points. Boot writable exports by id, not @latest: an overlay
-belongs to one restore point.
+restarts), made by the first write to the export: listing, INFO and
+reading clients create none, and an existing overlay is opened (shown in
+use by 'vmvault overlay list') while a client has its export open.
+'vmvault overlay' lists, discards or commits overlays as new restore
+points. Boot writable exports by id, not @latest: an overlay belongs to
+one restore point.
 
 Listens on 127.0.0.1:10809 unless told otherwise (--listen, or --socket for
 a unix socket). TLS: --tls-cert/--tls-key offer STARTTLS; --tls=require
@@ -75,7 +89,7 @@ overlays and exits 0. One log line per connection goes to stderr.`,
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:10809", "TCP address to listen on (\"\" for none when --socket is given)")
 	f.StringVar(&o.socket, "socket", "", "unix socket to listen on (instead of TCP unless --listen is also given)")
-	f.StringArrayVar(&o.exports, "export", nil, "serve only exports matching this glob (repeatable), e.g. 'web01@latest/*'")
+	f.StringArrayVar(&o.exports, "export", nil, "serve only exports this pattern covers (repeatable): a VM 'web01', 'web01/*', 'web01@latest/*', a restore point 'web01/3fa4b2c1'")
 	f.BoolVar(&o.writable, "writable", false, "accept writes into per-export copy-on-write overlays")
 	f.StringVar(&o.overlayDir, "overlay-dir", os.Getenv("VMVAULT_OVERLAY_DIR"), "where overlays live (env VMVAULT_OVERLAY_DIR; default ~/.local/state/vmvault/overlays/REPO-ID)")
 	f.StringVar(&o.cacheSize, "memory-cache", "256MiB", "decoded chunk cache in memory shared by all connections")
@@ -154,6 +168,11 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 	if readAhead == 0 {
 		readAhead = -1
 	}
+	for _, p := range o.exports {
+		if err := nbd.CheckPattern(p); err != nil {
+			return cli.Usagef("--export: %v", err)
+		}
+	}
 	tlsCfg, requireTLS, err := serveTLS(o)
 	if err != nil {
 		return err
@@ -186,6 +205,11 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 
 	log := slog.Default()
 	cat := &nbd.RepoCatalog{Repo: r, Patterns: o.exports, Log: log, Lock: lock}
+	if unmatched, err := cat.UnmatchedPatterns(ctx); err != nil {
+		return err
+	} else if len(unmatched) > 0 {
+		log.Warn("--export patterns match no export yet (see --help for their form)", "patterns", unmatched)
+	}
 	if o.writable {
 		dir := o.overlayDir
 		if dir == "" {

@@ -22,14 +22,27 @@ type snapshotsOptions struct {
 
 // rpJSON is the machine-readable form of a restore point (snapshots, show).
 type rpJSON struct {
-	ID       string     `json:"id"`
-	ShortID  string     `json:"short_id"`
-	VM       string     `json:"vm"`
-	Time     string     `json:"time"`
-	Tags     []string   `json:"tags"`
-	Source   string     `json:"source,omitempty"`
-	Hostname string     `json:"hostname,omitempty"`
-	Disks    []diskJSON `json:"disks"`
+	ID       string   `json:"id"`
+	ShortID  string   `json:"short_id"`
+	VM       string   `json:"vm"`
+	Time     string   `json:"time"`
+	Tags     []string `json:"tags"`
+	Source   string   `json:"source,omitempty"`
+	Hostname string   `json:"hostname,omitempty"`
+	// AddedBytes is what the restore point's capture added to the
+	// repository (its disks' stored bytes, compressed).
+	AddedBytes int64      `json:"added_bytes"`
+	Disks      []diskJSON `json:"disks"`
+}
+
+// addedBytes is what rp's capture added to the repository: the bytes of
+// the new chunks its disks stored, as the manifest's statistics record.
+func addedBytes(rp *repo.RestorePoint) int64 {
+	var n int64
+	for _, d := range rp.Disks {
+		n += d.Stats.BytesStored
+	}
+	return n
 }
 
 type diskJSON struct {
@@ -44,7 +57,7 @@ type diskJSON struct {
 
 func toJSON(rp *repo.RestorePoint, withStats bool) rpJSON {
 	j := rpJSON{ID: rp.ID.String(), ShortID: rp.ID.Short(), VM: rp.VM, Time: rp.Time.UTC().Format(time.RFC3339Nano),
-		Tags: rp.Tags, Source: rp.Source, Hostname: rp.Hostname}
+		Tags: rp.Tags, Source: rp.Source, Hostname: rp.Hostname, AddedBytes: addedBytes(rp)}
 	if j.Tags == nil {
 		j.Tags = []string{}
 	}
@@ -64,7 +77,11 @@ func newSnapshotsCommand(g *cli.Global) *cobra.Command {
 		Use:     "snapshots",
 		Aliases: []string{"list", "ls-rp"},
 		Short:   "List restore points",
-		Long:    "List restore points, oldest first per VM, optionally only those of some VMs or with some tags.",
+		Long: `List restore points, oldest first per VM, optionally only those of some VMs or
+with some tags. ADDED (added_bytes in --json) is what the restore point's
+capture added to the repository: the new chunks it stored, compressed.
+Later restore points may share those chunks, so forgetting one frees at
+most that much.`,
 		Example: "  vmvault snapshots --vm web01\n  vmvault snapshots --tag daily --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -117,13 +134,14 @@ func filterRPs(rps []*repo.RestorePoint, vms, tags []string) []*repo.RestorePoin
 
 func printRPTable(w io.Writer, rps []*repo.RestorePoint) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTIME (UTC)\tVM\tDISKS\tTAGS")
+	fmt.Fprintln(tw, "ID\tTIME (UTC)\tVM\tDISKS\tADDED\tTAGS")
 	for _, rp := range rps {
 		var disks []string
 		for _, d := range rp.Disks {
 			disks = append(disks, fmt.Sprintf("%s (%s)", d.Name, cli.Bytes(d.Size)))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rp.ID.Short(), rp.Time.UTC().Format("2006-01-02 15:04:05"), rp.VM, strings.Join(disks, ", "), strings.Join(rp.Tags, ","))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rp.ID.Short(), rp.Time.UTC().Format("2006-01-02 15:04:05"), rp.VM, strings.Join(disks, ", "),
+			cli.Bytes(addedBytes(rp)), strings.Join(rp.Tags, ","))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d restore points\n", len(rps))

@@ -6,9 +6,12 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
+	"github.com/vmvault/vmvault/nbd/overlay"
 )
 
 func newRootCommand() *cobra.Command {
@@ -33,6 +36,7 @@ web01@2026-11-23T10:00 in UTC).
   vmvault restore web01@latest --disk disk0 --to /tmp/web01.raw`,
 	}
 	g.Install(root)
+	cli.SetVersion(root, fmt.Sprintf("overlay format %d (serve --writable)", overlay.Version))
 	root.AddCommand(
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
 		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g),

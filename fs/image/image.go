@@ -42,12 +42,16 @@
 // before it is used, table walks are bounded (128 logical partitions, no
 // EBR visited twice), GPT headers are checked before go-diskfs sizes an
 // allocation from them, and every LV segment is checked to lie inside its
-// PV's partition before it is mapped.
+// PV's partition before it is mapped. A bad entry costs only itself: it is
+// left out of Partitions and recorded in TableErrors (a broken EBR chain
+// costs the logical partitions from the break on); only a table that
+// cannot be read at all fails Open.
 package image
 
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,6 +108,26 @@ type Partition struct {
 	vmap *volMap // LVs: where the volume's bytes lie on the disk
 }
 
+// TableError is an entry of the partition table that cannot be used.
+// Name is the partition it would have been (p3), for a broken EBR chain
+// the first logical partition that could not be reached.
+type TableError struct {
+	Name string
+	Err  error
+}
+
+func (e TableError) Error() string { return "partition " + e.Name + ": " + e.Err.Error() }
+
+func (e TableError) Unwrap() error { return e.Err }
+
+// MarshalJSON writes {"name": …, "error": …}.
+func (e TableError) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Name  string `json:"name"`
+		Error string `json:"error"`
+	}{e.Name, e.Err.Error()})
+}
+
 // Disk is an opened disk image.
 type Disk struct {
 	r          io.ReaderAt
@@ -111,6 +135,9 @@ type Disk struct {
 	Table      string // "gpt", "mbr" or "none"
 	ID         string // GPT disk GUID or MBR disk signature
 	Partitions []Partition
+	// TableErrors are the table's unusable entries, in table order; the
+	// good ones are in Partitions.
+	TableErrors []TableError
 
 	// opened holds the outcome of opening each partition's filesystem
 	// during Open (for its label), so OpenFS does not parse it again.
@@ -172,6 +199,11 @@ func (d *Disk) Partition(name string) (Partition, error) {
 	for _, p := range d.Partitions {
 		if p.Name == name {
 			return p, nil
+		}
+	}
+	for _, e := range d.TableErrors {
+		if e.Name == name {
+			return Partition{}, e
 		}
 	}
 	var names []string
@@ -324,7 +356,9 @@ func (d *Disk) readGPT() error {
 		start := int64(p.Start) * sector
 		size := (int64(p.End) - int64(p.Start) + 1) * sector
 		if p.End < p.Start || start >= d.size || size > d.size-start {
-			return fmt.Errorf("GPT partition %d (sectors %d–%d) lies outside the %d-byte disk: %w", p.Index, p.Start, p.End, d.size, fs.ErrCorrupt)
+			d.TableErrors = append(d.TableErrors, TableError{fmt.Sprintf("p%d", p.Index),
+				fmt.Errorf("GPT entry %d (sectors %d–%d) lies outside the %d-byte disk: %w", p.Index, p.Start, p.End, d.size, fs.ErrCorrupt)})
+			continue
 		}
 		typ := strings.ToLower(string(p.Type))
 		d.Partitions = append(d.Partitions, Partition{
@@ -355,7 +389,8 @@ func (d *Disk) readMBR() error {
 		}
 		part, err := d.mbrPartition(i+1, p, 0)
 		if err != nil {
-			return err
+			d.TableErrors = append(d.TableErrors, TableError{fmt.Sprintf("p%d", i+1), err})
+			continue
 		}
 		if isExtended(p.Type) {
 			part.Extended = true
@@ -366,7 +401,7 @@ func (d *Disk) readMBR() error {
 		d.Partitions = append(d.Partitions, part)
 	}
 	if extended != nil {
-		return d.readLogical(*extended)
+		d.readLogical(*extended)
 	}
 	return nil
 }
@@ -386,28 +421,39 @@ func (d *Disk) mbrPartition(index int, p *mbr.Partition, base int64) (Partition,
 
 // readLogical follows the EBR chain of an extended partition. Each EBR's
 // first entry is a logical partition relative to the EBR; its second points
-// to the next EBR relative to the extended partition's start.
-func (d *Disk) readLogical(ext Partition) error {
+// to the next EBR relative to the extended partition's start. A bad entry
+// is recorded in TableErrors and the chain goes on; a broken chain is
+// recorded under the first logical partition it cannot reach.
+func (d *Disk) readLogical(ext Partition) {
 	seen := map[int64]bool{}
 	ebr := ext.Start
 	for n := 0; ; n++ {
+		name := fmt.Sprintf("p%d", 5+n)
+		broken := func(format string, args ...any) {
+			d.TableErrors = append(d.TableErrors, TableError{name, fmt.Errorf(format, args...)})
+		}
 		if n >= maxLogical {
-			return fmt.Errorf("more than %d logical partitions: %w", maxLogical, fs.ErrCorrupt)
+			broken("more than %d logical partitions: %w", maxLogical, fs.ErrCorrupt)
+			return
 		}
 		if seen[ebr] {
-			return fmt.Errorf("extended partition chain loops at sector %d: %w", ebr/sector, fs.ErrCorrupt)
+			broken("extended partition chain loops at sector %d: %w", ebr/sector, fs.ErrCorrupt)
+			return
 		}
 		seen[ebr] = true
 		if ebr < ext.Start || ebr >= ext.Start+ext.Size {
-			return fmt.Errorf("EBR at sector %d outside the extended partition: %w", ebr/sector, fs.ErrCorrupt)
+			broken("EBR at sector %d outside the extended partition: %w", ebr/sector, fs.ErrCorrupt)
+			return
 		}
 		sub := io.NewSectionReader(d.r, ebr, sector)
 		if !hasMBR(sub) {
-			return fmt.Errorf("EBR at sector %d has no signature: %w", ebr/sector, fs.ErrCorrupt)
+			broken("EBR at sector %d has no signature: %w", ebr/sector, fs.ErrCorrupt)
+			return
 		}
 		t, err := mbr.Read(&file{r: sub, size: sector}, sector, sector)
 		if err != nil {
-			return fmt.Errorf("read EBR at sector %d: %w", ebr/sector, err)
+			broken("read EBR at sector %d: %w", ebr/sector, err)
+			return
 		}
 		var next *mbr.Partition
 		if len(t.Partitions) > 1 && isExtended(t.Partitions[1].Type) && t.Partitions[1].Size > 0 {
@@ -415,17 +461,18 @@ func (d *Disk) readLogical(ext Partition) error {
 		}
 		if len(t.Partitions) > 0 && t.Partitions[0].Type != mbr.Empty && t.Partitions[0].Size > 0 {
 			part, err := d.mbrPartition(5+n, t.Partitions[0], ebr)
-			if err != nil {
-				return err
+			switch {
+			case err != nil:
+				d.TableErrors = append(d.TableErrors, TableError{name, err})
+			case part.Start < ext.Start || part.Start+part.Size > ext.Start+ext.Size:
+				broken("logical partition %s (sector %d, %d bytes) lies outside its extended partition: %w", name, part.Start/sector, part.Size, fs.ErrCorrupt)
+			default:
+				part.Logical = true
+				d.Partitions = append(d.Partitions, part)
 			}
-			part.Logical = true
-			if part.Start < ext.Start || part.Start+part.Size > ext.Start+ext.Size {
-				return fmt.Errorf("logical partition %s outside its extended partition: %w", part.Name, fs.ErrCorrupt)
-			}
-			d.Partitions = append(d.Partitions, part)
 		}
 		if next == nil {
-			return nil
+			return
 		}
 		ebr = ext.Start + int64(next.Start)*sector
 	}

@@ -65,6 +65,9 @@ func TestCopyRange(t *testing.T) {
 		short   bool
 		limit   int // writer limit, 0: none
 		wantErr string
+		// wantLen is how many bytes must be written before the error: every
+		// byte in front of the first unreadable one
+		wantLen int64
 	}{
 		{name: "empty", off: 5, n: 0, failAt: -1},
 		{name: "one byte", off: 7, n: 1, failAt: -1},
@@ -72,9 +75,12 @@ func TestCopyRange(t *testing.T) {
 		{name: "block less one", off: 1, n: readBlock - 1, failAt: -1},
 		{name: "all, more blocks than workers", off: 0, n: int64(len(data)), failAt: -1},
 		{name: "unaligned middle", off: readBlock/2 + 3, n: 6*readBlock + 11, failAt: -1},
-		{name: "read error", off: 0, n: int64(len(data)), failAt: 7*readBlock + 5, wantErr: "damaged chunk at 7340037"},
-		{name: "short read", off: 0, n: int64(len(data)), failAt: -1, short: true, wantErr: fmt.Sprintf("short read at %d: 113 of 123 bytes", len(data)-10)},
-		{name: "write error", off: 0, n: int64(len(data)), failAt: -1, limit: 3 * readBlock, wantErr: "disk full"},
+		{name: "read error", off: 0, n: int64(len(data)), failAt: 7*readBlock + 5, wantErr: "read at offset 7340037: damaged chunk at 7340037", wantLen: 7*readBlock + 5},
+		{name: "read error in the first block", off: 0, n: int64(len(data)), failAt: 12 << 10, wantErr: "read at offset 12288: damaged chunk at 12288", wantLen: 12 << 10},
+		{name: "read error at the first byte", off: 100, n: 5000, failAt: 100, wantErr: "read at offset 100: damaged chunk", wantLen: 0},
+		{name: "read error at a block's last byte", off: 3, n: 3 * readBlock, failAt: 2*readBlock + 2, wantErr: "read at offset 2097154", wantLen: 2*readBlock - 1},
+		{name: "short read", off: 0, n: int64(len(data)), failAt: -1, short: true, wantErr: fmt.Sprintf("short read at %d: 113 of 123 bytes", len(data)-10), wantLen: int64(len(data)) - 10},
+		{name: "write error", off: 0, n: int64(len(data)), failAt: -1, limit: 3 * readBlock, wantErr: "disk full", wantLen: 3 * readBlock},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -91,6 +97,9 @@ func TestCopyRange(t *testing.T) {
 				// what was written is an in-order prefix
 				if !bytes.Equal(w.Bytes(), data[c.off:c.off+int64(w.Len())]) || done.Load() != int64(w.Len()) {
 					t.Errorf("%d bytes written (%d counted) before the error are not the range's start", w.Len(), done.Load())
+				}
+				if int64(w.Len()) != c.wantLen {
+					t.Errorf("%d bytes written before the error, want %d", w.Len(), c.wantLen)
 				}
 				return
 			}

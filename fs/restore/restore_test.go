@@ -341,7 +341,7 @@ func testCopyTree(t *testing.T, privileged bool) {
 	}
 
 	wantErrs := []string{
-		"img:p1/broken: chunk 7 is damaged",
+		"img:p1/broken: read at offset 0: chunk 7 is damaged",
 		"img:p1/dir/loop: directory already copied (a cycle in the image)",
 		"img:p1/gone: ",
 		"img:p1/sock: socket files are not copied",

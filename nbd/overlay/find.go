@@ -109,3 +109,48 @@ func MatchRestorePoint(list []Found, prefix string) string {
 	}
 	return match
 }
+
+// Name is what an overlay command ('vmvault overlay commit|discard') is
+// given, taken apart: the overlays of one restore point, all its disks or
+// one.
+type Name struct {
+	// RestorePoint names the restore point as the repository resolves
+	// restore point names: an id prefix, VM@latest or VM@TIME.
+	RestorePoint string
+	// VM is set when the name was an export name VM/ID[/DISK]: the restore
+	// point must belong to it.
+	VM string
+	// Disk is set when the name ends in a disk; "" means every disk.
+	Disk string
+}
+
+// ParseName parses an overlay name. It accepts what users copy from the
+// rest of vmvault: a restore point name (ID prefix, VM@latest, VM@TIME),
+// optionally followed by /DISK (VM@latest/DISK is an export name), and an
+// export name as 'vmvault serve' lists it, VM/ID or VM/ID/DISK (ID a full
+// id or a prefix).
+func ParseName(s string) (Name, error) {
+	parts := strings.Split(s, "/")
+	for _, p := range parts {
+		if p == "" {
+			return Name{}, fmt.Errorf("overlay name %q: want RESTORE_POINT[/DISK] (3fa4b2c1, web01@latest/disk0) or VM/ID[/DISK] (web01/3fa4b2c1/disk0)", s)
+		}
+	}
+	switch {
+	case strings.Contains(parts[0], "@") && len(parts) <= 2:
+		n := Name{RestorePoint: parts[0]}
+		if len(parts) == 2 {
+			n.Disk = parts[1]
+		}
+		return n, nil
+	case len(parts) == 1:
+		return Name{RestorePoint: parts[0]}, nil
+	case len(parts) <= 3 && !strings.Contains(parts[0], "@") && !strings.Contains(parts[1], "@"):
+		n := Name{VM: parts[0], RestorePoint: parts[1]}
+		if len(parts) == 3 {
+			n.Disk = parts[2]
+		}
+		return n, nil
+	}
+	return Name{}, fmt.Errorf("overlay name %q: want RESTORE_POINT[/DISK] (3fa4b2c1, web01@latest/disk0) or VM/ID[/DISK] (web01/3fa4b2c1/disk0)", s)
+}

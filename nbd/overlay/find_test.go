@@ -176,3 +176,31 @@ func TestReaderAt(t *testing.T) {
 		t.Errorf("read at a negative offset: %v", err)
 	}
 }
+
+func TestParseName(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Name
+		wantErr bool
+	}{
+		{in: "3fa4b2c1", want: Name{RestorePoint: "3fa4b2c1"}},
+		{in: "web01@latest", want: Name{RestorePoint: "web01@latest"}},
+		{in: "web01@2026-11-23T10:00", want: Name{RestorePoint: "web01@2026-11-23T10:00"}},
+		{in: "web01@latest/disk0", want: Name{RestorePoint: "web01@latest", Disk: "disk0"}},
+		{in: "web01/850c3769", want: Name{VM: "web01", RestorePoint: "850c3769"}},
+		{in: "web01/850c3769/disk0", want: Name{VM: "web01", RestorePoint: "850c3769", Disk: "disk0"}},
+		{in: "web01/" + rpA + "/scsi0-0", want: Name{VM: "web01", RestorePoint: rpA, Disk: "scsi0-0"}},
+		{in: "", wantErr: true},
+		{in: "web01/", wantErr: true},
+		{in: "/850c3769", wantErr: true},
+		{in: "web01//disk0", wantErr: true},
+		{in: "web01/850c3769/disk0/x", wantErr: true},
+		{in: "web01@latest/disk0/x", wantErr: true},
+		{in: "web01/db01@latest", wantErr: true},
+	} {
+		got, err := ParseName(tc.in)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("ParseName(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

@@ -59,6 +59,7 @@ const (
 	StateFile                         // repository state kept beside the data: verify records, quarantined chunks
 	PackFile                          // packs of chunk frames (repo/backend/pack), named by content hash
 	PackIndexFile                     // where chunks sit in packs, named by content hash
+	KeyFile                           // an encrypted repository's key slots and sealed data keys
 )
 
 var typeNames = map[FileType]string{
@@ -70,6 +71,7 @@ var typeNames = map[FileType]string{
 	StateFile:     "state",
 	PackFile:      "packs",
 	PackIndexFile: "packidx",
+	KeyFile:       "keys",
 }
 
 // String returns the type's directory-style name.
@@ -82,7 +84,7 @@ func (t FileType) String() string {
 
 // Types lists every object type, for backends that prepare storage per type.
 func Types() []FileType {
-	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile}
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile, KeyFile}
 }
 
 // Handle names one object.
@@ -236,6 +238,15 @@ type RangeLoader interface {
 // in a pack).
 type RangePrefetcher interface {
 	PrefetchRange(h Handle, off, length int64)
+}
+
+// ForeignRemover is implemented by backends whose listings can show
+// entries vmvault did not write (a file dropped into a repository
+// directory by hand, whose name is no valid handle). RemoveForeign
+// removes such an entry of type t by its exact listed name; it refuses
+// names that could leave the type's namespace ("/", NUL, "." or "..").
+type ForeignRemover interface {
+	RemoveForeign(ctx context.Context, t FileType, name string) error
 }
 
 // Counter is implemented by backends that count a type's objects much

@@ -210,7 +210,8 @@ func TestManifestValidation(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	for _, c := range []*Config{
-		{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize},
+		{Version: 2, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize},
+		{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize, Encryption: EncryptionV1},
 		{Version: 1, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now()},
 	} {
 		b, err := c.Marshal()

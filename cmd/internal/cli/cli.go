@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -73,7 +75,7 @@ type Global struct {
 func (g *Global) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, or local:PATH (env VMVAULT_REPOSITORY)")
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
-	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
+	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress, summaries or informational log lines (errors, warnings, listings and --json still print)")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
 	_ = fs.MarkHidden("cpu-profile")
 	fs.StringVar(&g.CacheDir, "cache-dir", os.Getenv("VMVAULT_CACHE_DIR"), "disk cache for repositories on object storage (env VMVAULT_CACHE_DIR; default ~/.cache/vmvault; \"off\" for none)")
@@ -116,6 +118,9 @@ func (g *Global) diskCache() (string, int64, error) {
 func (g *Global) Install(root *cobra.Command) {
 	g.AddFlags(root.PersistentFlags())
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.Quiet {
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		}
 		if g.CPUProfile == "" {
 			return nil
 		}
@@ -136,6 +141,16 @@ func (g *Global) Install(root *cobra.Command) {
 			g.stopProfile = nil
 		}
 	})
+}
+
+// Summary is where a command writes the summary of what it did (not data
+// the user asked for, such as a listing or --json): w, or nowhere with
+// --quiet.
+func (g *Global) Summary(w io.Writer) io.Writer {
+	if g.Quiet {
+		return io.Discard
+	}
+	return w
 }
 
 // Location parses the repository location of the global flags; a missing
@@ -291,6 +306,55 @@ func PrintSkipped(w io.Writer, indent, label string, s *format.SkipStats) {
 			fmt.Fprintf(w, "%s%s%s\n", indent, pad, l)
 		}
 	}
+}
+
+// Version describes the build of the running binary for --version: module
+// version, VCS revision and time (and whether the tree was modified), Go
+// version, and the repository format versions it reads and writes; extra
+// lines follow (formats only one binary uses).
+func Version(extra ...string) string {
+	var b strings.Builder
+	version, rev, when, modified := "(unknown)", "", "", false
+	goVersion := runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version, goVersion = bi.Main.Version, bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.time":
+				when = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	b.WriteString(version + "\n")
+	if rev != "" {
+		fmt.Fprintf(&b, "commit %s", rev)
+		if when != "" {
+			fmt.Fprintf(&b, " (%s)", when)
+		}
+		if modified {
+			b.WriteString(" with uncommitted changes")
+		}
+		b.WriteString("\n")
+	} else {
+		b.WriteString("commit unknown (built without VCS stamping, e.g. -buildvcs=false or outside a git checkout)\n")
+	}
+	fmt.Fprintf(&b, "built with %s for %s/%s\n", goVersion, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(&b, "repository format: config %d, index %d, manifest %d, chunk frame %d (reads and writes exactly these)",
+		format.ConfigVersion, format.IndexVersion, format.ManifestVersion, format.ChunkVersion)
+	for _, e := range extra {
+		b.WriteString("\n" + e)
+	}
+	return b.String()
+}
+
+// SetVersion gives root a --version flag printing Version(extra...).
+func SetVersion(root *cobra.Command, extra ...string) {
+	root.Version = Version(extra...)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 }
 
 // ReadLock takes a reader's lock pinning rps, for the life of a command

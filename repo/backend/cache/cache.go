@@ -552,3 +552,11 @@ func (c *Backend) Close() error {
 	c.workers.Wait()
 	return c.be.Close()
 }
+
+// RemoveForeign implements backend.ForeignRemover through the inner backend.
+func (c *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if fr, ok := c.be.(backend.ForeignRemover); ok {
+		return fr.RemoveForeign(ctx, t, name)
+	}
+	return fmt.Errorf("remove %s/%q: the backend cannot remove what it did not write", t, name)
+}

@@ -55,6 +55,7 @@ var (
 	_ backend.Counter         = (*Backend)(nil)
 	_ backend.RangeLoader     = (*Backend)(nil)
 	_ backend.RangePrefetcher = (*Backend)(nil)
+	_ backend.ForeignRemover  = (*Backend)(nil)
 )
 
 func init() {
@@ -325,6 +326,18 @@ func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
 	_ = unix.Close(fd)
 }
 
+// RemoveForeign implements backend.ForeignRemover for the flat type
+// directories (not chunks).
+func (b *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if t == backend.ChunkFile || t == backend.ConfigFile || name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("remove %s/%q: %w", t, name, backend.ErrInvalidHandle)
+	}
+	if err := os.Remove(filepath.Join(b.root, t.String(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s/%s: %w", t, name, err)
+	}
+	return syncDir(filepath.Join(b.root, t.String()))
+}
+
 // Stat implements backend.Backend.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
 	if err := h.Valid(); err != nil {
@@ -433,7 +446,7 @@ func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
 // newerType reports whether repositories created before the type existed
 // lack its directory (it is made by the first Save of the type).
 func newerType(t backend.FileType) bool {
-	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile
+	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile || t == backend.KeyFile
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {

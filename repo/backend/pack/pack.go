@@ -51,7 +51,10 @@ type Options struct {
 	// are immutable), so opening the repository again reads them from
 	// here instead of from the backend.
 	IndexCacheDir string
-	Log           *slog.Logger
+	// SealTrailer, when set, encrypts pack trailers (they list the chunk
+	// ids and sizes of a pack).
+	SealTrailer func([]byte) []byte
+	Log         *slog.Logger
 }
 
 // Backend is the pack layer over an inner backend.
@@ -171,7 +174,11 @@ func (b *Backend) sealLocked() {
 	if p == nil || len(p.entries) == 0 {
 		return
 	}
-	p.data = append(p.data, format.PackTrailer(p.entries)...)
+	trailer := format.PackTrailer(p.entries)
+	if b.opts.SealTrailer != nil {
+		trailer = format.SealedPackTrailer(b.opts.SealTrailer(trailer))
+	}
+	p.data = append(p.data, trailer...)
 	p.name = format.Hash(p.data)
 	b.inflight++
 	go func() {
@@ -720,4 +727,12 @@ func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []str
 		})
 	}
 	return g.Wait()
+}
+
+// RemoveForeign implements backend.ForeignRemover through the inner backend.
+func (b *Backend) RemoveForeign(ctx context.Context, t backend.FileType, name string) error {
+	if fr, ok := b.be.(backend.ForeignRemover); ok {
+		return fr.RemoveForeign(ctx, t, name)
+	}
+	return fmt.Errorf("remove %s/%q: the backend cannot remove what it did not write", t, name)
 }
