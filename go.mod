@@ -12,9 +12,11 @@ require (
 	github.com/spf13/pflag v1.1.0
 	github.com/vmware/govmomi v0.56.0
 	github.com/zeebo/blake3 v0.2.4
+	golang.org/x/crypto v0.59.0
 	golang.org/x/sync v0.24.0
 	golang.org/x/sys v0.50.0
 	golang.org/x/term v0.48.0
+	golang.org/x/time v0.16.0
 	libvirt.org/go/libvirtxml v1.12008.0
 	www.velocidex.com/golang/go-ntfs v0.2.1
 )
@@ -28,6 +30,5 @@ require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/klauspost/cpuid/v2 v2.0.12 // indirect
 	github.com/rogpeppe/go-internal v1.16.0 // indirect
-	golang.org/x/crypto v0.59.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

@@ -62,6 +62,16 @@
 // when this capture stored it, or when the stored object decodes and hashes
 // to its name. Readers check every chunk against its ID.
 //
+// Storage. Format version 1 stores each chunk as its own object. Version 2
+// (the default) gathers chunk frames into pack objects of about
+// Config.PackSize bytes (repo/backend/pack): a capture's packs and their
+// pack index are durable before the capture writes its disk indexes, so
+// the commit order above still holds, and gc removes dead frames by
+// rewriting packs (Compact). Version 3 is version 2 encrypted: object
+// names and chunk IDs are keyed, every frame and every metadata object is
+// sealed (AES-256-GCM), and a capture key can write restore points it
+// cannot read. crypto.go states the threat model and what stays visible.
+//
 // Reading. Disks share one bounded cache of decoded chunks per Repository.
 // A Disk that sees a sequential reader asks a backend that implements
 // backend.Prefetcher to fetch the next chunk objects in the background
@@ -153,12 +163,34 @@ type InitOptions struct {
 	// parameters (zero: calibrated here, keys.Calibrate).
 	Password []byte
 	KDF      keys.KDF
+	// Like, when set, makes a twin of that repository for vmvault copy:
+	// its chunk size and compression and, when it is encrypted, its keys
+	// (opened with a full key; Password then opens the twin). Copies
+	// between twins move stored chunk frames as they are.
+	Like *Repository
 }
 
 // Init creates a repository in an empty backend.
 func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repository, error) {
 	if _, err := be.Stat(ctx, configHandle); err == nil {
 		return nil, fmt.Errorf("init repository at %s: already initialised", be.Location())
+	}
+	if l := opts.Like; l != nil {
+		if opts.ChunkSize != 0 && opts.ChunkSize != l.cfg.ChunkSize {
+			return nil, fmt.Errorf("init repository at %s: the chunk size of a twin is its original's (%d)", be.Location(), l.cfg.ChunkSize)
+		}
+		opts.ChunkSize = l.cfg.ChunkSize
+		if opts.Compression == "" {
+			opts.Compression = l.cfg.Compression
+		}
+		switch {
+		case l.keys == nil && opts.Password != nil:
+			return nil, fmt.Errorf("init repository at %s: %s is not encrypted, so neither is its twin", be.Location(), l.be.Location())
+		case l.keys != nil && opts.Password == nil:
+			return nil, fmt.Errorf("init repository at %s: %s is encrypted: its twin needs a password", be.Location(), l.be.Location())
+		case l.keys != nil && !l.keys.CanRead():
+			return nil, fmt.Errorf("init repository at %s: a twin of %s needs its full key: %w", be.Location(), l.be.Location(), keys.ErrCaptureKey)
+		}
 	}
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = format.DefaultChunkSize
@@ -191,7 +223,9 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 			return nil, fmt.Errorf("init repository at %s: encryption needs packs", be.Location())
 		}
 		cfg.Version, cfg.Encryption = 3, format.EncryptionV1
-		if set, err = keys.NewSet(); err != nil {
+		if opts.Like != nil {
+			set = opts.Like.keys
+		} else if set, err = keys.NewSet(); err != nil {
 			return nil, err
 		}
 		kdf := opts.KDF
@@ -255,7 +289,7 @@ func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts O
 	}
 	var packs *pack.Backend
 	if cfg.PackSize > 0 {
-		po := pack.Options{PackSize: cfg.PackSize}
+		po := pack.Options{PackSize: cfg.PackSize, IndexEvery: cfg.PackSize}
 		if set != nil {
 			po.SealTrailer = func(t []byte) []byte { return set.Seal("pack", "trailer", t) }
 		}

@@ -122,37 +122,6 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	}
 	defer lock.Unlock()
 
-	// Chunks verify found damaged are stored again, never taken from a
-	// base index.
-	damagedList, _, err := r.DamagedChunks(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
-	}
-	var dk *keys.DataKey
-	if r.keys != nil {
-		if dk, err = r.newDataKey(ctx); err != nil {
-			return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
-		}
-	}
-	plans := make([]*diskPlan, len(disks))
-	seen := map[string]bool{}
-	for i, src := range disks {
-		if err := format.ValidName("disk", src.Name); err != nil {
-			return nil, err
-		}
-		if seen[src.Name] {
-			return nil, fmt.Errorf("capture: disk %q given twice", src.Name)
-		}
-		seen[src.Name] = true
-		p, err := r.planDisk(ctx, src, damagedList)
-		if err != nil {
-			return nil, err
-		}
-		p.dk = dk
-		plans[i] = p
-		opts.Progress.Total.Add(p.total)
-	}
-
 	m := &format.Manifest{
 		Version: format.ManifestVersion, VM: opts.VM, Time: opts.Time, Source: opts.Source, Lineage: opts.Lineage,
 		Hostname: r.hostname, Tags: opts.Tags, Config: opts.Config, Labels: opts.Labels,
@@ -161,12 +130,8 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		m.Time = r.now()
 	}
 	m.Time = m.Time.UTC()
-	for _, p := range plans {
-		md, err := r.writeDisk(ctx, p, &opts)
-		if err != nil {
-			return nil, fmt.Errorf("capture %s disk %s: %w", opts.VM, p.src.Name, err)
-		}
-		m.Disks = append(m.Disks, *md)
+	if m.Disks, err = r.writeDisks(ctx, &opts, disks); err != nil {
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
 	b, err := m.Marshal()
 	if err != nil {
@@ -177,6 +142,53 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		return nil, fmt.Errorf("capture %s: commit manifest: %w", opts.VM, err)
 	}
 	return &RestorePoint{ID: id, Manifest: m}, nil
+}
+
+// writeDisks stores the chunks and indexes of disks and returns their
+// manifest entries; the caller holds a writer lock that pins the bases.
+func (r *Repository) writeDisks(ctx context.Context, opts *CaptureOptions, disks []DiskSource) ([]format.ManifestDisk, error) {
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	// Chunks verify found damaged are stored again, never taken from a
+	// base index.
+	damagedList, _, err := r.DamagedChunks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var dk *keys.DataKey
+	if r.keys != nil {
+		if dk, err = r.newDataKey(ctx); err != nil {
+			return nil, err
+		}
+	}
+	plans := make([]*diskPlan, len(disks))
+	seen := map[string]bool{}
+	for i, src := range disks {
+		if err := format.ValidName("disk", src.Name); err != nil {
+			return nil, err
+		}
+		if seen[src.Name] {
+			return nil, fmt.Errorf("disk %q given twice", src.Name)
+		}
+		seen[src.Name] = true
+		p, err := r.planDisk(ctx, src, damagedList)
+		if err != nil {
+			return nil, err
+		}
+		p.dk = dk
+		plans[i] = p
+		opts.Progress.Total.Add(p.total)
+	}
+	var out []format.ManifestDisk
+	for _, p := range plans {
+		md, err := r.writeDisk(ctx, p, opts)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: %w", p.src.Name, err)
+		}
+		out = append(out, *md)
+	}
+	return out, nil
 }
 
 // planDisk works out what to read for one disk from the decision in src.

@@ -171,6 +171,10 @@ func (b *browser) repository(ctx context.Context) (*repo.Repository, []*repo.Res
 		r.Close()
 		return nil, nil, err
 	}
+	if err := cli.NeedReadKey(r, "reading files"); err != nil {
+		r.Close()
+		return nil, nil, err
+	}
 	if b.lock, err = cli.ReadLock(ctx, r, "browse", b.g.LockWait); err != nil {
 		r.Close()
 		return nil, nil, err

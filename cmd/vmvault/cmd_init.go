@@ -14,6 +14,7 @@ type initOptions struct {
 	chunkSize   string
 	compression string
 	packSize    string
+	encrypt     bool
 }
 
 func newInitCommand(g *cli.Global) *cobra.Command {
@@ -33,7 +34,13 @@ Chunks are stored in packs of about --pack-size (32 MiB): a capture writes
 one object per pack instead of one per chunk (object storage charges per
 request), and a chunk is read with one ranged read. gc rewrites packs
 whose chunks are mostly gone. --pack-size 0 stores one object per chunk,
-as repositories before format version 2 do.`,
+as repositories before format version 2 do.
+
+--encrypt encrypts and authenticates everything stored (AES-256-GCM; object
+names are keyed hashes) under a random master key, wrapped by a key derived
+from the password (argon2id, calibrated here). More passwords, and capture
+keys that can add restore points but not read them, are added with
+'vmvault key'. A lost password cannot be recovered.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := g.Location(); err != nil {
@@ -62,13 +69,25 @@ as repositories before format version 2 do.`,
 			if err != nil {
 				return err
 			}
-			r, err := repo.Init(cmd.Context(), be, repo.InitOptions{ChunkSize: cs, Compression: o.compression, PackSize: ps})
+			init := repo.InitOptions{ChunkSize: cs, Compression: o.compression, PackSize: ps}
+			if o.encrypt {
+				if ps < 0 {
+					return cli.Usagef("--encrypt needs packs (a --pack-size other than 0)")
+				}
+				if init.Password, err = cli.NewPassword("", true); err != nil {
+					return err
+				}
+			}
+			r, err := repo.Init(cmd.Context(), be, init)
 			if err != nil {
 				_ = be.Close()
 				return err
 			}
 			defer r.Close()
 			c := r.Config()
+			if c.Encryption != "" {
+				defer fmt.Fprintf(g.Summary(cmd.OutOrStdout()), "encrypted (%s); keep the password safe: without it nothing can be read\n", c.Encryption)
+			}
 			packs := "one object per chunk"
 			if c.PackSize > 0 {
 				packs = "packs of " + cli.Bytes(c.PackSize)
@@ -79,6 +98,7 @@ as repositories before format version 2 do.`,
 	}
 	cmd.Flags().StringVar(&o.chunkSize, "chunk-size", "256KiB", "chunk size, a power of two from 64KiB to 8MiB")
 	cmd.Flags().StringVar(&o.compression, "compression", format.CompressionZstdFastest, "chunk compression: zstd-fastest, zstd-default or none")
+	cmd.Flags().BoolVar(&o.encrypt, "encrypt", false, "encrypt the repository; the password comes from VMVAULT_PASSWORD_FILE, VMVAULT_PASSWORD_COMMAND or the terminal")
 	cmd.Flags().StringVar(&o.packSize, "pack-size", "32MiB", "store chunks in packs of about this size (1MiB to 1GiB); 0 stores one object per chunk (repository format 1)")
 	return cmd
 }

@@ -87,6 +87,9 @@ As root the mount is made directly; otherwise through fusermount3.`,
 					Options:       []string{"ro", "default_permissions"},
 				},
 			}
+			if err := cli.NeedReadKey(r, "mount"); err != nil {
+				return err
+			}
 			lock, err := cli.ReadLock(ctx, r, "mount", g.LockWait)
 			if err != nil {
 				return err

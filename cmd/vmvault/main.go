@@ -42,7 +42,7 @@ web01@2026-11-23T10:00 in UTC).
 		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g),
 		newStatsCommand(g), newUnlockCommand(g), newServeCommand(g), newOverlayCommand(g),
 		newPartitionsCommand(g), newLsCommand(g), newCatCommand(g), newCpCommand(g), newFindCommand(g),
-		newTimelineCommand(g), newMountCommand(g),
+		newTimelineCommand(g), newMountCommand(g), newKeyCommand(g),
 	)
 	return root
 }

@@ -28,6 +28,17 @@ type Manifest struct {
 	Disks    []ManifestDisk    `json:"disks"`
 	Config   json.RawMessage   `json:"config,omitempty"` // source VM configuration, kept verbatim
 	Labels   map[string]string `json:"labels,omitempty"`
+	// Origin is set on a restore point vmvault copy wrote with chunks
+	// encoded anew (different keys or chunk size): the repository and
+	// restore point it is a copy of. A copy of stored frames is the
+	// source's manifest byte for byte (same id) and has none.
+	Origin *Origin `json:"origin,omitempty"`
+}
+
+// Origin names the restore point a copy was made from.
+type Origin struct {
+	Repository   string `json:"repository"`    // the source repository's config id
+	RestorePoint string `json:"restore_point"` // its id there
 }
 
 // ManifestDisk describes one disk of a restore point.
@@ -140,6 +151,11 @@ func (m *Manifest) Validate() error {
 	}
 	if len(m.Disks) == 0 {
 		return fmt.Errorf("manifest: no disks: %w", ErrCorrupt)
+	}
+	if m.Origin != nil {
+		if _, err := ParseID(m.Origin.RestorePoint); err != nil || m.Origin.Repository == "" {
+			return fmt.Errorf("manifest: origin %+v: %w", *m.Origin, ErrCorrupt)
+		}
 	}
 	seen := map[string]bool{}
 	for _, d := range m.Disks {

@@ -36,6 +36,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -182,6 +183,14 @@ func (s *Set) Open(kind, name string, sealed []byte) ([]byte, error) {
 }
 
 func ad(kind, name string) []byte { return []byte(kind + "/" + name) }
+
+// SameMaterial reports whether s and o name chunks and objects alike and
+// seal data to the same public key: then one repository's stored chunk
+// frames, data keys and object names are valid in the other.
+func (s *Set) SameMaterial(o *Set) bool {
+	eq := func(a, b [32]byte) bool { return subtle.ConstantTimeCompare(a[:], b[:]) == 1 }
+	return s != nil && o != nil && eq(s.IDKey, o.IDKey) && eq(s.MetaKey, o.MetaKey) && eq(s.DataPub, o.DataPub)
+}
 
 // DataKey is one writing session's key for chunk payloads.
 type DataKey struct {
@@ -416,7 +425,7 @@ func Calibrate(target time.Duration) KDF {
 }
 
 func (k KDF) key(password []byte) ([]byte, error) {
-	if k.Alg != "argon2id" || k.Time == 0 || k.Time > 1024 || k.Memory < 8<<10 || k.Memory > 4<<20 || k.Threads == 0 || len(k.Salt) < 16 {
+	if k.Alg != "argon2id" || k.Time == 0 || k.Time > 256 || k.Memory < 8<<10 || k.Memory > 1<<20 || k.Threads == 0 || len(k.Salt) < 16 {
 		return nil, fmt.Errorf("key slot: unusable KDF parameters: %w", format.ErrCorrupt)
 	}
 	return argon2.IDKey(password, k.Salt, k.Time, k.Memory, k.Threads, 32), nil

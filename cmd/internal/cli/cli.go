@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -22,11 +24,13 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
 	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // Exit codes, documented in both binaries' --help.
@@ -37,6 +41,7 @@ const (
 	ExitDamage      = 3 // verify found damage, or data could not be read
 	ExitNoRepo      = 10
 	ExitLocked      = 11
+	ExitPassword    = 12 // wrong password, or none for an encrypted repository
 	ExitInterrupted = 130
 )
 
@@ -48,6 +53,7 @@ const ExitCodesHelp = `Exit codes:
   3    damaged data found (verify) or a chunk could not be read
   10   no repository at the given location
   11   the repository is locked by another operation
+  12   wrong password (or none given) for an encrypted repository
   130  interrupted (SIGINT/SIGTERM); nothing half-done is left visible`
 
 // ErrDamage marks a command result that found damaged data.
@@ -184,6 +190,9 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	if opts.Hostname == "" {
 		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
 	}
+	if opts.Password == nil {
+		opts.Password = func() ([]byte, error) { return ReadPassword("password") }
+	}
 	if opts.DiskCacheDir == "" {
 		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
 			_ = be.Close()
@@ -241,6 +250,10 @@ func report(w io.Writer, err error, interrupted bool) int {
 		return ExitNoRepo
 	case errors.Is(err, repo.ErrLocked):
 		return ExitLocked
+	case errors.Is(err, repo.ErrWrongPassword) || errors.Is(err, repo.ErrNeedPassword):
+		return ExitPassword
+	case errors.Is(err, keys.ErrCaptureKey):
+		return ExitError
 	case errors.Is(err, ErrDamage) || repo.IsChunkError(err):
 		return ExitDamage
 	}
@@ -389,4 +402,94 @@ func ParseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("duration %q: want e.g. 30d, 2w, 36h or 90m", s)
 	}
 	return d, nil
+}
+
+// ReadPassword returns the repository password: the first line of the
+// file VMVAULT_PASSWORD_FILE names, the output of VMVAULT_PASSWORD_COMMAND
+// (run by the shell, its first line), or what the user types on the
+// terminal (prompt names what is asked). Never an argument, never logged.
+func ReadPassword(prompt string) ([]byte, error) {
+	if f := os.Getenv("VMVAULT_PASSWORD_FILE"); f != "" {
+		return passwordFile(f)
+	}
+	if c := os.Getenv("VMVAULT_PASSWORD_COMMAND"); c != "" {
+		out, err := exec.Command("sh", "-c", c).Output()
+		if err != nil {
+			return nil, fmt.Errorf("VMVAULT_PASSWORD_COMMAND: %w", err)
+		}
+		return firstLine(out)
+	}
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w (and no terminal to ask on)", repo.ErrNeedPassword)
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "%s: ", prompt)
+	pw, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(tty)
+	if err != nil {
+		return nil, fmt.Errorf("read password: %w", err)
+	}
+	if len(pw) == 0 {
+		return nil, fmt.Errorf("%w: an empty one was typed", repo.ErrNeedPassword)
+	}
+	return pw, nil
+}
+
+// NewPassword asks for a new password: from file when not empty, else
+// (with fromEnv) through ReadPassword's environment variables, else on the
+// terminal, twice.
+func NewPassword(file string, fromEnv bool) ([]byte, error) {
+	if file != "" {
+		return passwordFile(file)
+	}
+	if fromEnv && (os.Getenv("VMVAULT_PASSWORD_FILE") != "" || os.Getenv("VMVAULT_PASSWORD_COMMAND") != "") {
+		return ReadPassword("new password")
+	}
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, Usagef("no terminal to ask for the new password on: give a password file")
+	}
+	tty.Close()
+	a, err := ReadPassword("new password")
+	if err != nil {
+		return nil, err
+	}
+	b, err := ReadPassword("new password again")
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(a, b) {
+		return nil, Usagef("the two passwords differ")
+	}
+	return a, nil
+}
+
+func passwordFile(f string) ([]byte, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("password file: %w", err)
+	}
+	if fi, err := os.Stat(f); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		slog.Warn("password file is readable by others: chmod 600 it", "file", f)
+	}
+	return firstLine(b)
+}
+
+func firstLine(b []byte) ([]byte, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) == 0 {
+		return nil, fmt.Errorf("%w: the password given is empty", repo.ErrNeedPassword)
+	}
+	return line, nil
+}
+
+// NeedReadKey fails when the repository was opened with a capture key,
+// for commands that read restore point contents.
+func NeedReadKey(r *repo.Repository, what string) error {
+	if _, canRead := r.Encrypted(); !canRead {
+		return fmt.Errorf("%s: %w", what, keys.ErrCaptureKey)
+	}
+	return nil
 }

@@ -16,6 +16,8 @@
 //     with an older view finds a missing pack, refreshes its view and
 //     reads the chunk where it is now.
 //   - Objects are immutable and named by the hash of their bytes.
+//   - Memory is bounded: Save waits while twice as many packs as uploads
+//     may run are sealed and not yet uploaded.
 //   - Chunks stored one per object (repositories of format version 1, or
 //     written before packs) are still found, listed and removed.
 //
@@ -54,7 +56,12 @@ type Options struct {
 	// SealTrailer, when set, encrypts pack trailers (they list the chunk
 	// ids and sizes of a pack).
 	SealTrailer func([]byte) []byte
-	Log         *slog.Logger
+	// IndexEvery, when positive, writes a pack index (Checkpoint) once
+	// that many bytes of uploaded packs are not named in one, instead of
+	// only at Flush: a long writer that is interrupted and runs again then
+	// finds what it stored, less at most the packs open or in flight.
+	IndexEvery int64
+	Log        *slog.Logger
 }
 
 // Backend is the pack layer over an inner backend.
@@ -64,17 +71,19 @@ type Backend struct {
 	log  *slog.Logger
 
 	// write side
-	fmu      sync.Mutex // one Flush at a time
-	wmu      sync.Mutex
-	done     *sync.Cond // on wmu: an upload ended
-	cur      *openPack
-	slots    chan struct{} // uploads in flight, at most its capacity
-	inflight int
-	upErr    error       // the first upload error, reported by Save and Flush
-	uploaded []*openPack // uploaded since the last pack index
-	dead     []format.PackIndexDead
-	deadPack []format.ID // names of packs in dead, by index
-	pending  map[format.ID]*openPack
+	fmu           sync.Mutex // one Flush at a time
+	wmu           sync.Mutex
+	done          *sync.Cond // on wmu: an upload ended
+	cur           *openPack
+	slots         chan struct{} // uploads in flight, at most its capacity
+	inflight      int
+	upErr         error       // the first upload error, reported by Save and Flush
+	uploaded      []*openPack // uploaded since the last pack index
+	unindexed     int64       // their bytes
+	checkpointing bool        // a Checkpoint for IndexEvery runs
+	dead          []format.PackIndexDead
+	deadPack      []format.ID // names of packs in dead, by index
+	pending       map[format.ID]*openPack
 
 	// read side
 	rmu    sync.RWMutex
@@ -150,6 +159,11 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 	}
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
+	// Sealed packs wait for an upload slot in memory: a writer faster
+	// than the backend waits here, so at most one pack per slot waits.
+	for b.inflight >= 2*cap(b.slots) && b.upErr == nil {
+		b.done.Wait()
+	}
 	if b.upErr != nil {
 		return fmt.Errorf("save %v: an earlier pack upload failed: %w", h, b.upErr)
 	}
@@ -192,6 +206,11 @@ func (b *Backend) sealLocked() {
 		}
 		if err == nil {
 			b.uploaded = append(b.uploaded, p)
+			b.unindexed += int64(len(p.data))
+			if b.opts.IndexEvery > 0 && b.unindexed >= b.opts.IndexEvery && !b.checkpointing {
+				b.checkpointing = true
+				go b.checkpoints()
+			}
 		}
 		b.inflight--
 		b.done.Broadcast()
@@ -258,8 +277,74 @@ func (b *Backend) Flush(ctx context.Context) error {
 			}
 		}
 	}
-	b.uploaded, b.dead, b.deadPack = nil, nil, nil
+	b.uploaded, b.unindexed, b.dead, b.deadPack = nil, 0, nil, nil
 	return nil
+}
+
+// Checkpoint makes the packs uploaded so far durable and findable: it
+// writes a pack index naming them, without sealing the open pack. A long
+// writer calls it now and then, so one that is interrupted and runs again
+// finds what it stored before (only chunks in the open pack and in packs
+// still uploading are lost).
+func (b *Backend) Checkpoint(ctx context.Context) error {
+	b.fmu.Lock()
+	defer b.fmu.Unlock()
+	b.wmu.Lock()
+	ups := b.uploaded
+	b.uploaded, b.unindexed = nil, 0
+	b.wmu.Unlock()
+	if len(ups) == 0 {
+		return nil
+	}
+	x := &format.PackIndex{}
+	for n, p := range ups {
+		x.Packs = append(x.Packs, p.name)
+		for _, e := range p.entries {
+			x.Entries = append(x.Entries, format.PackIndexEntry{ID: e.ID, Pack: uint32(n), Offset: e.Offset, Length: e.Length})
+		}
+	}
+	err := b.flushInner(ctx)
+	if err == nil {
+		err = b.saveIndex(ctx, x)
+	}
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	if err != nil {
+		b.uploaded = append(ups, b.uploaded...) // the next Flush indexes them
+		for _, p := range ups {
+			b.unindexed += int64(len(p.data))
+		}
+		return err
+	}
+	for _, p := range ups {
+		for _, e := range p.entries {
+			if b.pending[e.ID] == p {
+				delete(b.pending, e.ID)
+			}
+		}
+	}
+	return nil
+}
+
+// checkpoints writes pack indexes while IndexEvery bytes of uploaded
+// packs wait for one (b.checkpointing is set).
+func (b *Backend) checkpoints() {
+	for {
+		if err := b.Checkpoint(context.Background()); err != nil {
+			b.log.Warn("pack index not written now: the next flush writes it", "err", err)
+			b.wmu.Lock()
+			b.checkpointing = false
+			b.wmu.Unlock()
+			return
+		}
+		b.wmu.Lock()
+		if b.unindexed < b.opts.IndexEvery {
+			b.checkpointing = false
+			b.wmu.Unlock()
+			return
+		}
+		b.wmu.Unlock()
+	}
 }
 
 func (b *Backend) flushInner(ctx context.Context) error {
