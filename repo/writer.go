@@ -49,6 +49,13 @@ type DiskSource struct {
 	Identity string
 	// Reason explains the mode (why not an incremental), recorded.
 	Reason string
+	// Skip lists the ranges the capture skips because the guest does not
+	// use them (free space, swap), normalized: Reader already reads them
+	// as zeros and Data already leaves them out. Skipped, when set, is
+	// recorded in the disk's stats, its Bytes and Scope filled in from the
+	// chunks actually read.
+	Skip    []extent.Range
+	Skipped *format.SkipStats
 }
 
 // Progress counts bytes a capture has to process and has processed; safe
@@ -208,6 +215,9 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, damaged map[f
 	}
 	if err := extent.Check(src.Data, src.Size); err != nil {
 		return nil, fmt.Errorf("capture disk %s: data %w", src.Name, err)
+	}
+	if err := extent.Check(src.Skip, src.Size); err != nil {
+		return nil, fmt.Errorf("capture disk %s: skipped %w", src.Name, err)
 	}
 	base := src.Base
 	if base == nil {
@@ -419,9 +429,34 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 		Stats: format.DiskStats{
 			Mode: p.mode, Reason: p.reason, BytesChanged: p.changed, BytesRead: bytesRead.Load(), Chunks: int64(len(p.ids)),
 			ZeroChunks: countZero(p.ids), NewChunks: newChunks.Load(), BytesStored: stored.Load(),
-			DurationSecs: format.Float3(time.Since(start).Seconds()),
+			DurationSecs: format.Float3(time.Since(start).Seconds()), Skipped: p.skipped(cs),
 		},
 	}, nil
+}
+
+// skipped completes the source's skip record with the bytes skipped in
+// the chunks this capture read.
+func (p *diskPlan) skipped(cs int64) *format.SkipStats {
+	if p.src.Skipped == nil {
+		return nil
+	}
+	s := *p.src.Skipped
+	var read []extent.Range
+	for _, i := range p.read {
+		off := int64(i) * cs
+		n := min(cs, p.src.Size-off)
+		if k := len(read); k > 0 && read[k-1].End() == off {
+			read[k-1].Length += n
+			continue
+		}
+		read = append(read, extent.Range{Offset: off, Length: n})
+	}
+	s.Bytes = extent.Sum(extent.Intersect(p.src.Skip, read))
+	s.Scope = "disk"
+	if p.mode == "extents" {
+		s.Scope = "changed"
+	}
+	return &s
 }
 
 // markChunks sets mark[i] for every chunk i that a non-empty range touches

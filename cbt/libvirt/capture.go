@@ -85,6 +85,9 @@ type Options struct {
 	LockWait time.Duration
 	Progress *repo.Progress
 	Workers  int
+	// SkipFreeSpace and SkipSwap: see cbt.Options.
+	SkipFreeSpace bool
+	SkipSwap      bool
 
 	// wrapReader, for tests, wraps the reader of every disk.
 	wrapReader func(name string, r io.ReaderAt) io.ReaderAt
@@ -202,6 +205,7 @@ func CaptureDomain(ctx context.Context, o Options) (rp *repo.RestorePoint, err e
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: vm, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
+		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ type libvirtOptions struct {
 	full    bool
 	json    bool
 	workers int
+	skip    skipFlags
 }
 
 func newLibvirtCommand(g *cli.Global) *cobra.Command {
@@ -53,7 +54,9 @@ deleted at the next capture. Checkpoints of other tools are left alone.
 Connects to libvirtd's or virtqemud's unix socket (--socket); the scratch
 directory is made writable for QEMU's user (the owner of the disk images).
 --quiesce freezes the guest's file systems through the guest agent while
-the backup starts.`,
+the backup starts.
+
+` + skipHelp(true),
 		Example: `  vmvault-capture libvirt web01
   vmvault-capture libvirt --quiesce --json web01 db01
   vmvault-capture libvirt --disk vda 5b5c2a56-8a3e-4a8e-9f0c-0123456789ab`,
@@ -70,6 +73,7 @@ the backup starts.`,
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore points: read every allocated area")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per domain")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	o.skip.add(f, true)
 	return cmd
 }
 
@@ -96,6 +100,7 @@ func runLibvirt(cmd *cobra.Command, g *cli.Global, o *libvirtOptions, args []str
 		rp, err := libvirt.CaptureDomain(ctx, libvirt.Options{
 			Repo: r, Domain: dom, VM: o.vm, Socket: o.socket, Disks: o.disks, Quiesce: o.quiesce, TmpDir: o.tmpDir,
 			Full: o.full, Tags: o.tags, Log: slog.Default(), LockWait: g.LockWait, Progress: p, Workers: o.workers,
+			SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 		})
 		stop()
 		if err != nil {

@@ -37,6 +37,7 @@ type vsphereOptions struct {
 	parallel   int
 	tags       []string
 	json       bool
+	skip       skipFlags
 }
 
 const vsphereAuthHelp = `Credentials come from VMVAULT_VSPHERE_USER and VMVAULT_VSPHERE_PASSWORD, or
@@ -68,6 +69,8 @@ and the VM's configuration, and remove the snapshot — also after an error
 or Ctrl-C. A disk is captured in full (reason logged and in --json) when
 there is no previous restore point, the disk is new, its uuid or size
 changed, or CBT was reset. Independent disks are skipped with a warning.
+
+` + skipHelp(true) + `
 
 VMs are named by inventory path (/dc/vm/folder/web01), name or MoRef
 (vm-42). Several VMs are captured --parallel at a time; each becomes its
@@ -114,6 +117,7 @@ Transports (--transport):
 	f.IntVar(&o.parallel, "parallel", 2, "VMs captured at the same time")
 	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore points (repeatable)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per VM")
+	o.skip.add(f, true)
 	cmd.AddCommand(newVSphereCleanupCommand(g))
 	return cmd
 }
@@ -293,6 +297,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
 				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
+				SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 			})
 		}()
 	}
@@ -321,6 +326,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			}
 			fmt.Fprintf(w, "  %s: %s %s, changed %s, read %s, stored %s\n", d.Name, cli.Bytes(d.Size), mode,
 				cli.Bytes(d.BytesChanged), cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored))
+			cli.PrintSkipped(w, "    ", "skipped: ", d.Skipped)
 		}
 		for _, s := range res.SkippedDisks {
 			fmt.Fprintf(w, "  %s: skipped (independent disk)\n", s)

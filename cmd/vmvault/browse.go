@@ -50,6 +50,7 @@ func (b *browser) addFlags(f *pflag.FlagSet) {
 }
 
 func (b *browser) close() {
+	b.paths.ReportWarnings()
 	_ = b.lock.Unlock()
 	if b.r != nil {
 		b.r.Close()

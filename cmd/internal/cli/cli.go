@@ -373,6 +373,23 @@ func ParseSize(s string) (int64, error) {
 	return v * mult, nil
 }
 
+// PrintSkipped writes a disk's record of skipped free space and swap
+// (format.SkipStats.Lines), the first line after label, the others
+// aligned under it; nothing when s is nil.
+func PrintSkipped(w io.Writer, indent, label string, s *format.SkipStats) {
+	if s == nil {
+		return
+	}
+	pad := strings.Repeat(" ", len(label))
+	for i, l := range s.Lines() {
+		if i == 0 {
+			fmt.Fprintf(w, "%s%s%s\n", indent, label, l)
+		} else {
+			fmt.Fprintf(w, "%s%s%s\n", indent, pad, l)
+		}
+	}
+}
+
 // Version describes the build of the running binary for --version: module
 // version, VCS revision and time (and whether the tree was modified), Go
 // version, and the repository format versions it reads and writes; extra
