@@ -159,7 +159,9 @@ func Copy(ctx context.Context, src, dst *Repository, opts CopyOptions) (*CopyRep
 	}
 	c := &copier{src: src, dst: dst, opts: opts, rep: rep, lock: dlock}
 	if opts.LimitRate > 0 {
-		c.limit = rate.NewLimiter(rate.Limit(opts.LimitRate), int(format.MaxChunkSize+1<<20))
+		// A burst of two chunks: a frame (a chunk and its header) passes
+		// at once, and the rate holds from the first second on.
+		c.limit = rate.NewLimiter(rate.Limit(opts.LimitRate), int(2*max(src.cfg.ChunkSize, dst.cfg.ChunkSize)))
 	}
 	todo, err := c.present(ctx, rps)
 	if err != nil {
