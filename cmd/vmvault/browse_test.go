@@ -66,7 +66,7 @@ func TestBrowseRestorePoint(t *testing.T) {
 
 	// the 300 MB file, through the restore point, byte for byte
 	cmd := exec.Command(filepath.Join(binDir, "vmvault"), "cat", "web01@latest:disk1/p0/big-300M.bin")
-	cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	cmd.Env = e.environ()
 	big, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)

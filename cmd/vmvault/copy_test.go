@@ -21,7 +21,7 @@ import (
 func (e *env) runEnv(extra []string, bin string, args ...string) (string, string, int) {
 	e.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	cmd.Env = append(append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo), extra...)
+	cmd.Env = append(e.environ(), extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -239,7 +239,7 @@ func TestCopyKilled(t *testing.T) {
 	killed := 0
 	for i := range 10 {
 		cmd := exec.Command(filepath.Join(binDir, "vmvault"), "copy", "--to", dst, "--limit-rate", "10MiB", "-q")
-		cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+		cmd.Env = e.environ()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

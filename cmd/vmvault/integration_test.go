@@ -51,6 +51,14 @@ type env struct {
 	t    *testing.T
 	dir  string
 	repo string
+	// extra is more environment for every command (credentials of a
+	// repository on S3).
+	extra []string
+}
+
+// environ is the environment commands run with.
+func (e *env) environ() []string {
+	return append(append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo), e.extra...)
 }
 
 func newEnv(t *testing.T, initArgs ...string) *env {
@@ -65,7 +73,7 @@ func newEnv(t *testing.T, initArgs ...string) *env {
 func (e *env) run(bin string, args ...string) (string, string, int) {
 	e.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	cmd.Env = e.environ()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -348,7 +356,7 @@ func TestCrashSafety(t *testing.T) {
 		}
 		os.WriteFile(img, cur, 0o600)
 		cmd := exec.Command(filepath.Join(binDir, "vmvault-capture"), "file", "-q", "--vm", "vm", "--disk", "d="+img, "--full", "--workers", "1")
-		cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+		cmd.Env = e.environ()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -467,7 +467,7 @@ func TestQEMUCaptureInterrupt(t *testing.T) {
 	before = bitmaps()
 
 	cmd := exec.Command(filepath.Join(binDir, "vmvault-capture"), append(args, "--full")...)
-	cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	cmd.Env = e.environ()
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {

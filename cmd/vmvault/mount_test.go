@@ -39,7 +39,7 @@ func (e *env) mount(t *testing.T) *mounted {
 	fstest.NeedRoot(t)
 	m := &mounted{dir: t.TempDir(), logb: &bytes.Buffer{}}
 	m.cmd = exec.Command(filepath.Join(binDir, "vmvault"), "mount", m.dir)
-	m.cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	m.cmd.Env = e.environ()
 	m.cmd.Stdout, m.cmd.Stderr = m.logb, m.logb
 	start := time.Now()
 	if err := m.cmd.Start(); err != nil {

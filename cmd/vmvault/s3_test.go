@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,48 +19,15 @@ import (
 	"github.com/vmvault/vmvault/repo/backend/s3/s3test"
 )
 
-// s3Env is a repository in a bucket of a MinIO of the test's own, used
-// through the CLI with credentials from the environment.
-type s3Env struct {
-	*env
-	srv    *s3test.Server
-	bucket string
-	extra  []string
-}
-
-func newS3Env(t *testing.T, srv *s3test.Server, lock bool) *s3Env {
+// newS3Env is an env whose repository is in a new bucket of srv, used
+// with the root credentials from the environment.
+func newS3Env(t *testing.T, srv *s3test.Server, lock bool) (*env, string) {
 	t.Helper()
 	bucket := srv.NewBucket(t, s3test.BucketOptions{ObjectLock: lock})
 	dir := t.TempDir()
-	return &s3Env{
-		env: &env{t: t, dir: dir, repo: "s3:" + srv.URL() + "/" + bucket + "/vmvault"},
-		srv: srv, bucket: bucket,
+	return &env{t: t, dir: dir, repo: "s3:" + srv.URL() + "/" + bucket + "/vmvault",
 		extra: []string{"AWS_ACCESS_KEY_ID=" + s3test.RootUser, "AWS_SECRET_ACCESS_KEY=" + s3test.RootPassword,
-			"VMVAULT_REPO_PATH_STYLE=true", "VMVAULT_CACHE_DIR=" + filepath.Join(dir, "cache")},
-	}
-}
-
-func (e *s3Env) ok(bin string, args ...string) string { e.t.Helper(); return e.okEnv(e.extra, bin, args...) }
-func (e *s3Env) run(bin string, args ...string) (string, string, int) {
-	e.t.Helper()
-	return e.runEnv(e.extra, bin, args...)
-}
-
-func (e *s3Env) capture(args ...string) captureJSON {
-	e.t.Helper()
-	var c captureJSON
-	out := e.ok("vmvault-capture", append([]string{"file", "--json"}, args...)...)
-	if err := json.Unmarshal([]byte(out), &c); err != nil {
-		e.t.Fatalf("capture JSON %q: %v", out, err)
-	}
-	return c
-}
-
-func (e *s3Env) restoreSHA(rp, disk string) string {
-	e.t.Helper()
-	out := filepath.Join(e.dir, "restored-"+rp[:8]+"-"+disk)
-	e.ok("vmvault", "restore", rp, "--disk", disk, "--to", out, "--overwrite")
-	return fileSHA(e.t, out)
+			"VMVAULT_REPO_PATH_STYLE=true", "VMVAULT_CACHE_DIR=" + filepath.Join(dir, "cache")}}, bucket
 }
 
 // TestS3CLI runs the CLI against a real MinIO: a round trip, hosts sharing
@@ -66,7 +37,7 @@ func TestS3CLI(t *testing.T) {
 	srv := s3test.Start(t)
 
 	t.Run("round trip", func(t *testing.T) {
-		e := newS3Env(t, srv, false)
+		e, _ := newS3Env(t, srv, false)
 		e.ok("vmvault", "init", "--chunk-size", "64KiB", "--pack-size", "1MiB", "-q")
 		img := filepath.Join(e.dir, "disk.img")
 		v1 := makeImage(t, img, 12<<20, 3)
@@ -76,8 +47,50 @@ func TestS3CLI(t *testing.T) {
 		if c2.Disks[0].Mode != "dedup" || c2.Disks[0].NewChunks == 0 || c2.Disks[0].NewChunks > 8 {
 			t.Fatalf("second capture: %+v", c2.Disks[0])
 		}
-		if e.restoreSHA(c1.ID, "disk0") != sha(v1) || e.restoreSHA(c2.ID, "disk0") != sha(v2) {
+		// An extents incremental: one 4 KiB write at 1 MiB.
+		v3 := bytes.Clone(v2)
+		copy(v3[1<<20:], bytes.Repeat([]byte("x"), 4096))
+		if err := os.WriteFile(img, v3, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ext := filepath.Join(e.dir, "changed.tsv")
+		if err := os.WriteFile(ext, []byte("1048576\t4096\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c3 := e.capture("--vm", "web01", "--disk", "disk0="+img, "--changed-extents", "disk0="+ext)
+		if c3.Disks[0].Mode != "extents" || c3.Disks[0].NewChunks != 1 {
+			t.Fatalf("extents capture: %+v", c3.Disks[0])
+		}
+		if e.restoreSHA(c1.ID, "disk0") != sha(v1) || e.restoreSHA(c2.ID, "disk0") != sha(v2) || e.restoreSHA(c3.ID, "disk0") != sha(v3) {
 			t.Fatal("restore from S3 differs")
+		}
+		// serve + nbdcopy, cold cache then warm; mount + sha256.
+		needTools(t, "nbdcopy")
+		srvNBD := e.serve()
+		for _, pass := range []string{"cold", "warm"} {
+			out := filepath.Join(e.dir, "nbd-"+pass+".img")
+			sh(t, "nbdcopy", srvNBD.uri("web01@latest/disk0"), out)
+			if fileSHA(t, out) != sha(v3) {
+				t.Fatalf("nbdcopy (%s cache) from S3 differs", pass)
+			}
+		}
+		srvNBD.stop()
+		if os.Getuid() == 0 {
+			m := e.mount(t)
+			latest, err := os.Readlink(filepath.Join(m.dir, "web01", "latest"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := shaFile(t, filepath.Join(m.dir, "web01", latest, "disks", "disk0.raw")); err != nil || got != sha(v3) {
+				t.Fatalf("the disk through the mount: %v", err)
+			}
+			m.stop(t)
+		}
+		// forget + gc keep what the rest needs.
+		e.ok("vmvault", "forget", c1.ID, "-q")
+		e.ok("vmvault", "gc", "--grace", "0s", "-q")
+		if e.restoreSHA(c2.ID, "disk0") != sha(v2) || e.restoreSHA(c3.ID, "disk0") != sha(v3) {
+			t.Fatal("restore after forget and gc differs")
 		}
 		out := e.ok("vmvault", "stats", "--json")
 		var st struct {
@@ -94,7 +107,7 @@ func TestS3CLI(t *testing.T) {
 			t.Fatal("restore through the disk cache differs")
 		}
 		// A missing bucket is "no repository".
-		other := &s3Env{env: &env{t: t, dir: e.dir, repo: "s3:" + srv.URL() + "/no-such-bucket/x"}, extra: e.extra}
+		other := &env{t: t, dir: e.dir, repo: "s3:" + srv.URL() + "/no-such-bucket/x", extra: e.extra}
 		if _, errs, code := other.run("vmvault", "snapshots"); code != 10 || !strings.Contains(errs, "no-such-bucket") {
 			t.Fatalf("missing bucket: exit %d: %s", code, errs)
 		}
@@ -105,8 +118,8 @@ func TestS3CLI(t *testing.T) {
 		img := filepath.Join(src.dir, "disk.img")
 		v1 := makeImage(t, img, 16<<20, 5)
 		c1 := src.capture("--vm", "db", "--disk", "sda="+img)
-		mid := newS3Env(t, srv, false)
-		mid.okEnv(mid.extra, "vmvault", "init", "--like", src.repo, "--pack-size", "4MiB", "-q")
+		mid, _ := newS3Env(t, srv, false)
+		mid.ok("vmvault", "init", "--like", src.repo, "--pack-size", "4MiB", "-q")
 		r, code := src.copyJSON(mid.extra, "--to", mid.repo)
 		if code != 0 || r.Mode != "frames" || len(r.Copied) != 1 {
 			t.Fatalf("push to S3: exit %d %+v", code, r)
@@ -130,26 +143,35 @@ func TestS3CLI(t *testing.T) {
 	})
 
 	t.Run("hosts sharing a repository", func(t *testing.T) {
-		e := newS3Env(t, srv, false)
+		needTools(t, "nbdcopy")
+		e, _ := newS3Env(t, srv, false)
 		e.ok("vmvault", "init", "--chunk-size", "64KiB", "--pack-size", "1MiB", "-q")
-		var imgs []string
-		var shas []string
-		for i := range 3 {
-			p := filepath.Join(e.dir, "vm"+string(rune('a'+i))+".img")
+		var imgs, shas []string
+		for i := range 4 {
+			p := filepath.Join(e.dir, fmt.Sprintf("vm%d.img", i))
 			shas = append(shas, sha(makeImage(t, p, 6<<20, uint64(10+i))))
 			imgs = append(imgs, p)
 		}
-		old := e.capture("--vm", "old", "--disk", "d="+imgs[2])
+		old := e.capture("--vm", "old", "--disk", "d="+imgs[3])
+		served := e.capture("--vm", "served", "--disk", "d="+imgs[0])
 		e.ok("vmvault", "forget", old.ID, "-q") // garbage for the gc below
-		var wg sync.WaitGroup
-		ids := make([]string, 2)
-		errs := make([]string, 3)
+		// Two NBD readers on their own hosts read "served" while three
+		// hosts capture and a fourth runs gc.
+		var readers []*server
 		for i := range 2 {
+			r := &env{t: t, dir: e.dir, repo: e.repo, extra: append(slices.Clone(e.extra), fmt.Sprintf("VMVAULT_HOSTNAME=reader%d", i),
+				"VMVAULT_CACHE_DIR="+filepath.Join(e.dir, fmt.Sprintf("cache-reader%d", i)))}
+			readers = append(readers, r.serve())
+		}
+		var wg sync.WaitGroup
+		ids := make([]string, 3)
+		errs := make([]string, 6)
+		for i := range 3 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				out, stderr, code := e.runEnv(append(e.extra, "VMVAULT_HOSTNAME=host"+string(rune('a'+i))), "vmvault-capture", "file", "--json",
-					"--vm", "vm"+string(rune('a'+i)), "--disk", "d="+imgs[i])
+				out, stderr, code := e.runEnv([]string{fmt.Sprintf("VMVAULT_HOSTNAME=host%d", i)}, "vmvault-capture", "file", "--json",
+					"--vm", fmt.Sprintf("vm%d", i), "--disk", "d="+imgs[i])
 				var c captureJSON
 				if code != 0 || json.Unmarshal([]byte(out), &c) != nil {
 					errs[i] = stderr
@@ -161,30 +183,82 @@ func TestS3CLI(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, stderr, code := e.runEnv(append(e.extra, "VMVAULT_HOSTNAME=hostgc"), "vmvault", "gc", "--grace", "0s", "--lock-wait", "1m", "-q"); code != 0 {
-				errs[2] = stderr
+			if _, stderr, code := e.runEnv([]string{"VMVAULT_HOSTNAME=hostgc"}, "vmvault", "gc", "--grace", "0s", "--lock-wait", "1m", "-q"); code != 0 {
+				errs[3] = stderr
 			}
 		}()
+		for i, r := range readers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out := filepath.Join(e.dir, fmt.Sprintf("reader%d.img", i))
+				if b, err := exec.Command("nbdcopy", r.uri("served@latest/d"), out).CombinedOutput(); err != nil {
+					errs[4+i] = string(b)
+				} else if fileSHA(t, out) != shas[0] {
+					errs[4+i] = "nbdcopy read different bytes"
+				}
+			}()
+		}
 		wg.Wait()
 		for i, s := range errs {
 			if s != "" {
-				t.Fatalf("host %d failed: %s", i, s)
+				t.Fatalf("participant %d failed: %s", i, s)
 			}
 		}
-		for i := range 2 {
+		for _, r := range readers {
+			r.stop()
+		}
+		for i := range 3 {
 			if e.restoreSHA(ids[i], "d") != shas[i] {
-				t.Fatalf("vm %d restores different bytes", i)
+				t.Fatalf("vm%d restores different bytes", i)
 			}
+		}
+		if e.restoreSHA(served.ID, "d") != shas[0] {
+			t.Fatal("the served restore point restores different bytes")
 		}
 		e.ok("vmvault", "verify", "-q")
-		out := e.ok("vmvault", "unlock", "--list", "--json")
-		if strings.Contains(out, "host") && !strings.Contains(out, "[]") {
+		var locks []any
+		if out := e.ok("vmvault", "unlock", "--list", "--json"); json.Unmarshal([]byte(out), &locks) != nil || len(locks) != 0 {
 			t.Fatalf("locks left behind: %s", out)
 		}
 	})
 
+	t.Run("drive removed while serving, 20 ms latency", func(t *testing.T) {
+		needTools(t, "nbdcopy")
+		e, _ := newS3Env(t, srv, false)
+		proxy := s3test.NewProxy(t, srv.Addr)
+		proxy.SetLatency(20 * time.Millisecond)
+		e.repo = strings.Replace(e.repo, srv.Addr, proxy.Addr, 1)
+		e.ok("vmvault", "init", "--chunk-size", "64KiB", "--pack-size", "1MiB", "-q")
+		img := filepath.Join(e.dir, "disk.img")
+		v := makeImage(t, img, 8<<20, 51)
+		c := e.capture("--vm", "a", "--disk", "d="+img)
+		s := e.serve()
+		if err := srv.RemoveDrive(1); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(e.dir, "out.img")
+		sh(t, "nbdcopy", s.uri("a@latest/d"), out)
+		if fileSHA(t, out) != sha(v) {
+			t.Fatal("nbdcopy with a drive gone differs")
+		}
+		s.stop()
+		if e.restoreSHA(c.ID, "d") != sha(v) {
+			t.Fatal("restore with a drive gone differs")
+		}
+		e.ok("vmvault", "verify", "-q")
+		if proxy.Requests() == 0 {
+			t.Fatal("nothing went through the latency proxy")
+		}
+		// The server heals the drive once restarted; later tests use it.
+		srv.Kill()
+		if err := srv.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("server killed mid-capture", func(t *testing.T) {
-		e := newS3Env(t, srv, false)
+		e, _ := newS3Env(t, srv, false)
 		e.ok("vmvault", "init", "--chunk-size", "64KiB", "--pack-size", "1MiB", "-q")
 		img := filepath.Join(e.dir, "disk.img")
 		v1 := makeImage(t, img, 8<<20, 21)
@@ -196,7 +270,7 @@ func TestS3CLI(t *testing.T) {
 		proxy.SetLatency(50 * time.Millisecond)
 		slow := strings.Replace(e.repo, srv.Addr, proxy.Addr, 1)
 		cmd := exec.Command(filepath.Join(binDir, "vmvault-capture"), "file", "--json", "--vm", "a", "--disk", "d="+img)
-		cmd.Env = append(append(cmd.Environ(), "VMVAULT_REPOSITORY="+slow), e.extra...)
+		cmd.Env = append(append(os.Environ(), "VMVAULT_REPOSITORY="+slow), e.extra...)
 		var out strings.Builder
 		cmd.Stdout = &out
 		if err := cmd.Start(); err != nil {
@@ -224,7 +298,7 @@ func TestS3CLI(t *testing.T) {
 	})
 
 	t.Run("object lock", func(t *testing.T) {
-		e := newS3Env(t, srv, true)
+		e, bucket := newS3Env(t, srv, true)
 		e.ok("vmvault", "init", "--chunk-size", "64KiB", "--pack-size", "1MiB", "--object-lock", "1h", "-q")
 		img := filepath.Join(e.dir, "disk.img")
 		v1 := makeImage(t, img, 4<<20, 31)
@@ -242,12 +316,12 @@ func TestS3CLI(t *testing.T) {
 		c := srv.Client(t)
 		ctx := context.Background()
 		n := 0
-		for obj := range c.ListObjects(ctx, e.bucket, minio.ListObjectsOptions{Prefix: "vmvault/packs/", Recursive: true, WithVersions: true}) {
+		for obj := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "vmvault/packs/", Recursive: true, WithVersions: true}) {
 			if obj.Err != nil {
 				t.Fatal(obj.Err)
 			}
 			n++
-			if err := c.RemoveObject(ctx, e.bucket, obj.Key, minio.RemoveObjectOptions{VersionID: obj.VersionID}); err == nil {
+			if err := c.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{VersionID: obj.VersionID}); err == nil {
 				t.Fatalf("a raw delete of %s version %s succeeded", obj.Key, obj.VersionID)
 			}
 		}

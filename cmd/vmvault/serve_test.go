@@ -70,7 +70,7 @@ func (e *env) serve(args ...string) *server {
 		}
 	}
 	s.cmd = exec.Command(filepath.Join(binDir, "vmvault"), args...)
-	s.cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+	s.cmd.Env = e.environ()
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		e.t.Fatal(err)

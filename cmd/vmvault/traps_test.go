@@ -521,7 +521,7 @@ func TestMountpointMounted(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "vmvault"), "mount", m.dir)
-		cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
+		cmd.Env = e.environ()
 		out, _ := cmd.CombinedOutput()
 		if ctx.Err() != nil {
 			exec.Command("umount", "-l", m.dir).Run()
