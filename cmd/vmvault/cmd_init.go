@@ -11,6 +11,7 @@ import (
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 type initOptions struct {
@@ -25,6 +26,7 @@ type initOptions struct {
 
 func newInitCommand(g *cli.Global) *cobra.Command {
 	var o initOptions
+	var kdf func() keys.KDF
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a repository",
@@ -131,6 +133,7 @@ lets nobody.`,
 				if init.Password, err = cli.NewPassword("", true); err != nil {
 					return err
 				}
+				init.KDF = kdf()
 			}
 			r, err := repo.Init(cmd.Context(), be, init)
 			if err != nil {
@@ -157,5 +160,6 @@ lets nobody.`,
 	cmd.Flags().StringVar(&o.like, "like", "", "make a twin of the repository at this location (its chunk size, compression and keys) for vmvault copy")
 	cmd.Flags().StringVar(&o.objectLock, "object-lock", "", "keep every object immutable this long after it is written (S3 Object Lock), e.g. 30d")
 	cmd.Flags().StringVar(&o.lockMode, "object-lock-mode", "compliance", "object lock mode: compliance (nobody can shorten it) or governance")
+	kdf = cli.KDFFlag(cmd.Flags())
 	return cmd
 }

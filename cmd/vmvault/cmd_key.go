@@ -71,6 +71,7 @@ func newKeyListCommand(g *cli.Global) *cobra.Command {
 func newKeyAddCommand(g *cli.Global) *cobra.Command {
 	var captureOnly bool
 	var newFile string
+	var kdf func() keys.KDF
 	cmd := &cobra.Command{
 		Use:   "add",
 		Short: "Add a key (a new password)",
@@ -91,7 +92,7 @@ func newKeyAddCommand(g *cli.Global) *cobra.Command {
 			if captureOnly {
 				kind = keys.KindCapture
 			}
-			name, err := r.AddKey(cmd.Context(), kind, pw, keys.KDF{})
+			name, err := r.AddKey(cmd.Context(), kind, pw, kdf())
 			if err != nil {
 				return err
 			}
@@ -101,6 +102,7 @@ func newKeyAddCommand(g *cli.Global) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&captureOnly, "capture-only", false, "a capture key: adds restore points, cannot read them")
 	cmd.Flags().StringVar(&newFile, "new-password-file", "", "read the new password from this file (first line)")
+	kdf = cli.KDFFlag(cmd.Flags())
 	return cmd
 }
 
@@ -127,6 +129,7 @@ func newKeyRemoveCommand(g *cli.Global) *cobra.Command {
 
 func newKeyPasswdCommand(g *cli.Global) *cobra.Command {
 	var newFile string
+	var kdf func() keys.KDF
 	cmd := &cobra.Command{
 		Use:   "passwd KEY",
 		Short: "Change a key's password (a new key of the same kind replaces it)",
@@ -155,7 +158,7 @@ func newKeyPasswdCommand(g *cli.Global) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			name, err := r.AddKey(ctx, kind, pw, keys.KDF{})
+			name, err := r.AddKey(ctx, kind, pw, kdf())
 			if err != nil {
 				return err
 			}
@@ -167,5 +170,6 @@ func newKeyPasswdCommand(g *cli.Global) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&newFile, "new-password-file", "", "read the new password from this file (first line)")
+	kdf = cli.KDFFlag(cmd.Flags())
 	return cmd
 }

@@ -175,7 +175,7 @@ func TestCopyEncryptedCLI(t *testing.T) {
 	}
 	pw1, pw2, pw3 := pw("pw1", "source password"), pw("pw2", "twin password"), pw("pw3", "other password")
 	e := &env{t: t, dir: dir, repo: filepath.Join(dir, "src")}
-	e.okEnv([]string{"VMVAULT_PASSWORD_FILE=" + pw1}, "vmvault", "init", "--encrypt", "--chunk-size", "64KiB", "-q")
+	e.okEnv([]string{"VMVAULT_PASSWORD_FILE=" + pw1}, "vmvault", "init", "--encrypt", "--insecure-kdf-for-tests", "--chunk-size", "64KiB", "-q")
 	img := filepath.Join(dir, "disk.img")
 	v1 := makeImage(t, img, 8<<20, 42)
 	out := e.okEnv([]string{"VMVAULT_PASSWORD_FILE=" + pw1}, "vmvault-capture", "file", "--json", "--vm", "db", "--disk", "sda="+img)
@@ -185,7 +185,7 @@ func TestCopyEncryptedCLI(t *testing.T) {
 	}
 
 	twin := filepath.Join(dir, "twin")
-	e.okEnv([]string{"VMVAULT_FROM_PASSWORD_FILE=" + pw1, "VMVAULT_PASSWORD_FILE=" + pw2}, "vmvault", "init", "--repo", twin, "--like", e.repo, "-q")
+	e.okEnv([]string{"VMVAULT_FROM_PASSWORD_FILE=" + pw1, "VMVAULT_PASSWORD_FILE=" + pw2}, "vmvault", "init", "--repo", twin, "--like", e.repo, "--insecure-kdf-for-tests", "-q")
 	r, code := e.copyJSON([]string{"VMVAULT_PASSWORD_FILE=" + pw1, "VMVAULT_TO_PASSWORD_FILE=" + pw2}, "--to", twin)
 	if code != 0 || r.Mode != "frames" || len(r.Copied) != 1 || r.Copied[0].Copy != c.ID {
 		t.Fatalf("copy to the twin: exit %d %+v", code, r)
@@ -203,7 +203,7 @@ func TestCopyEncryptedCLI(t *testing.T) {
 	}
 
 	oth := filepath.Join(dir, "other")
-	e.okEnv([]string{"VMVAULT_PASSWORD_FILE=" + pw3}, "vmvault", "init", "--repo", oth, "--encrypt", "--chunk-size", "64KiB", "-q")
+	e.okEnv([]string{"VMVAULT_PASSWORD_FILE=" + pw3}, "vmvault", "init", "--repo", oth, "--encrypt", "--insecure-kdf-for-tests", "--chunk-size", "64KiB", "-q")
 	r, code = e.copyJSON([]string{"VMVAULT_PASSWORD_FILE=" + pw1, "VMVAULT_TO_PASSWORD_FILE=" + pw3}, "--to", oth)
 	if code != 0 || r.Mode != "reencode" || len(r.Copied) != 1 || r.Copied[0].Copy == c.ID {
 		t.Fatalf("copy to other keys: exit %d %+v", code, r)

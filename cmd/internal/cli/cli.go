@@ -501,6 +501,20 @@ func ReadPassword(prompt string) ([]byte, error) {
 	return pw, nil
 }
 
+// KDFFlag registers the hidden --insecure-kdf-for-tests flag of commands
+// that make key slots and returns what KDF makes of it.
+func KDFFlag(fs *pflag.FlagSet) func() keys.KDF {
+	var insecure bool
+	fs.BoolVar(&insecure, "insecure-kdf-for-tests", false, "derive keys with argon2id at 8 MiB and one pass (tests only: a slot made so is cheap to brute-force)")
+	_ = fs.MarkHidden("insecure-kdf-for-tests")
+	return func() keys.KDF {
+		if insecure {
+			return keys.KDF{Alg: "argon2id", Time: 1, Memory: 8 << 10, Threads: 1}
+		}
+		return keys.KDF{} // calibrated
+	}
+}
+
 // ReadSidePassword is ReadPassword for one side of a command that opens
 // two repositories (side "FROM" or "TO"): VMVAULT_FROM_PASSWORD_FILE or
 // _COMMAND when set, else ReadPassword's sources.
