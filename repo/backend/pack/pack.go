@@ -16,8 +16,9 @@
 //     with an older view finds a missing pack, refreshes its view and
 //     reads the chunk where it is now.
 //   - Objects are immutable and named by the hash of their bytes.
-//   - Memory is bounded: Save waits while twice as many packs as uploads
-//     may run are sealed and not yet uploaded.
+//   - Memory is bounded: Save waits while a sealed pack waits for an
+//     upload slot, so a writer holds at most the open pack, the uploading
+//     ones and one waiting.
 //   - Chunks stored one per object (repositories of format version 1, or
 //     written before packs) are still found, listed and removed.
 //
@@ -40,6 +41,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/format"
@@ -160,8 +162,8 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
 	// Sealed packs wait for an upload slot in memory: a writer faster
-	// than the backend waits here, so at most one pack per slot waits.
-	for b.inflight >= 2*cap(b.slots) && b.upErr == nil {
+	// than the backend waits here, so at most one pack waits.
+	for b.inflight > cap(b.slots) && b.upErr == nil {
 		b.done.Wait()
 	}
 	if b.upErr != nil {
@@ -714,10 +716,13 @@ func (b *Backend) Locate(ctx context.Context, id format.ID) (pack format.ID, off
 }
 
 // maxRun bounds one coalesced read of neighbouring frames, and maxGap the
-// unwanted bytes between two wanted frames such a read may carry.
+// unwanted bytes between two wanted frames such a read may carry;
+// batchMemory bounds the runs one LoadBatch holds loaded and not yet
+// handed on.
 const (
-	maxRun = 16 << 20
-	maxGap = 1 << 20
+	maxRun      = 16 << 20
+	maxGap      = 1 << 20
+	batchMemory = 64 << 20
 )
 
 // LoadBatch implements backend.BatchLoader for chunks: frames that sit
@@ -730,6 +735,18 @@ func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []str
 	}
 	byPack := map[format.ID][]want{}
 	var loose []string
+	if t == backend.ChunkFile {
+		// The view may never have been loaded (nothing looked a chunk up
+		// yet): load it, or every frame would be read on its own.
+		b.rmu.RLock()
+		empty := b.view.empty()
+		b.rmu.RUnlock()
+		if empty {
+			if err := b.refresh(ctx); err != nil {
+				return err
+			}
+		}
+	}
 	for _, n := range names {
 		id, err := format.ParseID(n)
 		if t != backend.ChunkFile || err != nil {
@@ -777,8 +794,15 @@ func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []str
 	var mu sync.Mutex // fn runs on one goroutine at a time
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(b.be.Properties().ReadParallelism)
+	// Runs loaded and not yet handed to fn hold at most batchMemory.
+	mem := semaphore.NewWeighted(batchMemory)
 	for _, r := range runs {
+		n := min(r.end-r.start, batchMemory)
+		if err := mem.Acquire(gctx, n); err != nil {
+			break // g.Wait reports why
+		}
 		g.Go(func() error {
+			defer mem.Release(n)
 			data, err := b.be.Load(gctx, backend.Handle{Type: backend.PackFile, Name: r.pack.String()}, r.start, r.end-r.start)
 			if errors.Is(err, backend.ErrNotFound) {
 				return nil // repacked meanwhile: left out, loaded one by one later

@@ -253,13 +253,13 @@ func (g gated) Save(ctx context.Context, h backend.Handle, data []byte) error {
 }
 
 // TestSaveWaitsForSlowUploads: a writer faster than the backend waits in
-// Save once twice as many packs as uploads may run are sealed, instead of
-// piling packs up in memory.
+// Save once a sealed pack waits for an upload slot, instead of piling
+// packs up in memory.
 func TestSaveWaitsForSlowUploads(t *testing.T) {
 	ctx := context.Background()
 	g := gated{Backend: mem.New(), release: make(chan struct{}), started: make(chan struct{}, 100)}
 	w := New(g, Options{PackSize: 1 << 20})
-	limit := 2 * cap(w.slots)
+	limit := cap(w.slots) + 1
 	saved := make(chan int, 1000)
 	go func() {
 		for i := range 40 {
