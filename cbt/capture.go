@@ -135,7 +135,10 @@ type Options struct {
 	Progress *repo.Progress
 	LockWait time.Duration
 	Workers  int
-	Log      *slog.Logger
+	// Compression is the codec of the chunks this capture stores
+	// (format.Compression*; "": the repository's default).
+	Compression string
+	Log         *slog.Logger
 }
 
 // Plan is the decision for one disk.
@@ -312,5 +315,6 @@ func Capture(ctx context.Context, r *repo.Repository, src Source, opts Options) 
 	return r.Capture(ctx, repo.CaptureOptions{
 		VM: opts.VM, Source: desc.Source, Lineage: desc.Lineage, Tags: opts.Tags, Time: opts.Time,
 		Config: desc.Config, Labels: desc.Labels, Progress: opts.Progress, LockWait: opts.LockWait, Workers: opts.Workers,
+		Compression: opts.Compression,
 	}, disks)
 }

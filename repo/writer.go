@@ -71,6 +71,10 @@ type CaptureOptions struct {
 	LockWait time.Duration
 	// Workers is the number of hashing/compression goroutines (0: GOMAXPROCS).
 	Workers int
+	// Compression is the codec for the chunks this capture stores (a
+	// format.Compression* name; "": the repository's default). Each frame
+	// records how it was compressed, so codecs mix freely.
+	Compression string
 }
 
 type diskPlan struct {
@@ -98,6 +102,12 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
+	}
+	if opts.Compression == "" {
+		opts.Compression = r.cfg.Compression
+	}
+	if err := format.ValidCompression(opts.Compression); err != nil {
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
 	// The writer's lock announces it to gc and pins the bases: their
 	// chunks stay even if they are forgotten while this runs.
@@ -350,7 +360,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 		g.Go(func() error {
 			defer wg.Done()
 			for job := range reads {
-				if err := r.processChunk(gctx, job, p, known, &zero, saves, frameFree); err != nil {
+				if err := r.processChunk(gctx, job, p, opts.Compression, known, &zero, saves, frameFree); err != nil {
 					return err
 				}
 				opts.Progress.Done.Add(int64(len(job.buf)))
@@ -438,7 +448,7 @@ func countZero(ids []format.ID) int64 {
 
 // processChunk hashes one chunk, decides whether it must be stored and, if
 // so, frames it and hands it to the savers.
-func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan, known *knownSet, zero *atomic.Int64,
+func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan, compression string, known *knownSet, zero *atomic.Int64,
 	saves chan<- saveJob, frameFree chan []byte) error {
 	if format.IsZero(job.buf) {
 		p.ids[job.i] = format.ZeroID
@@ -476,7 +486,7 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	if frame == nil {
 		frame = make([]byte, 0, format.ChunkHeaderSize+len(job.buf)+len(job.buf)/8)
 	}
-	frame, err := format.EncodeChunk(frame, job.buf, r.cfg.Compression)
+	frame, err := format.EncodeChunk(frame, job.buf, compression)
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,8 @@ type Options struct {
 	LockWait time.Duration
 	Progress *repo.Progress
 	Workers  int
+	// Compression is the codec of the stored chunks ("": the repository's).
+	Compression string
 
 	// wrapReader, for tests, wraps the reader of every disk.
 	wrapReader func(name string, r io.ReaderAt) io.ReaderAt
@@ -202,6 +204,7 @@ func CaptureDomain(ctx context.Context, o Options) (rp *repo.RestorePoint, err e
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: vm, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
+		Compression: o.Compression,
 	})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ type fileOptions struct {
 	json     bool
 	workers  int
 	cacheDir string
+	compress string
 }
 
 func newFileCommand(g *cli.Global) *cobra.Command {
@@ -61,6 +62,7 @@ reason is printed with the result.`,
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read and hash everything")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	return cmd
 }
 
@@ -86,6 +88,9 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	}
 	if err := format.ValidName("VM", o.vm); err != nil {
 		return cli.Usagef("--vm: %v", err)
+	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
 	}
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{})
@@ -139,7 +144,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	p := &repo.Progress{}
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
-		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers, Compression: o.compress,
 	})
 	stop()
 	if err != nil {

@@ -24,6 +24,7 @@ type nbdOptions struct {
 	full       bool
 	json       bool
 	workers    int
+	compress   string
 }
 
 func newNBDCommand(g *cli.Global) *cobra.Command {
@@ -64,6 +65,7 @@ add a new bitmap, disable the old one, capture with --bitmap OLD
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read every allocated area")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	return cmd
 }
 
@@ -98,6 +100,9 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 	if o.nextBitmap != "" && o.bitmap == "" {
 		return cli.Usagef("--next-bitmap needs --bitmap")
 	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
+	}
 	specs, err := parseDisks(o.disks, "URI")
 	if err != nil {
 		return err
@@ -121,7 +126,7 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 	p := &repo.Progress{}
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
-		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers, Compression: o.compress,
 	})
 	stop()
 	if err != nil {
