@@ -15,7 +15,9 @@
 //     deleted only after a durable pack index says it is gone: a reader
 //     with an older view finds a missing pack, refreshes its view and
 //     reads the chunk where it is now.
-//   - Objects are immutable and named by the hash of their bytes.
+//   - Objects are immutable and named by the hash of their bytes. Every
+//     pack carries random bytes, so no two packs ever share a name: a
+//     pack index that says a pack is gone speaks of that pack alone.
 //   - Chunks stored one per object (repositories of format version 1, or
 //     written before packs) are still found, listed and removed.
 //
@@ -27,6 +29,7 @@ package pack
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,6 +91,10 @@ var (
 	_ backend.Prefetcher   = (*Backend)(nil)
 	_ backend.TempCleaner  = (*Backend)(nil)
 )
+
+// packNonceSize is the number of random bytes between a pack's frames
+// and its trailer.
+const packNonceSize = 16
 
 // openPack is a pack being filled or uploaded.
 type openPack struct {
@@ -171,6 +178,13 @@ func (b *Backend) sealLocked() {
 	if p == nil || len(p.entries) == 0 {
 		return
 	}
+	// Random bytes after the frames (in the frames area, where no entry
+	// points) give every pack a name of its own, also when its frames
+	// equal those of a pack that was removed: a pack index's "gone" for a
+	// name is then never contradicted by a later pack of that name.
+	var nonce [packNonceSize]byte
+	_, _ = rand.Read(nonce[:])
+	p.data = append(p.data, nonce[:]...)
 	p.data = append(p.data, format.PackTrailer(p.entries)...)
 	p.name = format.Hash(p.data)
 	b.inflight++
@@ -195,6 +209,12 @@ func (b *Backend) sealLocked() {
 // every upload, writes a pack index naming the new packs (and the frames
 // Remove marked dead), and flushes the inner backend.
 func (b *Backend) Flush(ctx context.Context) error {
+	_, err := b.flush(ctx)
+	return err
+}
+
+// flush is Flush; it returns the packs it wrote.
+func (b *Backend) flush(ctx context.Context) ([]PackInfo, error) {
 	b.fmu.Lock()
 	defer b.fmu.Unlock()
 	b.wmu.Lock()
@@ -213,10 +233,10 @@ func (b *Backend) Flush(ctx context.Context) error {
 				delete(b.pending, id)
 			}
 		}
-		return fmt.Errorf("upload packs: %w", err)
+		return nil, fmt.Errorf("upload packs: %w", err)
 	}
 	if len(b.uploaded) == 0 && len(b.dead) == 0 {
-		return b.flushInner(ctx)
+		return nil, b.flushInner(ctx)
 	}
 	x := &format.PackIndex{}
 	packNo := map[format.ID]uint32{}
@@ -239,12 +259,15 @@ func (b *Backend) Flush(ctx context.Context) error {
 		x.Dead = append(x.Dead, format.PackIndexDead{ID: d.ID, Pack: ref(b.deadPack[i])})
 	}
 	if err := b.flushInner(ctx); err != nil { // packs durable before the index naming them
-		return err
+		return nil, err
 	}
 	if err := b.saveIndex(ctx, x); err != nil {
-		return err
+		return nil, err
 	}
+	var written []PackInfo
+	now := time.Now()
 	for _, p := range b.uploaded {
+		written = append(written, PackInfo{Name: p.name, Size: int64(len(p.data)), ModTime: now})
 		for _, e := range p.entries {
 			if b.pending[e.ID] == p {
 				delete(b.pending, e.ID)
@@ -252,7 +275,7 @@ func (b *Backend) Flush(ctx context.Context) error {
 		}
 	}
 	b.uploaded, b.dead, b.deadPack = nil, nil, nil
-	return nil
+	return written, nil
 }
 
 func (b *Backend) flushInner(ctx context.Context) error {
@@ -309,12 +332,26 @@ func (b *Backend) Refresh(ctx context.Context) error { return b.refresh(ctx) }
 func (b *Backend) refresh(ctx context.Context) error {
 	b.refmu.Lock()
 	defer b.refmu.Unlock()
+	// An index listed but gone when read was merged into one this listing
+	// did not show (gc's or compaction's merge): list again, up to a few
+	// times, so the view never lacks what the merged index says.
+	for try := 0; ; try++ {
+		vanished, err := b.refreshOnce(ctx)
+		if err != nil || !vanished || try == 4 {
+			return err
+		}
+	}
+}
+
+// refreshOnce merges the pack indexes listed now into the view and
+// reports whether one of them vanished before it was read.
+func (b *Backend) refreshOnce(ctx context.Context) (vanished bool, err error) {
 	var names []backend.FileInfo
 	if err := b.be.List(ctx, backend.PackIndexFile, func(fi backend.FileInfo) error {
 		names = append(names, fi)
 		return nil
 	}); err != nil {
-		return fmt.Errorf("list pack indexes: %w", err)
+		return false, fmt.Errorf("list pack indexes: %w", err)
 	}
 	// Indexes merged into one and removed took their removals with them:
 	// then the view is built anew from what is listed.
@@ -362,15 +399,16 @@ func (b *Backend) refresh(ctx context.Context) error {
 	for i, fi := range todo {
 		switch {
 		case errors.Is(res[i].err, backend.ErrNotFound):
-			continue // merged into another and removed meanwhile
+			vanished = true // merged into another and removed meanwhile
+			continue
 		case res[i].err != nil:
-			return res[i].err
+			return false, res[i].err
 		}
 		b.view.merge(res[i].x, fi.ModTime)
 		b.loaded[fi.Name] = true
 	}
 	b.stale = time.Now()
-	return nil
+	return vanished, nil
 }
 
 // loadIndex reads one pack index, from the local copy when there is one.
@@ -468,10 +506,13 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 				return nil, fmt.Errorf("load %v from pack %s: %w", h, l.pack.Short(), err)
 			}
 		}
-		if attempt == 1 || len(locs) == 0 && !b.mayRefresh() {
+		if attempt == 1 {
 			break
 		}
-		// A pack was repacked away, or the chunk is newer than the view.
+		// A pack was repacked away, or the chunk is newer than the view (a
+		// reader opened a restore point captured since it last looked:
+		// unlike Stat's misses, which captures make by the thousand, a
+		// load's miss is not rate-limited).
 		if err := b.refresh(ctx); err != nil {
 			return nil, err
 		}
