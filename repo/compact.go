@@ -36,9 +36,9 @@ import (
 // is a cache: a pack missing from it is read and, when nothing in it
 // needs recompressing, recorded without being rewritten.
 
-// DefaultCompactBatch is how many bytes of packs one compaction batch
-// reads before it is committed: what a killed compaction may lose.
-const DefaultCompactBatch = 4 * format.DefaultPackSize
+// compactBatchPacks is how many packs' worth of bytes one compaction
+// batch reads before it is committed: what a killed compaction may lose.
+const compactBatchPacks = 4
 
 // CompactOptions tune Compact.
 type CompactOptions struct {
@@ -54,7 +54,7 @@ type CompactOptions struct {
 	// Workers recompress this many chunks at once (0: GOMAXPROCS).
 	Workers int
 	// BatchBytes is how many bytes of packs a batch reads before it is
-	// committed (0: DefaultCompactBatch).
+	// committed (0: four times the repository's pack size).
 	BatchBytes int64
 	// DryRun only counts what would be read.
 	DryRun   bool
@@ -132,7 +132,7 @@ func (r *Repository) Compact(ctx context.Context, opts CompactOptions) (*Compact
 		return nil, fmt.Errorf("compact: %w", err)
 	}
 	if opts.BatchBytes <= 0 {
-		opts.BatchBytes = DefaultCompactBatch
+		opts.BatchBytes = compactBatchPacks * r.cfg.PackSize
 	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
