@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -33,7 +34,13 @@ Chunks are stored in packs of about --pack-size (32 MiB): a capture writes
 one object per pack instead of one per chunk (object storage charges per
 request), and a chunk is read with one ranged read. gc rewrites packs
 whose chunks are mostly gone. --pack-size 0 stores one object per chunk,
-as repositories before format version 2 do.`,
+as repositories before format version 2 do.
+
+--compression is the codec captures use unless they name one: s2 (the
+default) is cheap to write in the backup window and to read when a fresh
+restore point is booted; 'vmvault compact' recompresses older packs with a
+dense codec (zstd-best). Each chunk's frame records its codec, so
+repositories mix them freely.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := g.Location(); err != nil {
@@ -78,7 +85,7 @@ as repositories before format version 2 do.`,
 		},
 	}
 	cmd.Flags().StringVar(&o.chunkSize, "chunk-size", "256KiB", "chunk size, a power of two from 64KiB to 8MiB")
-	cmd.Flags().StringVar(&o.compression, "compression", format.CompressionZstdFastest, "chunk compression: zstd-fastest, zstd-default or none")
+	cmd.Flags().StringVar(&o.compression, "compression", repo.DefaultCompression, "codec captures use unless they say otherwise: "+strings.Join(format.CompressionNames(), ", "))
 	cmd.Flags().StringVar(&o.packSize, "pack-size", "32MiB", "store chunks in packs of about this size (1MiB to 1GiB); 0 stores one object per chunk (repository format 1)")
 	return cmd
 }
