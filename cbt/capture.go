@@ -135,10 +135,16 @@ type Options struct {
 	Progress *repo.Progress
 	LockWait time.Duration
 	Workers  int
+	Log      *slog.Logger
+	// SkipFreeSpace skips what the guest's filesystems do not use (their
+	// free blocks): it reads as zeros in the restore point. SkipSwap skips
+	// swap partitions and Windows page, swap and hibernation files. See
+	// skip.go for how each capture mode applies them.
+	SkipFreeSpace bool
+	SkipSwap      bool
 	// Compression is the codec of the chunks this capture stores
 	// (format.Compression*; "": the repository's default).
 	Compression string
-	Log         *slog.Logger
 }
 
 // Plan is the decision for one disk.
@@ -307,6 +313,20 @@ func Capture(ctx context.Context, r *repo.Repository, src Source, opts Options) 
 			}
 			if ds.Data != nil {
 				ds.Data = extent.Normalize(ds.Data)
+			}
+		}
+		if opts.SkipFreeSpace || opts.SkipSwap {
+			if err := skipUnused(ctx, &ds, opts); err != nil {
+				return nil, fmt.Errorf("capture %s disk %s: %w", opts.VM, d.Name, err)
+			}
+			attrs = append(attrs, "skip_bytes", extent.Sum(ds.Skip))
+			for _, v := range ds.Skipped.Volumes {
+				if v.ReadInFull != "" {
+					log.Info("read in full", "vm", opts.VM, "disk", d.Name, "partition", v.Partition, "filesystem", v.Filesystem, "why", v.ReadInFull)
+				}
+			}
+			if ds.Skipped.Note != "" {
+				log.Info("read in full", "vm", opts.VM, "disk", d.Name, "why", ds.Skipped.Note)
 			}
 		}
 		log.Info("capture plan", attrs...)

@@ -10,7 +10,8 @@
 // small: raw files and block devices with changed-extent lists
 // (FileSource), a restore point with known changes (DerivedSource, and
 // cbt/overlay for overlay commit), vSphere snapshots with Changed Block
-// Tracking (cbt/vsphere).
+// Tracking (cbt/vsphere). Options.SkipFreeSpace and SkipSwap narrow any
+// source's reads to what the guest's filesystems use (skip.go).
 //
 // This file holds what plain sources share: opening image files and block
 // devices, their allocated ranges, and changed-extent lists in text form

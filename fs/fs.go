@@ -1,7 +1,10 @@
 // Package fs is the read-only view of the filesystems inside a disk image:
 // one small interface (FileSystem) that the ext2/3/4, NTFS and FAT readers in
 // its subpackages implement, the types they share, and path resolution on
-// top of it.
+// top of it. Optional interfaces add what only some filesystems have:
+// HiddenChecker (metadata files), StreamChecker (NTFS named streams),
+// SparseFile (holes) and AllocationMapper (which blocks are in use, for
+// skipping free space at capture).
 //
 // Invariants:
 //   - Nothing here writes: every FileSystem is a read-only view of an
@@ -32,6 +35,9 @@ var (
 	ErrCorrupt  = errors.New("filesystem structure is corrupt")
 	ErrNoAttr   = errors.New("no such extended attribute")
 	ErrLoop     = errors.New("too many levels of symbolic links")
+	// ErrAttrTooBig: an extended attribute's value exceeds what one
+	// attribute can carry (64 KiB).
+	ErrAttrTooBig = errors.New("extended attribute value too large")
 )
 
 // Ino identifies a file within one FileSystem (an ext inode number, an NTFS
@@ -108,6 +114,17 @@ type DirEntry struct {
 	Type Type // TypeUnknown when the directory does not record it
 }
 
+// StreamChecker is implemented by filesystems with named data streams
+// (NTFS alternate data streams). ReadDir lists each named stream of a file
+// or directory as an entry of its own, "NAME:STREAM", right after it (Open
+// reads it, Stat gives its size, so cp copies it like a file), and
+// ListXattr/GetXattr offer the same streams as "user.STREAM" attributes.
+// IsStream tells the stream entries apart, so a view that shows streams as
+// attributes (the FUSE mount) leaves them out of its listings.
+type StreamChecker interface {
+	IsStream(ino Ino) bool
+}
+
 // File is the content of a regular file (or an NTFS stream): random access,
 // safe for concurrent ReadAt.
 type File interface {
@@ -143,8 +160,11 @@ type FileSystem interface {
 	ListXattr(ctx context.Context, ino Ino) ([]string, error)
 	GetXattr(ctx context.Context, ino Ino, name string) ([]byte, error)
 	Open(ctx context.Context, ino Ino) (File, error)
-	// Warnings lists what the reader noticed about the filesystem as a whole
-	// (an unreplayed journal, an unclean NTFS volume).
+	// Warnings lists what the reader noticed: about the filesystem as a
+	// whole when it was opened (an unreplayed journal), then each damaged
+	// structure met while reading since (a bad metadata checksum, naming
+	// the inode), each once. The list only grows; callers report the new
+	// part after reading (the CLI prints it, the mount logs it).
 	Warnings() []string
 }
 

@@ -10,6 +10,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/format"
 	"github.com/vmvault/vmvault/repo/repotest"
 )
 
@@ -77,5 +78,37 @@ func TestListing(t *testing.T) {
 		if strings.Join(got, " ") != c.want {
 			t.Errorf("disks of %s: %v, want %s", c.rp.VM, got, c.want)
 		}
+	}
+}
+
+// TestSkippedNote: a restore point whose capture skipped free space lists
+// vmvault-skipped.txt, which names every skipping disk and its
+// partitions; one that skipped nothing has no such file.
+func TestSkippedNote(t *testing.T) {
+	ctx := context.Background()
+	r := repotest.New(t, repotest.Options{})
+	m := New(r, nil, nil).(*rootNode).m
+	st := &format.SkipStats{FreeSpace: true, Bytes: 5 << 20, Scope: "disk", Volumes: []format.SkipVolume{
+		{Partition: "p1", Filesystem: "ext4", Offset: 1 << 20, Size: 64 << 20, Bytes: 5 << 20, Ranges: 3, What: "free space"}}}
+	rp := &repo.RestorePoint{ID: format.ID{1, 2, 3, 4}, Manifest: &format.Manifest{VM: "vm", Time: time.Unix(1e9, 0), Disks: []format.ManifestDisk{
+		{Name: "disk0", Stats: format.DiskStats{Skipped: st}}, {Name: "disk1"}}}}
+	for _, c := range []struct {
+		rp   *repo.RestorePoint
+		want bool
+	}{{rp, true}, {&repo.RestorePoint{ID: format.ID{5}, Manifest: &format.Manifest{VM: "vm", Disks: []format.ManifestDisk{{Name: "disk0"}}}}, false}} {
+		ds, errno := (&rpNode{m: m, rp: c.rp}).Readdir(ctx)
+		listed := strings.Contains(strings.Join(names(t, ds, uint32(errno)), " "), skippedFile+":")
+		if listed != c.want || (skippedNote(c.rp) != nil) != c.want {
+			t.Errorf("restore point %s: note listed %v, want %v", c.rp.ID.Short(), listed, c.want)
+		}
+	}
+	note := string(skippedNote(rp))
+	for _, want := range []string{"deleted files", "disk0:", "5.0 MiB (free space) in the whole disk", "p1 (ext4, 64.0 MiB at 1.0 MiB): free space, 5.0 MiB in 3 ranges"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("note lacks %q:\n%s", want, note)
+		}
+	}
+	if strings.Contains(note, "disk1") {
+		t.Errorf("note names a disk that skipped nothing:\n%s", note)
 	}
 }

@@ -4,8 +4,14 @@
 //	MOUNTPOINT/<vm>/latest -> <time>_<id>
 //	MOUNTPOINT/<vm>/<2026-11-23T10:00:00Z>_<short id>/
 //	    manifest.json        the restore point's metadata
+//	    vmvault-skipped.txt  what the capture skipped as unused (free space, swap), if it did
 //	    disks/<disk>.raw     the whole disk (SEEK_DATA/SEEK_HOLE from zero chunks)
 //	    <disk>/<p1|p2|…|p0>/ the filesystem tree of each partition (fs layer)
+//
+// NTFS named streams are shown as ntfs-3g's streams_interface=xattr shows
+// them: as "user.STREAM" extended attributes of their file or directory
+// (E2BIG when over 64 KiB), not as the "file:stream" entries the fs layer
+// and the CLI list, so every name in the mount is a file of the volume.
 //
 // Invariants: nothing is loaded before it is looked up (the restore point
 // list is re-read at most every ListTTL, a disk's index on first use, a
@@ -150,6 +156,8 @@ func errno(err error) syscall.Errno {
 		return syscall.EISDIR
 	case errors.Is(err, fs.ErrNoAttr):
 		return syscall.ENODATA
+	case errors.Is(err, fs.ErrAttrTooBig):
+		return syscall.E2BIG
 	case errors.Is(err, fs.ErrLoop):
 		return syscall.ELOOP
 	case errors.Is(err, context.Canceled):
@@ -376,12 +384,44 @@ func (n *rpNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		{Name: "manifest.json", Mode: fuse.S_IFREG, Ino: n.m.ino(n.key("manifest.json"))},
 		{Name: "disks", Mode: fuse.S_IFDIR, Ino: n.m.ino(n.key("disks"))},
 	}
+	if skippedNote(n.rp) != nil {
+		ents = append(ents, fuse.DirEntry{Name: skippedFile, Mode: fuse.S_IFREG, Ino: n.m.ino(n.key(skippedFile))})
+	}
 	for _, d := range n.rp.Disks {
-		if fs.SafeName(d.Name) && d.Name != "disks" && d.Name != "manifest.json" {
+		if fs.SafeName(d.Name) && d.Name != "disks" && d.Name != "manifest.json" && d.Name != skippedFile {
 			ents = append(ents, fuse.DirEntry{Name: d.Name, Mode: fuse.S_IFDIR, Ino: n.m.ino(n.key("disk/" + d.Name))})
 		}
 	}
 	return gofs.NewListDirStream(ents), 0
+}
+
+// skippedFile is the note a restore point directory holds when its
+// capture skipped free space or swap.
+const skippedFile = "vmvault-skipped.txt"
+
+// skippedNote explains what a restore point's capture skipped, disk by
+// disk, or returns nil when it skipped nothing (was not asked to).
+func skippedNote(rp *repo.RestorePoint) []byte {
+	var b strings.Builder
+	for _, d := range rp.Disks {
+		if d.Stats.Skipped == nil {
+			continue
+		}
+		if b.Len() == 0 {
+			fmt.Fprintf(&b, "Restore point %s of %s (%s) was captured skipping what the guest\n"+
+				"did not use. Those bytes read as zeros here, in disks/*.raw and in the\n"+
+				"files below, whatever the source held there: data of deleted files in free\n"+
+				"space is not in this restore point.\n", rp.ID.Short(), rp.VM, rp.Time.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintf(&b, "\n%s:\n", d.Name)
+		for _, l := range d.Stats.Skipped.Lines() {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return []byte(b.String())
 }
 
 func (n *rpNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -405,6 +445,15 @@ func (n *rpNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		ino := n.m.ino(n.key(name))
 		dirAttr(&out.Attr, ino, n.rp.Time)
 		return n.NewInode(ctx, &disksNode{m: n.m, rp: n.rp}, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0
+	case skippedFile:
+		b := skippedNote(n.rp)
+		if b == nil {
+			break
+		}
+		ino := n.m.ino(n.key(name))
+		out.Attr = fuse.Attr{Ino: ino, Mode: fuse.S_IFREG | 0o444, Size: uint64(len(b)), Nlink: 1}
+		setTimes(&out.Attr, n.rp.Time, n.rp.Time, n.rp.Time)
+		return n.NewInode(ctx, &memFile{data: b, t: n.rp.Time}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
 	}
 	for _, d := range n.rp.Disks {
 		if d.Name == name {
@@ -470,6 +519,26 @@ type fsState struct {
 	fsys fs.FileSystem
 	id   int
 	err  error
+	// where names the filesystem in log lines; logged counts the
+	// filesystem's warnings already logged.
+	where  []any
+	mu     sync.Mutex
+	logged int
+}
+
+// logWarnings logs the warnings the filesystem found since the last call
+// (readers add them as they meet damaged structures, e.g. bad checksums).
+func (f *fsState) logWarnings(log *slog.Logger) {
+	if f.fsys == nil {
+		return
+	}
+	ws := f.fsys.Warnings()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range ws[min(f.logged, len(ws)):] {
+		log.Warn("filesystem", append(f.where, "warning", w)...)
+	}
+	f.logged = max(f.logged, len(ws))
 }
 
 func (m *FS) openDisk(ctx context.Context, rp *repo.RestorePoint, name string) *diskState {

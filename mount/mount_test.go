@@ -25,6 +25,7 @@ func TestErrno(t *testing.T) {
 		{fmt.Errorf("x: %w", fs.ErrNotDir), syscall.ENOTDIR},
 		{fs.ErrIsDir, syscall.EISDIR},
 		{fmt.Errorf("user.x: %w", fs.ErrNoAttr), syscall.ENODATA},
+		{fmt.Errorf("user.big: %w", fs.ErrAttrTooBig), syscall.E2BIG},
 		{fs.ErrLoop, syscall.ELOOP},
 		{context.Canceled, syscall.EINTR},
 		{&repo.ChunkError{RestorePoint: "3fa4b2c1", Disk: "disk0", Offset: 1 << 20, Err: format.ErrCorrupt}, syscall.EIO},

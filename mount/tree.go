@@ -117,9 +117,8 @@ func (m *FS) openFS(st *diskState, rp *repo.RestorePoint, disk, part string) *fs
 		f.err = err
 		m.log.Warn("filesystem not readable", "restore_point", rp.ID.Short(), "disk", disk, "partition", part, "err", err)
 	} else {
-		for _, w := range f.fsys.Warnings() {
-			m.log.Warn("filesystem", "restore_point", rp.ID.Short(), "disk", disk, "partition", part, "warning", w)
-		}
+		f.where = []any{"restore_point", rp.ID.Short(), "disk", disk, "partition", part}
+		f.logWarnings(m.log)
 		m.mu.Lock()
 		m.fsIDs++
 		f.id = m.fsIDs
@@ -223,15 +222,20 @@ func (n *node) fail(op string, err error) syscall.Errno {
 }
 
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	defer n.fs.logWarnings(n.m.log)
 	ents, err := n.fs.fsys.ReadDir(ctx, n.ino)
 	if err != nil {
 		return nil, n.fail("readdir", err)
 	}
 	hidden, _ := n.fs.fsys.(fs.HiddenChecker)
+	streams, _ := n.fs.fsys.(fs.StreamChecker)
 	out := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {
 		if !fs.SafeName(e.Name) || hidden != nil && hidden.Hidden(n.ino, e.Name) {
 			continue // a name the kernel cannot represent, or metadata
+		}
+		if streams != nil && streams.IsStream(e.Ino) {
+			continue // an NTFS stream: a user.* xattr of its file here
 		}
 		mode := typeMode(e.Type)
 		if e.Type == fs.TypeUnknown {
@@ -245,9 +249,13 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer n.fs.logWarnings(n.m.log)
 	ino, err := n.fs.fsys.Lookup(ctx, n.ino, name)
 	if err != nil {
 		return nil, n.fail("lookup", err)
+	}
+	if streams, ok := n.fs.fsys.(fs.StreamChecker); ok && streams.IsStream(ino) {
+		return nil, syscall.ENOENT // "file:stream" is not a name here
 	}
 	st, err := n.fs.fsys.Stat(ctx, ino)
 	if err != nil {
@@ -301,6 +309,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	defer n.fs.logWarnings(n.m.log)
 	f, err := n.fs.fsys.Open(ctx, n.ino)
 	if err != nil {
 		return nil, 0, n.fail("open", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // Compaction recompresses stored chunks in place: captures store chunks
@@ -109,10 +110,14 @@ type compactRecord struct {
 
 // canRecompress says whether this process may rewrite the repository's
 // chunk frames. Recompressing decodes every frame and encodes it anew
-// under the same chunk id: in an encrypted repository that takes the key
-// that decrypts chunks and the one that encrypts them (a full key, not a
-// capture-only one); that check belongs here.
-func (r *Repository) canRecompress() error { return nil }
+// under the same chunk id: in an encrypted repository that takes a key
+// that decrypts chunks (a full key; a capture key cannot).
+func (r *Repository) canRecompress() error {
+	if enc, canRead := r.Encrypted(); enc && !canRead {
+		return fmt.Errorf("recompressing decrypts every chunk: %w", keys.ErrCaptureKey)
+	}
+	return nil
+}
 
 // Compact recompresses the chunks of packs older than opts.OlderThan with
 // opts.Codec, batch by batch (see the top of this file).
@@ -183,8 +188,14 @@ func (r *Repository) Compact(ctx context.Context, opts CompactOptions) (*Compact
 		return rep, nil
 	}
 
+	var dk *keys.DataKey
+	if r.keys != nil { // new frames are sealed with this run's data key
+		if dk, err = r.newDataKey(ctx); err != nil {
+			return nil, fmt.Errorf("compact: %w", err)
+		}
+	}
 	var damaged atomic.Int64
-	transform := r.recompressor(opts.Codec, payload, &damaged)
+	transform := r.recompressor(ctx, opts.Codec, payload, dk, &damaged)
 	workers := opts.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -275,27 +286,45 @@ func (r *Repository) Compact(ctx context.Context, opts CompactOptions) (*Compact
 }
 
 // recompressor returns the transform that stores a frame with codec: a
-// frame of payload type payload stays as it is; any other is decoded,
-// checked against its chunk id and encoded again (which leaves it raw
-// where compressing does not pay). A frame that does not decode to its id
-// stays as it is too, counted in damaged: recompressing it would make a
-// good-looking frame of bad content.
-func (r *Repository) recompressor(codec string, payload byte, damaged *atomic.Int64) pack.Transform {
+// frame of payload type payload stays as it is; any other is decoded
+// (decrypted first in an encrypted repository), checked against its chunk
+// id and encoded again (which leaves it raw where compressing does not
+// pay), sealed with dk when the repository is encrypted. A frame that
+// does not decode to its id stays as it is too, counted in damaged:
+// recompressing it would make a good-looking frame of bad content; so
+// does a frame of a type this build does not know.
+func (r *Repository) recompressor(ctx context.Context, codec string, payload byte, dk *keys.DataKey, damaged *atomic.Int64) pack.Transform {
 	return func(id format.ID, frame []byte) ([]byte, error) {
-		if p, err := format.FramePayload(frame); err == nil && p == payload {
+		p, err := format.FramePayload(frame)
+		if err == nil && p&^encryptedPayload == payload {
 			return frame, nil
 		}
 		buf := r.bufs.Get(int(r.cfg.ChunkSize))
 		defer r.bufs.Put(buf)
-		raw, err := format.DecodeChunkID(buf[:0], frame, id)
-		if err != nil {
+		raw, err := r.decodeFrame(ctx, buf[:0], frame, id)
+		switch {
+		case errors.Is(err, format.ErrCorrupt) || errors.Is(err, keys.ErrTampered):
 			damaged.Add(1)
 			slog.Warn("compact: chunk is damaged: copied as it is (run verify)", "chunk", id.String(), "err", err)
 			return frame, nil
+		case errors.Is(err, format.ErrUnsupportedVersion):
+			return frame, nil
+		case err != nil:
+			return nil, err
 		}
-		return format.EncodeChunk(make([]byte, 0, format.ChunkHeaderSize+len(raw)+len(raw)/8), raw, codec)
+		out, err := format.EncodeChunk(make([]byte, 0, format.ChunkHeaderSize+len(raw)+len(raw)/8), raw, codec)
+		if err != nil || dk == nil {
+			return out, err
+		}
+		if out[5] == format.PayloadRaw && p&^encryptedPayload == format.PayloadRaw {
+			return frame, nil // raw it stays: sealing it anew would change nothing but the nonce
+		}
+		return dk.SealFrame(make([]byte, 0, len(out)+64), out, id), nil
 	}
 }
+
+// encryptedPayload is the payload type bit of encrypted frames (repo/keys).
+const encryptedPayload = 0x80
 
 // compactRecords returns the packs recorded as holding only frames of
 // payload type payload (or raw), and the names of the records.

@@ -56,22 +56,29 @@ func (r *Repository) OpenDisk(ctx context.Context, rp *RestorePoint, name string
 }
 
 func (r *Repository) loadIndex(ctx context.Context, name string) (*format.Index, error) {
+	_, idx, err := r.loadIndexBytes(ctx, name)
+	return idx, err
+}
+
+// loadIndexBytes loads, checks and parses a disk index; it returns the
+// stored content too.
+func (r *Repository) loadIndexBytes(ctx context.Context, name string) ([]byte, *format.Index, error) {
 	id, err := format.ParseID(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b, err := r.be.Load(ctx, backend.Handle{Type: backend.IndexFile, Name: name}, 0, -1)
 	if err != nil {
-		return nil, fmt.Errorf("load index %s: %w", id.Short(), err)
+		return nil, nil, fmt.Errorf("load index %s: %w", id.Short(), err)
 	}
-	if format.Hash(b) != id {
-		return nil, fmt.Errorf("index %s: content does not match its name: %w", id.Short(), format.ErrCorrupt)
+	if r.nameID(b) != id {
+		return nil, nil, fmt.Errorf("index %s: content does not match its name: %w", id.Short(), format.ErrCorrupt)
 	}
 	idx, err := format.ParseIndex(b)
 	if err != nil {
-		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
+		return nil, nil, fmt.Errorf("index %s: %w", id.Short(), err)
 	}
-	return idx, nil
+	return b, idx, nil
 }
 
 // Name returns the disk's name.

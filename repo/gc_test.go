@@ -320,6 +320,9 @@ func TestVerifyRecordsAndHeals(t *testing.T) {
 	if err != nil || !bytes.Equal(q, b) {
 		t.Fatalf("quarantined copy: %v", err)
 	}
+	if st, err := r.Stats(ctx); err != nil || st.DamagedChunks != 1 {
+		t.Fatalf("stats after verify found a damaged chunk: %+v %v", st, err)
+	}
 
 	// A dedup capture of the same data must not trust rp1's index for it,
 	// and an extents capture that does not touch it reads it again too.

@@ -62,6 +62,16 @@
 // when this capture stored it, or when the stored object decodes and hashes
 // to its name. Readers check every chunk against its ID.
 //
+// Storage. Format version 1 stores each chunk as its own object. Version 2
+// (the default) gathers chunk frames into pack objects of about
+// Config.PackSize bytes (repo/backend/pack): a capture's packs and their
+// pack index are durable before the capture writes its disk indexes, so
+// the commit order above still holds, and gc removes dead frames by
+// rewriting packs (Compact). Version 3 is version 2 encrypted: object
+// names and chunk IDs are keyed, every frame and every metadata object is
+// sealed (AES-256-GCM), and a capture key can write restore points it
+// cannot read. crypto.go states the threat model and what stays visible.
+//
 // Reading. Disks share one bounded cache of decoded chunks per Repository.
 // A Disk that sees a sequential reader asks a backend that implements
 // backend.Prefetcher to fetch the next chunk objects in the background
@@ -77,13 +87,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/backend/cache"
+	"github.com/vmvault/vmvault/repo/backend/crypt"
 	"github.com/vmvault/vmvault/repo/backend/pack"
 	"github.com/vmvault/vmvault/repo/bufpool"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // ErrNoRepository means there is no repository (no config) at the location.
@@ -95,6 +108,8 @@ var configHandle = backend.Handle{Type: backend.ConfigFile, Name: "config"}
 type Repository struct {
 	be       backend.Backend
 	packs    *pack.Backend // the pack layer in be's chain (format version 2), or nil
+	keys     *keys.Set     // an encrypted repository's keys (format version 3), or nil
+	dkMu     sync.Mutex    // one data key load at a time
 	cfg      *format.Config
 	cache    *chunkCache
 	bufs     *bufpool.Pool      // chunk frames and decoded chunks of the cache
@@ -122,6 +137,9 @@ type Options struct {
 	// sharing a repository must have different names: a lock of this
 	// host's name whose process is gone is stale at once.
 	Hostname string
+	// Password returns the password of an encrypted repository (called
+	// once, only for one); nil means none is known.
+	Password func() ([]byte, error)
 }
 
 // DefaultCompression is the codec new repositories give captures: s2
@@ -146,13 +164,41 @@ type InitOptions struct {
 	// locks objects (S3 Object Lock; the backend must have been created
 	// with it); recorded so forget, prune and gc leave protected objects
 	// alone.
-	ObjectLock time.Duration
+	ObjectLock     time.Duration
+	ObjectLockMode string // "compliance" (when empty) or "governance"
+	// Password, when set, encrypts the repository (format version 3); it
+	// opens the first (full) key slot. KDF are its key derivation
+	// parameters (zero: calibrated here, keys.Calibrate).
+	Password []byte
+	KDF      keys.KDF
+	// Like, when set, makes a twin of that repository for vmvault copy:
+	// its chunk size and compression and, when it is encrypted, its keys
+	// (opened with a full key; Password then opens the twin). Copies
+	// between twins move stored chunk frames as they are.
+	Like *Repository
 }
 
 // Init creates a repository in an empty backend.
 func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repository, error) {
 	if _, err := be.Stat(ctx, configHandle); err == nil {
 		return nil, fmt.Errorf("init repository at %s: already initialised", be.Location())
+	}
+	if l := opts.Like; l != nil {
+		if opts.ChunkSize != 0 && opts.ChunkSize != l.cfg.ChunkSize {
+			return nil, fmt.Errorf("init repository at %s: the chunk size of a twin is its original's (%d)", be.Location(), l.cfg.ChunkSize)
+		}
+		opts.ChunkSize = l.cfg.ChunkSize
+		if opts.Compression == "" {
+			opts.Compression = l.cfg.Compression
+		}
+		switch {
+		case l.keys == nil && opts.Password != nil:
+			return nil, fmt.Errorf("init repository at %s: %s is not encrypted, so neither is its twin", be.Location(), l.be.Location())
+		case l.keys != nil && opts.Password == nil:
+			return nil, fmt.Errorf("init repository at %s: %s is encrypted: its twin needs a password", be.Location(), l.be.Location())
+		case l.keys != nil && !l.keys.CanRead():
+			return nil, fmt.Errorf("init repository at %s: a twin of %s needs its full key: %w", be.Location(), l.be.Location(), keys.ErrCaptureKey)
+		}
 	}
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = format.DefaultChunkSize
@@ -164,16 +210,46 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
+	var err error
 	cfg := &format.Config{
 		Version: format.ConfigVersion, ID: hex.EncodeToString(id[:]), ChunkSize: opts.ChunkSize,
 		Hash: format.HashBLAKE3, Compression: opts.Compression, Created: time.Now().UTC(), PackSize: opts.PackSize,
-		ObjectLockSeconds: int64(opts.ObjectLock / time.Second),
+		ObjectLockSeconds: int64(opts.ObjectLock / time.Second), ObjectLockMode: opts.ObjectLockMode,
+	}
+	if err := retain(ctx, be, cfg); err != nil {
+		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
 	}
 	switch {
 	case opts.PackSize == 0:
 		cfg.PackSize = format.DefaultPackSize
 	case opts.PackSize < 0:
 		cfg.Version, cfg.PackSize = 1, 0
+	}
+	if cfg.Version > 2 {
+		cfg.Version = 2
+	}
+	var set *keys.Set
+	if opts.Password != nil {
+		if cfg.PackSize == 0 {
+			return nil, fmt.Errorf("init repository at %s: encryption needs packs", be.Location())
+		}
+		cfg.Version, cfg.Encryption = 3, format.EncryptionV1
+		if opts.Like != nil {
+			set = opts.Like.keys
+		} else if set, err = keys.NewSet(); err != nil {
+			return nil, err
+		}
+		kdf := opts.KDF
+		if kdf.Alg == "" {
+			kdf = keys.Calibrate(keys.DefaultKDFTime)
+		}
+		slot, err := keys.NewSlot(set, keys.KindFull, opts.Password, kdf, hostname(""))
+		if err != nil {
+			return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
+		}
+		if err := be.Save(ctx, keyHandle(slotName()), slot); err != nil {
+			return nil, fmt.Errorf("init repository at %s: save key: %w", be.Location(), err)
+		}
 	}
 	b, err := cfg.Marshal()
 	if err != nil {
@@ -182,7 +258,7 @@ func Init(ctx context.Context, be backend.Backend, opts InitOptions) (*Repositor
 	if err := be.Save(ctx, configHandle, b); err != nil {
 		return nil, fmt.Errorf("init repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, Options{}), nil
+	return newRepository(be, cfg, set, Options{}), nil
 }
 
 // Open opens the repository stored in be.
@@ -198,17 +274,39 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
 	}
-	return newRepository(be, cfg, opts), nil
+	if err := retain(ctx, be, cfg); err != nil {
+		return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+	}
+	var set *keys.Set
+	if cfg.Encryption != "" {
+		if set, err = openKeys(ctx, be, opts.Password); err != nil {
+			return nil, fmt.Errorf("open repository at %s: %w", be.Location(), err)
+		}
+	}
+	return newRepository(be, cfg, set, opts), nil
 }
 
-func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Repository {
+func hostname(h string) string {
+	if h == "" {
+		h, _ = os.Hostname()
+	}
+	return h
+}
+
+func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts Options) *Repository {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
 	}
 	remote := opts.DiskCacheDir != "" && !be.Properties().CheapRangedReads
+	if set != nil {
+		be = crypt.New(be, set)
+	}
 	var packs *pack.Backend
 	if cfg.PackSize > 0 {
-		po := pack.Options{PackSize: cfg.PackSize}
+		po := pack.Options{PackSize: cfg.PackSize, IndexEvery: cfg.PackSize}
+		if set != nil {
+			po.SealTrailer = func(t []byte) []byte { return set.Seal("pack", "trailer", t) }
+		}
 		if remote {
 			po.IndexCacheDir = filepath.Join(opts.DiskCacheDir, cfg.ID, "packidx")
 		}
@@ -223,14 +321,10 @@ func newRepository(be backend.Backend, cfg *format.Config, opts Options) *Reposi
 			be = c
 		}
 	}
-	host := opts.Hostname
-	if host == "" {
-		host, _ = os.Hostname()
-	}
 	bufs := bufpool.New(poolLimit(cfg.ChunkSize))
 	fetcher, _ := be.(backend.Prefetcher)
-	return &Repository{be: be, packs: packs, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
-		props: be.Properties(), hostname: host, now: time.Now}
+	return &Repository{be: be, packs: packs, keys: set, cfg: cfg, cache: newChunkCache(opts.CacheSize, bufs), bufs: bufs, fetcher: fetcher,
+		props: be.Properties(), hostname: hostname(opts.Hostname), now: time.Now}
 }
 
 // Config returns the repository config.
@@ -288,11 +382,26 @@ func (r *Repository) loadChunkFrame(ctx context.Context, id format.ID, frameBuf,
 	if err != nil {
 		return nil, nil, err
 	}
-	out, err = format.DecodeChunkID(dst, frame, id)
+	out, err = r.decodeFrame(ctx, dst, frame, id)
 	if err != nil {
 		return nil, frame, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	return out, frame, nil
+}
+
+// decodeFrame decodes a stored frame of chunk id (decrypting it first in
+// an encrypted repository) and checks the content against id; the content
+// is appended to dst.
+func (r *Repository) decodeFrame(ctx context.Context, dst, frame []byte, id format.ID) ([]byte, error) {
+	if r.keys == nil {
+		return format.DecodeChunkID(dst, frame, id)
+	}
+	plain, err := r.openFrame(ctx, frame, id)
+	if err != nil {
+		return nil, err
+	}
+	defer r.bufs.Put(plain)
+	return format.DecodeChunkHashed(dst, plain, id, r.keys.ChunkID)
 }
 
 // ChunkError reports a chunk that cannot be read, naming where it is used.

@@ -371,7 +371,7 @@ func TestConcurrentCapturesThenGC(t *testing.T) {
 	// reports an error) leaves orphans; gc with no grace removes only those.
 	fb := faulty.New(r.packs.Inner(), 1)
 	fb.AddRule(faulty.Rule{Method: faulty.Save, Type: backend.PackFile, From: 1, Effect: faulty.FailAfter(errInjected)})
-	fr := newRepository(fb, r.cfg, Options{})
+	fr := newRepository(fb, r.cfg, nil, Options{})
 	orphan := testImage(77, size)
 	_, err := fr.Capture(context.Background(), CaptureOptions{VM: "delta"}, []DiskSource{{Name: "disk0", Reader: bytes.NewReader(orphan), Size: int64(size)}})
 	if !errors.Is(err, errInjected) {

@@ -22,6 +22,21 @@ import (
 // ErrProtected means an object lock still protects a restore point.
 var ErrProtected = errors.New("protected by the object lock")
 
+// retain tells a backend that can retain objects (backend.Retainer) to
+// give every object the config's object lock. A backend that cannot
+// (a local directory) gets none: forget, prune and gc still honour the
+// period.
+func retain(ctx context.Context, be backend.Backend, cfg *format.Config) error {
+	if cfg.ObjectLockSeconds == 0 {
+		return nil
+	}
+	rt, ok := backend.Find[backend.Retainer](be)
+	if !ok {
+		return nil
+	}
+	return rt.Retain(ctx, time.Duration(cfg.ObjectLockSeconds)*time.Second, cfg.ObjectLockMode)
+}
+
 // lockPeriod is the object lock period (0: none).
 func (r *Repository) lockPeriod() time.Duration {
 	return time.Duration(r.cfg.ObjectLockSeconds) * time.Second

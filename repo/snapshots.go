@@ -52,7 +52,7 @@ func (r *Repository) LoadRestorePoint(ctx context.Context, id format.ID) (*Resto
 		}
 		return nil, fmt.Errorf("load restore point %s: %w", id.Short(), err)
 	}
-	if format.Hash(b) != id {
+	if r.nameID(b) != id {
 		return nil, fmt.Errorf("restore point %s: manifest does not match its id: %w", id.Short(), format.ErrCorrupt)
 	}
 	m, err := format.ParseManifest(b)

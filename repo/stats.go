@@ -29,6 +29,8 @@ type Stats struct {
 	DedupRatio         float64 `json:"dedup_ratio"`         // logical data / unique
 	CompressionRatio   float64 `json:"compression_ratio"`   // unique / stored chunk bytes
 	SpaceSavingsRatio  float64 `json:"space_savings_ratio"` // logical / total stored
+	DamagedChunks      int     `json:"damaged_chunks"`      // on verify's damaged list
+	Encrypted          bool    `json:"encrypted"`
 }
 
 // Stats computes repository statistics from manifests, indexes and a
@@ -108,6 +110,12 @@ func (r *Repository) Stats(ctx context.Context) (*Stats, error) {
 		}
 		return float64(a) / float64(b)
 	}
+	damaged, _, err := r.DamagedChunks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
+	}
+	s.DamagedChunks = len(damaged)
+	s.Encrypted = r.cfg.Encryption != ""
 	s.DedupRatio = ratio(s.LogicalDataBytes, s.UniqueBytes)
 	s.CompressionRatio = ratio(s.UniqueBytes, s.StoredChunkBytes)
 	s.SpaceSavingsRatio = ratio(s.LogicalBytes, s.TotalStoredBytes)

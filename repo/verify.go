@@ -71,6 +71,10 @@ type VerifyReport struct {
 	// ReadOnly is set when the repository could not be written: nothing
 	// was pinned or recorded.
 	ReadOnly bool
+	// ContentsUnchecked is set when the key cannot decrypt chunks (a
+	// capture key): chunk frames were checked against their checksums
+	// (damage to stored bytes shows), not decrypted and hashed.
+	ContentsUnchecked bool
 }
 
 // OK reports whether nothing was found.
@@ -91,7 +95,8 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
 	}
-	rep := &VerifyReport{BadChunks: map[format.ID]error{}, CheckedAllData: opts.Subset == 1 && !opts.NoData}
+	_, canRead := r.Encrypted()
+	rep := &VerifyReport{BadChunks: map[format.ID]error{}, CheckedAllData: opts.Subset == 1 && !opts.NoData && canRead, ContentsUnchecked: !canRead}
 	rps := opts.RestorePoints
 	if rps == nil {
 		all, bad, err := r.ListRestorePoints(ctx)
@@ -218,6 +223,8 @@ func (r *Repository) Verify(ctx context.Context, opts VerifyOptions) (*VerifyRep
 				var err error
 				if _, listed := damagedList[id]; opts.NoData && !listed {
 					_, err = r.be.Stat(gctx, chunkHandle(id))
+				} else if !canRead {
+					err = r.checkStored(gctx, id) // a capture key: the stored bytes' checksum
 				} else {
 					var data []byte
 					data, _, err = r.loadChunkFrame(gctx, id, frameBuf[:0], buf[:0])

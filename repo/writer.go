@@ -18,6 +18,7 @@ import (
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // writeBehind bounds the memory of compressed chunks queued for saving.
@@ -48,6 +49,13 @@ type DiskSource struct {
 	Identity string
 	// Reason explains the mode (why not an incremental), recorded.
 	Reason string
+	// Skip lists the ranges the capture skips because the guest does not
+	// use them (free space, swap), normalized: Reader already reads them
+	// as zeros and Data already leaves them out. Skipped, when set, is
+	// recorded in the disk's stats, its Bytes and Scope filled in from the
+	// chunks actually read.
+	Skip    []extent.Range
+	Skipped *format.SkipStats
 }
 
 // Progress counts bytes a capture has to process and has processed; safe
@@ -88,6 +96,7 @@ type diskPlan struct {
 	changed int64       // bytes the source reported changed (extents mode)
 	known   []format.ID // chunks known stored and good (dedup mode)
 	damaged map[format.ID]format.DamagedChunk
+	dk      *keys.DataKey // seals new chunks (encrypted repositories)
 }
 
 // Capture stores a new restore point of disks and returns it. On any error
@@ -100,14 +109,13 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	if len(disks) == 0 {
 		return nil, errors.New("capture: no disks")
 	}
+	if opts.Compression != "" {
+		if err := format.ValidCompression(opts.Compression); err != nil {
+			return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
+		}
+	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
-	}
-	if opts.Compression == "" {
-		opts.Compression = r.cfg.Compression
-	}
-	if err := format.ValidCompression(opts.Compression); err != nil {
-		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
 	// The writer's lock announces it to gc and pins the bases: their
 	// chunks stay even if they are forgotten while this runs.
@@ -123,30 +131,6 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	}
 	defer lock.Unlock()
 
-	// Chunks verify found damaged are stored again, never taken from a
-	// base index.
-	damagedList, _, err := r.DamagedChunks(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
-	}
-	plans := make([]*diskPlan, len(disks))
-	seen := map[string]bool{}
-	for i, src := range disks {
-		if err := format.ValidName("disk", src.Name); err != nil {
-			return nil, err
-		}
-		if seen[src.Name] {
-			return nil, fmt.Errorf("capture: disk %q given twice", src.Name)
-		}
-		seen[src.Name] = true
-		p, err := r.planDisk(ctx, src, damagedList)
-		if err != nil {
-			return nil, err
-		}
-		plans[i] = p
-		opts.Progress.Total.Add(p.total)
-	}
-
 	m := &format.Manifest{
 		Version: format.ManifestVersion, VM: opts.VM, Time: opts.Time, Source: opts.Source, Lineage: opts.Lineage,
 		Hostname: r.hostname, Tags: opts.Tags, Config: opts.Config, Labels: opts.Labels,
@@ -155,22 +139,71 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 		m.Time = r.now()
 	}
 	m.Time = m.Time.UTC()
-	for _, p := range plans {
-		md, err := r.writeDisk(ctx, p, &opts)
-		if err != nil {
-			return nil, fmt.Errorf("capture %s disk %s: %w", opts.VM, p.src.Name, err)
-		}
-		m.Disks = append(m.Disks, *md)
+	if m.Disks, err = r.writeDisks(ctx, &opts, disks); err != nil {
+		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
 	b, err := m.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
 	}
-	id := format.Hash(b)
+	id := r.nameID(b)
 	if err := r.be.Save(ctx, snapshotHandle(id), b); err != nil {
 		return nil, fmt.Errorf("capture %s: commit manifest: %w", opts.VM, err)
 	}
 	return &RestorePoint{ID: id, Manifest: m}, nil
+}
+
+// writeDisks stores the chunks and indexes of disks and returns their
+// manifest entries; the caller holds a writer lock that pins the bases.
+func (r *Repository) writeDisks(ctx context.Context, opts *CaptureOptions, disks []DiskSource) ([]format.ManifestDisk, error) {
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	if opts.Compression == "" {
+		opts.Compression = r.cfg.Compression
+	}
+	if err := format.ValidCompression(opts.Compression); err != nil {
+		return nil, err
+	}
+	// Chunks verify found damaged are stored again, never taken from a
+	// base index.
+	damagedList, _, err := r.DamagedChunks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var dk *keys.DataKey
+	if r.keys != nil {
+		if dk, err = r.newDataKey(ctx); err != nil {
+			return nil, err
+		}
+	}
+	plans := make([]*diskPlan, len(disks))
+	seen := map[string]bool{}
+	for i, src := range disks {
+		if err := format.ValidName("disk", src.Name); err != nil {
+			return nil, err
+		}
+		if seen[src.Name] {
+			return nil, fmt.Errorf("disk %q given twice", src.Name)
+		}
+		seen[src.Name] = true
+		p, err := r.planDisk(ctx, src, damagedList)
+		if err != nil {
+			return nil, err
+		}
+		p.dk = dk
+		plans[i] = p
+		opts.Progress.Total.Add(p.total)
+	}
+	var out []format.ManifestDisk
+	for _, p := range plans {
+		md, err := r.writeDisk(ctx, p, opts)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: %w", p.src.Name, err)
+		}
+		out = append(out, *md)
+	}
+	return out, nil
 }
 
 // planDisk works out what to read for one disk from the decision in src.
@@ -197,6 +230,9 @@ func (r *Repository) planDisk(ctx context.Context, src DiskSource, damaged map[f
 	}
 	if err := extent.Check(src.Data, src.Size); err != nil {
 		return nil, fmt.Errorf("capture disk %s: data %w", src.Name, err)
+	}
+	if err := extent.Check(src.Skip, src.Size); err != nil {
+		return nil, fmt.Errorf("capture disk %s: skipped %w", src.Name, err)
 	}
 	base := src.Base
 	if base == nil {
@@ -398,7 +434,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 
 	idx := &format.Index{DiskSize: p.src.Size, ChunkSize: cs, IDs: p.ids}
 	b := idx.Marshal()
-	idxID := format.Hash(b)
+	idxID := r.nameID(b)
 	if err := r.be.Save(ctx, backend.Handle{Type: backend.IndexFile, Name: idxID.String()}, b); err != nil {
 		return nil, fmt.Errorf("store index: %w", err)
 	}
@@ -408,9 +444,34 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 		Stats: format.DiskStats{
 			Mode: p.mode, Reason: p.reason, BytesChanged: p.changed, BytesRead: bytesRead.Load(), Chunks: int64(len(p.ids)),
 			ZeroChunks: countZero(p.ids), NewChunks: newChunks.Load(), BytesStored: stored.Load(),
-			DurationSecs: format.Float3(time.Since(start).Seconds()),
+			DurationSecs: format.Float3(time.Since(start).Seconds()), Skipped: p.skipped(cs),
 		},
 	}, nil
+}
+
+// skipped completes the source's skip record with the bytes skipped in
+// the chunks this capture read.
+func (p *diskPlan) skipped(cs int64) *format.SkipStats {
+	if p.src.Skipped == nil {
+		return nil
+	}
+	s := *p.src.Skipped
+	var read []extent.Range
+	for _, i := range p.read {
+		off := int64(i) * cs
+		n := min(cs, p.src.Size-off)
+		if k := len(read); k > 0 && read[k-1].End() == off {
+			read[k-1].Length += n
+			continue
+		}
+		read = append(read, extent.Range{Offset: off, Length: n})
+	}
+	s.Bytes = extent.Sum(extent.Intersect(p.src.Skip, read))
+	s.Scope = "disk"
+	if p.mode == "extents" {
+		s.Scope = "changed"
+	}
+	return &s
 }
 
 // markChunks sets mark[i] for every chunk i that a non-empty range touches
@@ -455,7 +516,7 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 		zero.Add(1)
 		return nil
 	}
-	id := format.Hash(job.buf)
+	id := r.chunkID(job.buf)
 	p.ids[job.i] = id
 	if !known.claim(id) {
 		return nil // in the base, or stored (or being stored) by this capture
@@ -463,7 +524,7 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	// Not known: trust a stored object only after decoding and hashing it.
 	// A damaged one is copied aside before the good copy replaces it.
 	if _, err := r.be.Stat(ctx, chunkHandle(id)); err == nil {
-		_, lerr := r.loadChunk(ctx, id, nil)
+		lerr := r.checkStored(ctx, id)
 		if lerr == nil {
 			return nil
 		}
@@ -486,7 +547,17 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	if frame == nil {
 		frame = make([]byte, 0, format.ChunkHeaderSize+len(job.buf)+len(job.buf)/8)
 	}
-	frame, err := format.EncodeChunk(frame, job.buf, compression)
+	var err error
+	if p.dk == nil {
+		frame, err = format.EncodeChunk(frame, job.buf, compression)
+	} else {
+		plain := r.bufs.Get(len(job.buf) + format.ChunkHeaderSize)
+		plain, err = format.EncodeChunk(plain[:0], job.buf, compression)
+		if err == nil {
+			frame = p.dk.SealFrame(frame, plain, id)
+		}
+		r.bufs.Put(plain)
+	}
 	if err != nil {
 		return err
 	}
@@ -496,4 +567,19 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// checkStored checks a chunk object a capture may reuse instead of storing
+// it: decoded and hashed, or — with a capture key, which cannot decrypt —
+// its frame's checksum over the stored bytes.
+func (r *Repository) checkStored(ctx context.Context, id format.ID) error {
+	if r.keys == nil || r.keys.CanRead() {
+		_, err := r.loadChunk(ctx, id, nil)
+		return err
+	}
+	frame, err := r.be.Load(ctx, chunkHandle(id), 0, -1)
+	if err != nil {
+		return err
+	}
+	return keys.CheckFrame(frame)
 }

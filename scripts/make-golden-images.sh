@@ -66,8 +66,8 @@ finish() {
 
 # ---------------------------------------------------------------- NTFS
 ntfs() {
-	local img=$work/ntfs.img p i
-	truncate -s 8M "$img"
+	local img=$work/ntfs.img p i lcn1 len1 lcn2 len2
+	truncate -s 12M "$img"
 	faked mkntfs -q -F -Q -L vmv-golden-ntfs -c 4096 "$img" >/dev/null 2>&1
 	# pass 1: ADS through the windows interface (streams over 64 KiB are
 	# beyond xattrs), Interix symlinks and special files (ntfs-3g's default).
@@ -95,6 +95,8 @@ ntfs() {
 	mkdir special
 	mkfifo special/interix-fifo
 	mknod special/interix-chardev c 1 3
+	mknod special/interix-blockdev b 7 2
+	python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' special/interix-socket
 	# compressed directory: new files in it are LZNT1-compressed in 64 KiB
 	# units; in mixed.bin an incompressible (stored) unit is followed by a
 	# compressed one, and ntfs-3g writes both into one data run.
@@ -110,6 +112,23 @@ ntfs() {
 	gen text 65536 holey0 >compressed/holey.bin
 	gen text 65536 holey1 | dd of=compressed/holey.bin bs=64K seek=8 conv=notrunc status=none
 	truncate -s 700000 compressed/holey.bin
+	# stored, compressed, all-zero, compressed units: the compressed unit's
+	# clusters share the stored unit's data run, and the hole after them
+	# also covers the zero unit (go-ntfs dropped that unit and shifted the
+	# rest); shared-run2.bin has two stored units and two zero units
+	{
+		gen rotated 65536 shared0
+		gen text 65536 shared1
+		head -c 65536 /dev/zero
+		gen text 30000 shared3
+	} >compressed/shared-run.bin
+	{
+		gen rotated 65536 shared2-0
+		gen rotated 65536 shared2-1
+		gen text 65536 shared2-2
+		head -c 131072 /dev/zero
+		gen text 65536 shared2-5
+	} >compressed/shared-run2.bin
 	truncate -s 2M sparse.bin
 	printf middle | dd of=sparse.bin bs=1 seek=$((1 << 20)) conv=notrunc status=none
 	printf end | dd of=sparse.bin bs=1 seek=$(((2 << 20) - 3)) conv=notrunc status=none
@@ -122,8 +141,36 @@ ntfs() {
 	mkdir many many-long
 	for i in $(seq -w 1 200); do echo "$i" >"many/f$i"; done
 	for i in $(seq -w 1 60); do : >"many-long/$i-$(printf 'long-name-%.0s' $(seq 1 20))"; done
+	# a file in hundreds of fragments: its run list overflows the MFT record
+	# into extents in other records, found through an $ATTRIBUTE_LIST. Fill
+	# the volume with 4 KiB files, delete every other one, write the file
+	# into the holes, delete the rest.
+	python3 - <<'PY'
+import os
+os.mkdir("fill")
+n = 0
+try:
+    while True:
+        with open("fill/%05d" % n, "wb") as f:
+            f.write(b"%05d" % n * 819 + b"x")
+        n += 1
+except OSError:
+    os.remove("fill/%05d" % n)
+for i in range(0, n, 2):
+    os.remove("fill/%05d" % i)
+line = lambda i: b"fragmented line %08d of deterministic text\n" % i
+data = b"".join(line(i) for i in range(300000))[: (n // 2 - 8) * 4096]
+with open("fragmented.bin", "wb") as f:
+    f.write(data)
+for i in range(1, n, 2):
+    os.remove("fill/%05d" % i)
+os.rmdir("fill")
+PY
 	mkdir times
-	for f in subsec.txt y2030.txt y1999.txt; do echo "$f" >"times/$f"; done
+	for f in subsec.txt y2030.txt y1999.txt y1601.txt y1960.txt y1970.txt y2038.txt y2100.txt y2400.txt; do
+		echo "$f" >"times/$f"
+	done
+	mkdir times/dir-1980
 	cd /
 	umount "$mnt"
 	# pass 2: a stream on a directory (xattr interface), WSL special files,
@@ -133,6 +180,9 @@ ntfs() {
 	setfattr -n user.dirstream -v "a stream on a directory" dir-with-stream
 	ln -s ../hello.txt links/wsl-link
 	mkfifo special/wsl-fifo
+	mknod special/wsl-chardev c 4 64
+	mknod special/wsl-blockdev b 8 1
+	python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' special/wsl-socket
 	: >links/reparse-rel
 	python3 "$oracle" reparse symlink links/reparse-rel '..\hello.txt' '..\hello.txt' relative
 	: >links/reparse-abs
@@ -153,9 +203,18 @@ ntfs() {
 	python3 "$oracle" ntfs-times-tree . $(((T0 - 86400) * 10 ** 9 + 100000000)) $((T0 * 10 ** 9 + 200000000)) $(((T0 + 3600) * 10 ** 9 + 300000000))
 	python3 "$oracle" ntfs-times times/subsec.txt $((T0 * 10 ** 9 + 123456700)) $((T0 * 10 ** 9 + 999999900)) $(((T0 + 1) * 10 ** 9 + 500000000))
 	python3 "$oracle" ntfs-times times/y2030.txt 1893456000000000000 1900000000000000000 1900000000100000000
-	# go-ntfs skips index entries whose times fall outside 2001-2033 (a known
-	# divergence the golden test lists)
+	# times outside 2001-2033 (go-ntfs skipped their index entries), before
+	# 1677 and after 2262 (its conversion wrapped), the NTFS epoch itself;
+	# whole seconds before 1970 (ntfs-3g's stat rounds negative fractions
+	# differently from its system.ntfs_times)
 	python3 "$oracle" ntfs-times times/y1999.txt 915148800000000000 920000000000000000 920000000000000000
+	python3 "$oracle" ntfs-times times/y1601.txt -11644473600000000000 -11644473599000000000 -11644473500000000000
+	python3 "$oracle" ntfs-times times/y1960.txt -315619200000000000 -300000000000000000 -299999999000000000
+	python3 "$oracle" ntfs-times times/y1970.txt 0 100 1000000000
+	python3 "$oracle" ntfs-times times/y2038.txt 2147483647000000000 2147483648000000000 2147483649123456700
+	python3 "$oracle" ntfs-times times/y2100.txt 4102444800000000000 4102444800000000100 4133980800000000000
+	python3 "$oracle" ntfs-times times/y2400.txt 13569465600000000000 13569465600500000000 13600000000000000000
+	python3 "$oracle" ntfs-times times/dir-1980 315532800000000000 315532800000000000 315532800000000000
 	cd /
 	umount "$mnt"
 	ntfslabel --new-serial=0123456789ABCDEF "$img" >/dev/null
@@ -166,6 +225,23 @@ ntfs() {
 	# compressed one
 	ntfsinfo -v -F /compressed/mixed.bin "$img" 2>/dev/null | grep -Eq '^\s+0x0\s+0x[0-9a-f]+\s+0x1[1-9a-f]$' ||
 		{ echo "make-golden-images: /compressed/mixed.bin does not start with a shared run" >&2; exit 1; }
+	ntfsinfo -v -F /fragmented.bin "$img" 2>/dev/null | grep -q 'ATTRIBUTE_LIST' ||
+		{ echo "make-golden-images: /fragmented.bin has no attribute list" >&2; exit 1; }
+	# shared-run.bin: one run of 16 stored + a few compressed clusters, then
+	# one hole over the compressed unit's rest and the zero unit (> 16
+	# clusters); The Sleuth Kit's icat must read what ntfs-3g reads
+	ntfsinfo -v -F /compressed/shared-run.bin "$img" 2>/dev/null |
+		awk '/Runlist:/ {on=1; next} on && NF==3 {print $2, $3}' >"$work/runs"
+
+	{ read -r lcn1 len1 && read -r lcn2 len2; } <"$work/runs"
+	[ "$lcn1" != "<HOLE>" ] && ((len1 > 16 && len1 < 32)) && [ "$lcn2" = "<HOLE>" ] && ((len2 > 16)) ||
+		{ echo "make-golden-images: /compressed/shared-run.bin runs are not stored+compressed, hole over the next unit:" >&2; cat "$work/runs" >&2; exit 1; }
+	ntfs-3g -o ro "$img" "$mnt"
+	for p in compressed/shared-run.bin compressed/shared-run2.bin compressed/holey.bin compressed/mixed.bin; do
+		[ "$(icat "$img" "$(ifind -n "/$p" "$img")" | sha256sum)" = "$(sha256sum <"$mnt/$p")" ] ||
+			{ echo "make-golden-images: icat and ntfs-3g read /$p differently" >&2; umount "$mnt"; exit 1; }
+	done
+	umount "$mnt"
 	ntfs-3g -o ro,streams_interface=xattr "$img" "$mnt"
 	finish ntfs ntfs "$mnt" "$img"
 	umount "$mnt"

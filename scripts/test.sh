@@ -28,7 +28,7 @@ echo "== fuzzing each target for $FUZZTIME"
 fuzz() {
 	go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 10x "$1" >/tmp/vmvault-fuzz.log 2>&1
 }
-for pkg in ./repo/format ./cbt ./nbd ./nbd/client ./fs/ext ./fs/fat ./fs/ntfs ./fs/xfs ./fs/lvm ./fs/image; do
+for pkg in ./repo/format ./repo/keys ./cbt ./nbd ./nbd/client ./fs/ext ./fs/fat ./fs/ntfs ./fs/xfs ./fs/lvm ./fs/image ./fs/freespace; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
 		if ! fuzz "$pkg" "$target"; then
 			# The Go fuzzer sometimes ends a run with "context deadline

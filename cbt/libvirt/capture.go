@@ -87,6 +87,9 @@ type Options struct {
 	Workers  int
 	// Compression is the codec of the stored chunks ("": the repository's).
 	Compression string
+	// SkipFreeSpace and SkipSwap: see cbt.Options.
+	SkipFreeSpace bool
+	SkipSwap      bool
 
 	// wrapReader, for tests, wraps the reader of every disk.
 	wrapReader func(name string, r io.ReaderAt) io.ReaderAt
@@ -204,7 +207,8 @@ func CaptureDomain(ctx context.Context, o Options) (rp *repo.RestorePoint, err e
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: vm, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
-		Compression: o.Compression,
+		Compression:   o.Compression,
+		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	if err != nil {
 		return nil, err

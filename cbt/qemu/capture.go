@@ -83,6 +83,9 @@ type Options struct {
 	// TeardownTimeout bounds the teardown after the capture (default 2
 	// minutes).
 	TeardownTimeout time.Duration
+	// SkipFreeSpace and SkipSwap: see cbt.Options.
+	SkipFreeSpace bool
+	SkipSwap      bool
 
 	// wrapReader, for tests, wraps the reader of every disk.
 	wrapReader func(name string, r io.ReaderAt) io.ReaderAt
@@ -149,7 +152,8 @@ func CaptureVM(ctx context.Context, o Options) (rp *repo.RestorePoint, err error
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: o.VM, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
-		Compression: o.Compression,
+		Compression:   o.Compression,
+		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	return rp, err
 }

@@ -34,6 +34,9 @@ type Options struct {
 	// RemoveTimeout bounds the snapshot removal that runs after the
 	// capture (also after cancellation). Default 10 minutes.
 	RemoveTimeout time.Duration
+	// SkipFreeSpace and SkipSwap: see cbt.Options.
+	SkipFreeSpace bool
+	SkipSwap      bool
 }
 
 // DiskResult is the outcome for one disk.
@@ -47,6 +50,9 @@ type DiskResult struct {
 	BytesStored  int64         `json:"bytes_stored"`
 	NewChunks    int64         `json:"new_chunks"`
 	Duration     format.Float3 `json:"duration_seconds"`
+	// Skipped says what was skipped as unused by the guest (free space,
+	// swap), when that was asked for.
+	Skipped *format.SkipStats `json:"skipped,omitempty"`
 }
 
 // Result is the outcome for one VM.
@@ -130,7 +136,8 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 	}
 	rp, err := cbt.Capture(ctx, o.Repo, src, cbt.Options{
 		VM: name, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Log: log,
-		Compression: o.Compression,
+		Compression:   o.Compression,
+		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	if err != nil {
 		return res, fmt.Errorf("capture %s: %w", name, err)
@@ -147,7 +154,7 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 		res.Disks = append(res.Disks, DiskResult{
 			Name: d.Name, Size: d.Size, Mode: mode, Reason: d.Stats.Reason, BytesChanged: d.Stats.BytesChanged,
 			BytesRead: d.Stats.BytesRead, BytesStored: d.Stats.BytesStored, NewChunks: d.Stats.NewChunks,
-			Duration: d.Stats.DurationSecs,
+			Duration: d.Stats.DurationSecs, Skipped: d.Stats.Skipped,
 		})
 	}
 	return res, nil

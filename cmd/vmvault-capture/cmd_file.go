@@ -25,6 +25,7 @@ type fileOptions struct {
 	workers  int
 	cacheDir string
 	compress string
+	skip     skipFlags
 }
 
 func newFileCommand(g *cli.Global) *cobra.Command {
@@ -47,10 +48,13 @@ disk; a missing or malformed file is an error. It is only used when the
 latest restore point is a file capture that has the disk (not an overlay
 commit or a vSphere capture, whose content the list does not describe);
 otherwise the disk is read completely, only new chunks are stored, and the
-reason is printed with the result.`,
+reason is printed with the result.
+
+` + skipHelp(false),
 		Example: `  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw
   vmvault-capture file --vm web01 --disk disk0=/images/web01.raw --changed-extents disk0=/tmp/changed.txt
-  vmvault-capture file --vm db --disk sda=/dev/vg0/db-snap --tag nightly --json`,
+  vmvault-capture file --vm db --disk sda=/dev/vg0/db-snap --tag nightly --json
+  vmvault-capture file --vm web01 --disk disk0=/images/web01.raw --skip-free-space --skip-swap`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runFile(cmd, g, &o) },
 	}
@@ -63,6 +67,7 @@ reason is printed with the result.`,
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
 	cli.CompressionFlag(f, &o.compress)
+	o.skip.add(f, false)
 	return cmd
 }
 
@@ -144,7 +149,9 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	p := &repo.Progress{}
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
-		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers, Compression: o.compress,
+		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
+		Compression: o.compress,
 	})
 	stop()
 	if err != nil {
@@ -177,5 +184,6 @@ func printSummary(w io.Writer, rp *repo.RestorePoint, sum captureSummary) {
 			mode += " (" + d.Reason + ")"
 		}
 		fmt.Fprintf(w, "  %s: %s %s, read %s, stored %s in %d new chunks\n", d.Name, cli.Bytes(d.Size), mode, cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored), d.NewChunks)
+		cli.PrintSkipped(w, "    ", "skipped: ", d.Skipped)
 	}
 }

@@ -24,6 +24,7 @@ type libvirtOptions struct {
 	full     bool
 	json     bool
 	workers  int
+	skip     skipFlags
 	compress string
 }
 
@@ -54,7 +55,9 @@ deleted at the next capture. Checkpoints of other tools are left alone.
 Connects to libvirtd's or virtqemud's unix socket (--socket); the scratch
 directory is made writable for QEMU's user (the owner of the disk images).
 --quiesce freezes the guest's file systems through the guest agent while
-the backup starts.`,
+the backup starts.
+
+` + skipHelp(true),
 		Example: `  vmvault-capture libvirt web01
   vmvault-capture libvirt --quiesce --json web01 db01
   vmvault-capture libvirt --disk vda 5b5c2a56-8a3e-4a8e-9f0c-0123456789ab`,
@@ -72,6 +75,7 @@ the backup starts.`,
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per domain")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
 	cli.CompressionFlag(f, &o.compress)
+	o.skip.add(f, true)
 	return cmd
 }
 
@@ -101,7 +105,8 @@ func runLibvirt(cmd *cobra.Command, g *cli.Global, o *libvirtOptions, args []str
 		rp, err := libvirt.CaptureDomain(ctx, libvirt.Options{
 			Repo: r, Domain: dom, VM: o.vm, Socket: o.socket, Disks: o.disks, Quiesce: o.quiesce, TmpDir: o.tmpDir,
 			Full: o.full, Tags: o.tags, Log: slog.Default(), LockWait: g.LockWait, Progress: p, Workers: o.workers,
-			Compression: o.compress,
+			Compression:   o.compress,
+			SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 		})
 		stop()
 		if err != nil {

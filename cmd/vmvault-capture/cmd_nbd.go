@@ -25,6 +25,7 @@ type nbdOptions struct {
 	json       bool
 	workers    int
 	compress   string
+	skip       skipFlags
 }
 
 func newNBDCommand(g *cli.Global) *cobra.Command {
@@ -48,7 +49,9 @@ blocks the bitmap marks are read; otherwise the disk is read whole, with
 the reason. The bitmap must have recorded every write since that restore
 point: clear it after each capture (qemu-img bitmap --clear), or rotate:
 add a new bitmap, disable the old one, capture with --bitmap OLD
---next-bitmap NEW.`,
+--next-bitmap NEW.
+
+` + skipHelp(false),
 		Example: `  qemu-img bitmap --add web01.qcow2 vmvault            # once, before the first capture
   qemu-nbd -r -t -f qcow2 -B vmvault -x disk --socket /run/web01.sock web01.qcow2 &
   vmvault-capture nbd --vm web01 --disk disk0='nbd+unix:///disk?socket=/run/web01.sock' --bitmap vmvault
@@ -66,6 +69,7 @@ add a new bitmap, disable the old one, capture with --bitmap OLD
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
 	cli.CompressionFlag(f, &o.compress)
+	o.skip.add(f, false)
 	return cmd
 }
 
@@ -126,7 +130,9 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 	p := &repo.Progress{}
 	stop := cli.ShowProgress("capture "+o.vm, p, g.Quiet || o.json)
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
-		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers, Compression: o.compress,
+		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
+		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
+		Compression: o.compress,
 	})
 	stop()
 	if err != nil {

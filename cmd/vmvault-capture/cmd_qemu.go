@@ -26,6 +26,7 @@ type qemuOptions struct {
 	full     bool
 	json     bool
 	workers  int
+	skip     skipFlags
 	compress string
 }
 
@@ -63,7 +64,9 @@ qemu-storage-daemon has no devices: name its nodes.
 around the transaction, and always thaws them.
 
 If a capture was killed (SIGKILL, power loss), the next one refuses to
-start until 'vmvault-capture qemu cleanup' removed what it left.`,
+start until 'vmvault-capture qemu cleanup' removed what it left.
+
+` + skipHelp(true),
 		Example: `  qemu-system-x86_64 ... -blockdev driver=qcow2,node-name=sys,file.driver=file,file.filename=web01.qcow2 \
       -device virtio-blk-pci,drive=sys,id=vda -qmp unix:/run/web01.qmp,server=on,wait=off
   vmvault-capture qemu --vm web01 --qmp unix:/run/web01.qmp
@@ -84,6 +87,7 @@ start until 'vmvault-capture qemu cleanup' removed what it left.`,
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
 	cli.CompressionFlag(f, &o.compress)
+	o.skip.add(f, true)
 	cmd.AddCommand(newQEMUCleanupCommand())
 	return cmd
 }
@@ -164,7 +168,8 @@ func runQEMU(cmd *cobra.Command, g *cli.Global, o *qemuOptions) error {
 	rp, err := qemu.CaptureVM(ctx, qemu.Options{
 		Repo: r, VM: o.vm, Monitor: o.qmp, Disks: disks, Agent: o.agent, TmpDir: o.tmpDir,
 		Full: o.full, Tags: o.tags, Log: slog.Default(), LockWait: g.LockWait, Progress: p, Workers: o.workers,
-		Compression: o.compress,
+		Compression:   o.compress,
+		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 	})
 	stop()
 	if err != nil {

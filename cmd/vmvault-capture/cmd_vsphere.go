@@ -38,6 +38,7 @@ type vsphereOptions struct {
 	tags       []string
 	json       bool
 	compress   string
+	skip       skipFlags
 }
 
 const vsphereAuthHelp = `Credentials come from VMVAULT_VSPHERE_USER and VMVAULT_VSPHERE_PASSWORD, or
@@ -69,6 +70,8 @@ and the VM's configuration, and remove the snapshot — also after an error
 or Ctrl-C. A disk is captured in full (reason logged and in --json) when
 there is no previous restore point, the disk is new, its uuid or size
 changed, or CBT was reset. Independent disks are skipped with a warning.
+
+` + skipHelp(true) + `
 
 VMs are named by inventory path (/dc/vm/folder/web01), name or MoRef
 (vm-42). Several VMs are captured --parallel at a time; each becomes its
@@ -116,6 +119,7 @@ Transports (--transport):
 	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore points (repeatable)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per VM")
 	cli.CompressionFlag(f, &o.compress)
+	o.skip.add(f, true)
 	cmd.AddCommand(newVSphereCleanupCommand(g))
 	return cmd
 }
@@ -298,7 +302,8 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
 				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
-				Compression: o.compress,
+				Compression:   o.compress,
+				SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 			})
 		}()
 	}
@@ -327,6 +332,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			}
 			fmt.Fprintf(w, "  %s: %s %s, changed %s, read %s, stored %s\n", d.Name, cli.Bytes(d.Size), mode,
 				cli.Bytes(d.BytesChanged), cli.Bytes(d.BytesRead), cli.Bytes(d.BytesStored))
+			cli.PrintSkipped(w, "    ", "skipped: ", d.Skipped)
 		}
 		for _, s := range res.SkippedDisks {
 			fmt.Fprintf(w, "  %s: skipped (independent disk)\n", s)

@@ -50,6 +50,7 @@ func (b *browser) addFlags(f *pflag.FlagSet) {
 }
 
 func (b *browser) close() {
+	b.paths.ReportWarnings()
 	_ = b.lock.Unlock()
 	if b.r != nil {
 		b.r.Close()
@@ -167,6 +168,10 @@ func (b *browser) repository(ctx context.Context) (*repo.Repository, []*repo.Res
 	}
 	rps, bad, err := r.ListRestorePoints(ctx)
 	if err != nil {
+		r.Close()
+		return nil, nil, err
+	}
+	if err := cli.NeedReadKey(r, "reading files"); err != nil {
 		r.Close()
 		return nil, nil, err
 	}

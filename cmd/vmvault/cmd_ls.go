@@ -33,7 +33,7 @@ partitions. --json prints one JSON object per file with path, type, size,
 mode, uid, gid, mtime, atime, ctime, crtime (RFC 3339, left out when the
 filesystem has no such time), inode, nlink and a symlink's target.
 NTFS metadata files ($MFT, …) are shown with --all; alternate data streams
-are listed as "file:stream".
+of files and directories are listed as "file:stream" and "dir:stream".
 
 ` + browseHelp,
 		Example: `  vmvault ls web01@latest:disk0/p2/etc

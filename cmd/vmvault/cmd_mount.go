@@ -36,7 +36,10 @@ until Ctrl-C, SIGTERM or umount:
       <disk>/<partition>/   the files: p1, p2, … (p5+ logical), p0 without a table
 
 Files keep their modes, owners, times, link counts, symlinks, hard links and
-extended attributes; NTFS alternate data streams appear as "file:stream".
+extended attributes; NTFS alternate data streams (of files and directories)
+are user.STREAM extended attributes, as ntfs-3g's streams_interface=xattr
+shows them (getfattr -d; over 64 KiB: read them with vmvault cat
+RP:DISK/PART/path/file:stream).
 New restore points appear within seconds, forgotten ones disappear. A read
 that touches a damaged chunk fails with EIO (logged with restore point,
 disk and offset); the mount stays up. A partition whose filesystem cannot
@@ -83,6 +86,9 @@ As root the mount is made directly; otherwise through fusermount3.`,
 					DisableSplice: true,
 					Options:       []string{"ro", "default_permissions"},
 				},
+			}
+			if err := cli.NeedReadKey(r, "mount"); err != nil {
+				return err
 			}
 			lock, err := cli.ReadLock(ctx, r, "mount", g.LockWait)
 			if err != nil {

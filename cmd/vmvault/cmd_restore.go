@@ -48,6 +48,9 @@ program is refused even then; it is held exclusively while restoring.`,
 				return err
 			}
 			defer r.Close()
+			if err := cli.NeedReadKey(r, "restore"); err != nil {
+				return err
+			}
 			rp, err := resolveOne(cmd, r, args[0])
 			if err != nil {
 				return err

@@ -197,6 +197,9 @@ func runServe(cmd *cobra.Command, g *cli.Global, o *serveOptions) error {
 	defer r.Close()
 	// The server's reader lock pins the restore point of every open
 	// export: gc keeps their data while clients read them.
+	if err := cli.NeedReadKey(r, "serve"); err != nil {
+		return err
+	}
 	lock, err := cli.ReadLock(ctx, r, "serve", g.LockWait)
 	if err != nil {
 		return err

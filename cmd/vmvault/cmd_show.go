@@ -75,6 +75,7 @@ domain's XML, which 'virsh define' takes back; JSON otherwise).`,
 				}
 				fmt.Fprintf(w, "    capture:      %s, read %s, stored %s in %d new of %d chunks (%d zero), %.1fs\n",
 					mode, cli.Bytes(s.BytesRead), cli.Bytes(s.BytesStored), s.NewChunks, s.Chunks, s.ZeroChunks, float64(s.DurationSecs))
+				cli.PrintSkipped(w, "    ", "skipped:      ", s.Skipped)
 			}
 			return nil
 		},

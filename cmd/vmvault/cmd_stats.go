@@ -36,6 +36,9 @@ that is (after deduplication and without zero chunks), and how much is stored
 			if s.PackSize > 0 {
 				layout = fmt.Sprintf("%d packs of up to %s, %s", s.Packs, cli.Bytes(s.PackSize), cli.Bytes(s.PackBytes))
 			}
+			if s.Encrypted {
+				layout += ", encrypted"
+			}
 			fmt.Fprintf(w, "repository:          %s (format %d, %s)\n", s.Location, s.FormatVersion, layout)
 			fmt.Fprintf(w, "restore points:      %d (%d disks)\n", s.RestorePoints, s.Disks)
 			fmt.Fprintf(w, "logical size:        %s (%s without zero chunks)\n", cli.Bytes(s.LogicalBytes), cli.Bytes(s.LogicalDataBytes))
@@ -44,6 +47,9 @@ that is (after deduplication and without zero chunks), and how much is stored
 			fmt.Fprintf(w, "metadata:            %s\n", cli.Bytes(s.MetadataBytes))
 			fmt.Fprintf(w, "unreferenced:        %s in %d chunks (removed by gc)\n", cli.Bytes(s.UnreferencedBytes), s.UnreferencedChunks)
 			fmt.Fprintf(w, "repository total:    %s (logical / stored = %.2f)\n", cli.Bytes(s.TotalStoredBytes), s.SpaceSavingsRatio)
+			if s.DamagedChunks > 0 {
+				fmt.Fprintf(w, "damaged chunks:      %d found by verify (captures store them again; see verify --help)\n", s.DamagedChunks)
+			}
 			return nil
 		},
 	}

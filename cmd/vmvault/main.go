@@ -39,10 +39,10 @@ web01@2026-11-23T10:00 in UTC).
 	cli.SetVersion(root, fmt.Sprintf("overlay format %d (serve --writable)", overlay.Version))
 	root.AddCommand(
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
-		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g), newCompactCommand(g),
+		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g), newCompactCommand(g), newCopyCommand(g),
 		newStatsCommand(g), newUnlockCommand(g), newServeCommand(g), newOverlayCommand(g),
 		newPartitionsCommand(g), newLsCommand(g), newCatCommand(g), newCpCommand(g), newFindCommand(g),
-		newTimelineCommand(g), newMountCommand(g),
+		newTimelineCommand(g), newMountCommand(g), newKeyCommand(g),
 	)
 	return root
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmvault/vmvault/fs/fstest"
@@ -407,4 +409,118 @@ func TestMountReadAround(t *testing.T) {
 	if s, _ := shaFile(t, f.Name()); s != fmt.Sprintf("%x", sha256.Sum256(src)) {
 		t.Error("disks/disk0.raw differs from the image after random reads")
 	}
+}
+
+// TestMountNTFSStreams mounts a restore point of the golden NTFS image and
+// compares it with ntfs-3g (read-only, streams_interface=xattr) on the
+// same image: the same names in every directory (no "file:stream"
+// entries), and on every file and directory the same user.* attributes
+// with the same values — or E2BIG from both for a stream over 64 KiB. A
+// "file:stream" name does not resolve in either.
+func TestMountNTFSStreams(t *testing.T) {
+	fstest.NeedTools(t, "ntfs-3g")
+	fstest.NeedRoot(t)
+	e := newEnv(t)
+	img := filepath.Join(e.dir, "ntfs.img")
+	z, err := os.ReadFile(filepath.Join("..", "..", "testdata", "fs", "golden", "ntfs.img.zst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := zstd.NewReader(nil)
+	raw, err := zr.DecodeAll(z, nil)
+	zr.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.capture("--vm", "win", "--disk", "disk0="+img)
+	m := e.mount(t)
+	ours := filepath.Join(m.dir, "win", "latest", "disk0", "p0")
+	kmnt := t.TempDir()
+	sh(t, "ntfs-3g", "-o", "ro,streams_interface=xattr", img, kmnt)
+	defer exec.Command("umount", kmnt).Run()
+
+	listing := func(root string) map[string]string {
+		out := map[string]string{}
+		err := filepath.WalkDir(root, func(p string, d iofs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel := strings.TrimPrefix(p, root)
+			if d.Type()&iofs.ModeSymlink != 0 {
+				out[rel] = "symlink"
+				return nil
+			}
+			names := xattrNames(t, p)
+			var desc []string
+			for _, n := range names {
+				v, err := getXattr(p, n)
+				switch {
+				case errors.Is(err, syscall.E2BIG):
+					desc = append(desc, n+"=E2BIG")
+				case err != nil:
+					desc = append(desc, n+"="+err.Error())
+				default:
+					desc = append(desc, fmt.Sprintf("%s=%x", n, sha256.Sum256(v)))
+				}
+			}
+			out[rel] = strings.Join(desc, ",")
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	got, want := listing(ours), listing(kmnt)
+	streams := 0
+	for p, w := range want {
+		if g, ok := got[p]; !ok {
+			t.Errorf("missing %s", p)
+		} else if g != w {
+			t.Errorf("%s: user attributes\n got  %s\n want %s", p, g, w)
+		}
+		streams += strings.Count(w, "user.")
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("extra %s", p)
+		}
+	}
+	if streams < 4 || !strings.Contains(want["/dir-with-stream"], "user.dirstream=") || !strings.Contains(want["/big-stream.txt"], "E2BIG") {
+		t.Errorf("the image lacks the streams this test is about (%d): %v %v", streams, want["/dir-with-stream"], want["/big-stream.txt"])
+	}
+	for _, root := range []string{ours, kmnt} {
+		if _, err := os.Lstat(filepath.Join(root, "hello.txt:secret")); !errors.Is(err, iofs.ErrNotExist) {
+			t.Errorf("%s: hello.txt:secret resolves (%v)", root, err)
+		}
+	}
+	t.Logf("%d paths, %d streams compared", len(want), streams)
+}
+
+func xattrNames(t *testing.T, p string) []string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		t.Fatalf("listxattr %s: %v", p, err)
+	}
+	var out []string
+	for _, s := range strings.Split(string(buf[:n]), "\x00") {
+		if strings.HasPrefix(s, "user.") {
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func getXattr(p, name string) ([]byte, error) {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Lgetxattr(p, name, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
 }

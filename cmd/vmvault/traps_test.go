@@ -30,19 +30,7 @@ import (
 // flipChunk flips one byte of the stored chunk whose content is data.
 func (e *env) flipChunk(data []byte) {
 	e.t.Helper()
-	files, _ := filepath.Glob(filepath.Join(e.repo, "chunks", "*", format.Hash(data).String()))
-	if len(files) != 1 {
-		e.t.Fatalf("chunk %s: %d files", format.Hash(data).Short(), len(files))
-	}
-	os.Chmod(files[0], 0o600)
-	b, err := os.ReadFile(files[0])
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x40
-	if err := os.WriteFile(files[0], b, 0o600); err != nil {
-		e.t.Fatal(err)
-	}
+	flipChunkByte(e.t, e.repo, format.Hash(data), format.ChunkHeaderSize+100)
 }
 
 // TestCatDamagedStreamsGoodPrefix damages the chunk that holds the middle

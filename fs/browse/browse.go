@@ -13,8 +13,9 @@
 // Invariants:
 //   - Nothing here writes, to the disks or anywhere else.
 //   - A Browser opens each disk of a Source and each filesystem on it at
-//     most once and keeps them for its lifetime; a filesystem's warnings
-//     are reported once, when it is opened.
+//     most once and keeps them for its lifetime; each warning of a
+//     filesystem is reported once: those it has when it is opened at once,
+//     those it finds while being read (a bad checksum) by ReportWarnings.
 //   - Walk enters every directory at most once, so a hostile image with
 //     directory cycles terminates (with an error wrapping fs.ErrCorrupt);
 //     hidden metadata files (fs.HiddenChecker) are left out unless asked
@@ -78,11 +79,14 @@ type Browser struct {
 	// by Locate unchanged.
 	Sources func(ctx context.Context, arg string) (*Source, string, error)
 	// Warn, when set, receives each warning of a filesystem
-	// (fs.FileSystem.Warnings) when the filesystem is opened; l.FS is set.
+	// (fs.FileSystem.Warnings) when the filesystem is opened, and the
+	// warnings found since at each ReportWarnings; l.FS is set.
 	Warn func(l *Location, warning string)
 
-	disks map[diskKey]*image.Disk
-	fss   map[fsKey]fs.FileSystem
+	disks    map[diskKey]*image.Disk
+	fss      map[fsKey]fs.FileSystem
+	opened   []*Location // one location per filesystem, in opening order
+	reported map[fs.FileSystem]int
 }
 
 type diskKey struct {
@@ -256,12 +260,30 @@ func (b *Browser) openFS(l *Location) error {
 		b.fss = map[fsKey]fs.FileSystem{}
 	}
 	b.fss[key] = f
-	if b.Warn != nil {
-		for _, w := range f.Warnings() {
+	root := *l
+	root.Path = "/"
+	b.opened = append(b.opened, &root)
+	b.ReportWarnings()
+	return nil
+}
+
+// ReportWarnings hands Warn the warnings each open filesystem found since
+// the last report (readers add warnings as they meet damaged structures).
+// Callers call it when they are done reading.
+func (b *Browser) ReportWarnings() {
+	if b.Warn == nil {
+		return
+	}
+	if b.reported == nil {
+		b.reported = map[fs.FileSystem]int{}
+	}
+	for _, l := range b.opened {
+		ws := l.FS.Warnings()
+		for _, w := range ws[min(b.reported[l.FS], len(ws)):] {
 			b.Warn(l, w)
 		}
+		b.reported[l.FS] = len(ws)
 	}
-	return nil
 }
 
 // PartitionNames lists a disk's partition names, comma-separated.

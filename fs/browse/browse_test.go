@@ -7,8 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/vmvault/vmvault/fs"
 	"github.com/vmvault/vmvault/fs/fstest"
@@ -160,5 +164,46 @@ func TestFilesystemsSkipsUnreadable(t *testing.T) {
 	}
 	if fss := b.Filesystems(l); len(fss) != 0 {
 		t.Errorf("Filesystems returned %d locations on a disk without filesystems", len(fss))
+	}
+}
+
+// TestReportWarnings: a warning a filesystem finds while it is read (a
+// directory block of the golden ext4 image with a bad checksum, found
+// when a path is resolved through it) reaches Warn at the next
+// ReportWarnings, once.
+func TestReportWarnings(t *testing.T) {
+	z, err := os.ReadFile(filepath.Join("..", "..", "testdata", "fs", "golden", "ext4.img.zst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := zstd.NewReader(nil)
+	img, err := zr.DecodeAll(z, nil)
+	zr.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img[bytes.Index(img, []byte("medium.txt"))] ^= 1 // a name in the root directory's block
+	var warnings []string
+	src := &Source{Name: "ext4.img", Single: true, Open: func(context.Context, string) (io.ReaderAt, int64, error) {
+		return bytes.NewReader(img), int64(len(img)), nil
+	}}
+	b := &Browser{
+		Sources: func(context.Context, string) (*Source, string, error) { return src, "p0/hello.txt", nil },
+		Warn:    func(l *Location, w string) { warnings = append(warnings, l.Prefix()+" "+w) },
+	}
+	l, err := b.Locate(context.Background(), "x", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Stat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Errorf("warned before the directory was read: %q", warnings)
+	}
+	b.ReportWarnings()
+	b.ReportWarnings()
+	if len(warnings) != 1 || !strings.HasPrefix(warnings[0], "p0 directory inode 2 block 0: checksum mismatch") {
+		t.Errorf("warnings %q, want one for the root directory's block", warnings)
 	}
 }

@@ -113,6 +113,7 @@ func (f *FS) readDir(ctx context.Context, ino fs.Ino) ([]fs.DirEntry, error) {
 				if err := f.readBlocks(buf, r.pblk+b); err != nil {
 					return nil, fmt.Errorf("ext: directory %d: %w", ino, err)
 				}
+				f.checkDirBlock(in, r.lblk+b, buf)
 				if ents, err = parseDirBlock(buf, filetype, ents); err != nil {
 					return nil, fmt.Errorf("ext: directory %d block %d: %w", ino, r.lblk+b, err)
 				}

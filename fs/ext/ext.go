@@ -14,6 +14,10 @@
 // the inode body, in an xattr block and in EA inodes, and nanosecond and
 // creation times.
 //
+// With metadata_csum, inode and directory block checksums are verified; a
+// mismatch is a warning naming the inode (Warnings), and the structure is
+// still read as stored.
+//
 // Invariants: every on-disk length and block number is checked against the
 // filesystem's geometry before use; the memory a call allocates is bounded by
 // the filesystem's block size and the file's size, never by an unchecked
@@ -102,7 +106,16 @@ type FS struct {
 	incompat    uint32
 	roCompat    uint32
 	firstMetaBG uint64
-	warnings    []string
+	csumSeed    uint32 // metadata_csum seed
+	compat      uint32
+	backupBGs   [2]uint64 // sparse_super2: the groups with superblock backups
+	reservedGDT uint64    // blocks reserved for growing the descriptor table
+	stateErrors bool      // the superblock records errors
+	stateValid  bool      // cleanly unmounted (EXT2_VALID_FS)
+
+	wmu      sync.Mutex
+	warnings []string
+	warned   map[string]bool
 
 	mu       sync.Mutex
 	tables   map[uint64]uint64 // group → inode table block
@@ -150,6 +163,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if rev >= 1 {
 		f.inodeSize = int64(le.Uint16(sb[0x58:]))
 		compat = le.Uint32(sb[0x5c:])
+		f.compat = compat
+		f.reservedGDT = uint64(le.Uint16(sb[0xce:]))
+		f.backupBGs = [2]uint64{uint64(le.Uint32(sb[0x24c:])), uint64(le.Uint32(sb[0x250:]))}
 		f.incompat = le.Uint32(sb[0x60:])
 		f.roCompat = le.Uint32(sb[0x64:])
 	}
@@ -163,6 +179,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		f.descSize = 32
 	}
 	f.firstMetaBG = uint64(le.Uint32(sb[0x104:]))
+	if f.roCompat&roCompatBigalloc != 0 {
+		return nil, fmt.Errorf("ext: bigalloc filesystems (allocation clusters of several blocks) are not supported")
+	}
 	switch {
 	case f.inodeSize < 128 || f.inodeSize > f.blockSize || f.inodeSize&(f.inodeSize-1) != 0:
 		return nil, corrupt("inode size %d", f.inodeSize)
@@ -183,6 +202,11 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if f.inodesCount > f.groups*f.inodesPer {
 		return nil, corrupt("%d inodes in %d groups of %d", f.inodesCount, f.groups, f.inodesPer)
 	}
+	if f.incompat&incompatCsumSeed != 0 {
+		f.csumSeed = le.Uint32(sb[0x270:])
+	} else {
+		f.csumSeed = crc32c(^uint32(0), sb[0x68:0x78])
+	}
 	f.label = cString(sb[0x78:0x88])
 	f.uuid = formatUUID(sb[0x68:0x78])
 	switch {
@@ -200,7 +224,9 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if f.incompat&incompatEncrypt != 0 {
 		f.warnings = append(f.warnings, "filesystem uses fscrypt: encrypted files and names are shown as stored")
 	}
+	f.stateValid = le.Uint16(sb[0x3a:])&1 != 0
 	if le.Uint16(sb[0x3a:])&2 != 0 {
+		f.stateErrors = true
 		f.warnings = append(f.warnings, "filesystem has errors recorded (run e2fsck on a copy)")
 	}
 	return f, nil
@@ -218,8 +244,14 @@ func (f *FS) UUID() string { return f.uuid }
 // Root implements fs.FileSystem.
 func (f *FS) Root() fs.Ino { return rootIno }
 
-// Warnings implements fs.FileSystem.
-func (f *FS) Warnings() []string { return f.warnings }
+// Warnings implements fs.FileSystem: what Open noticed about the
+// filesystem as a whole, then every inode and directory block found with
+// a bad metadata_csum checksum so far (each once, the inode named).
+func (f *FS) Warnings() []string {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return append([]string(nil), f.warnings...)
+}
 
 // BlockSize is the filesystem block size in bytes.
 func (f *FS) BlockSize() int64 { return f.blockSize }
@@ -248,7 +280,13 @@ func (f *FS) readBlocks(p []byte, b uint64) error {
 }
 
 func (f *FS) hasSuper(group uint64) bool {
-	if group <= 1 || f.roCompat&roCompatSparseSuper == 0 {
+	if group == 0 {
+		return true
+	}
+	if f.compat&compatSparseSuper2 != 0 {
+		return group == f.backupBGs[0] || group == f.backupBGs[1]
+	}
+	if group == 1 || f.roCompat&roCompatSparseSuper == 0 {
 		return true
 	}
 	for _, base := range []uint64{3, 5, 7} {

@@ -15,6 +15,7 @@ import (
 // inode is the parsed part of an on-disk inode that the reader uses.
 type inode struct {
 	ino      uint64
+	gen      uint32 // i_generation, part of the checksum seed
 	mode     uint16
 	uid, gid uint32
 	size     uint64
@@ -44,6 +45,7 @@ func (f *FS) readInode(ino uint64) (*inode, error) {
 	if err := readFull(f.r, b, off); err != nil {
 		return nil, fmt.Errorf("ext: read inode %d: %w", ino, err)
 	}
+	f.checkInode(ino, b)
 	return parseInode(b, ino, f.incompat&incompatLargeDir != 0)
 }
 
@@ -59,6 +61,7 @@ func parseInode(b []byte, ino uint64, largeDir bool) (*inode, error) {
 	in.gid = uint32(le.Uint16(b[0x18:])) | uint32(le.Uint16(b[0x7a:]))<<16
 	in.links = le.Uint16(b[0x1a:])
 	in.flags = le.Uint32(b[0x20:])
+	in.gen = le.Uint32(b[0x64:])
 	copy(in.block[:], b[0x28:0x64])
 	in.fileACL = uint64(le.Uint32(b[0x68:])) | uint64(le.Uint16(b[0x76:]))<<32
 	in.size = uint64(le.Uint32(b[0x4:]))

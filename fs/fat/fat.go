@@ -52,6 +52,8 @@ type FS struct {
 	clusterSize int64
 	fatStart    int64 // byte offset of the first FAT
 	fatBytes    int64
+	fats        int64 // FAT copies
+	size        int64 // the partition
 	rootStart   int64 // FAT12/16 fixed root directory
 	rootBytes   int64
 	dataStart   int64
@@ -151,6 +153,7 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	f := &FS{r: r, kind: variant(g), bps: g.bps, clusterSize: g.bps * g.spc, cache: map[int64][]byte{}}
 	f.fatStart = g.reserved * g.bps
 	f.fatBytes = g.fatSectors * g.bps
+	f.fats, f.size = g.fats, size
 	f.rootStart = f.fatStart + g.fats*f.fatBytes
 	f.rootBytes = g.rootEntries * 32
 	f.dataStart = f.rootStart + (f.rootBytes+g.bps-1)/g.bps*g.bps

@@ -149,4 +149,7 @@ func Exercise(fsys fs.FileSystem) {
 	}
 	_, _ = fs.Resolve(ctx, fsys, "/d/l", true)
 	rec(fsys.Root(), 0)
+	if am, ok := fsys.(fs.AllocationMapper); ok {
+		_, _ = am.Allocated(ctx)
+	}
 }

@@ -1,20 +1,52 @@
-// Package ntfs reads NTFS volumes, read-only, through
-// www.velocidex.com/golang/go-ntfs, and presents them as an fs.FileSystem.
+// Package ntfs reads NTFS volumes, read-only, and presents them as an
+// fs.FileSystem. www.velocidex.com/golang/go-ntfs finds MFT records
+// (following the $MFT's own runs and attribute lists); everything inside a
+// record is parsed here, from its raw bytes.
+//
+// What go-ntfs (v0.2.1) gets wrong, and what this package does instead:
+//   - Directory listings: its INDEX_RECORD_ENTRY.IsValid() rejects every
+//     index entry whose four $FILE_NAME times do not all lie between
+//     2001-09-09 and 2033-05-18 (a heuristic for carving index slack), so
+//     backdated and far-future files vanish. index.go parses the $I30
+//     index itself: the root node and every index block its $BITMAP marks
+//     in use, fixups checked, entries bounded by their node.
+//   - Times: WinFileTime converts through int64 Unix nanoseconds, which
+//     wraps before 1677 and after 2262. filetime converts every value.
+//   - Compressed streams: its consumeRuns groups runs into compression
+//     units by run boundaries, so a unit whose compressed clusters share a
+//     data run with preceding stored units, followed by a hole that also
+//     covers the next all-sparse units, is dropped and every later byte
+//     shifts (the tail reads as zeros). stream.go maps each compression
+//     unit from its VCN range instead: all clusters allocated means stored,
+//     none means a hole, anything else is LZNT1 data (lznt1.go).
+//   - It is not hardened against malformed volumes and its caches are not
+//     safe for concurrent use: every call into it runs under recover (a
+//     panic becomes an error wrapping fs.ErrCorrupt) and under FS.mu. File
+//     content is read without it, concurrently.
 //
 // Choices: a directory lists each hard link under its own Win32 or POSIX
-// name (8.3 DOS names are not listed but Lookup finds them); alternate data
-// streams are listed as separate entries named "file:stream" (as The Sleuth
-// Kit's fls shows them), so they can be copied like files; NTFS metadata
-// files ($MFT, $LogFile, … in the root) are reported by Hidden so listings
-// can leave them out; symbolic links and junctions (reparse points) are
-// symlinks with their print name as target.
+// name (8.3 DOS names are not listed but Lookup finds them); named data
+// streams (alternate data streams) of files and directories are listed as
+// separate entries "name:stream" next to them (as The Sleuth Kit's fls
+// shows them) so they can be copied like files, IsStream tells those
+// entries apart, and ListXattr/GetXattr offer the same streams as
+// "user.stream" attributes (as ntfs-3g's streams_interface=xattr does);
+// NTFS metadata files ($MFT, $LogFile, … in the root) are reported by
+// Hidden so listings can leave them out. Special files are shown as
+// ntfs-3g shows them: symbolic links and junctions (reparse points, with
+// their print name as target), WSL symlinks, FIFOs, sockets and devices
+// (reparse tags 0xa000001d, 0x80000023–0x80000026; the device number from
+// the $LXDEV extended attribute), and Interix (Services for Unix) files,
+// which carry the system attribute: an empty file that is not hidden is a
+// FIFO, a 1-byte one a socket, "IntxLNK\1" a symlink, "IntxCHR\0" and
+// "IntxBLK\0" devices.
 //
-// Invariants: fs.Ino is the MFT record number in the low 48 bits and, for an
-// alternate data stream, the stream's position (1-based, by name) in bits
-// 48–63. go-ntfs is not hardened against malformed volumes, so every call
-// into it runs under recover and a panic becomes an error wrapping
-// fs.ErrCorrupt; calls are serialized because its caches are not safe for
-// concurrent use.
+// Invariants: fs.Ino is the MFT record number in the low 48 bits and, for a
+// named stream, the stream's position (1-based, by name) in bits 48–63.
+// Every length, offset and cluster number read from the volume is checked
+// before use; memory a call allocates is bounded by an index block (64 KiB),
+// a compression unit (1 MiB), an attribute header (64 KiB) or the caller's
+// buffer, never by an unchecked field.
 package ntfs
 
 import (
@@ -23,10 +55,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"sync"
-	"time"
 	"unicode/utf16"
 
 	"www.velocidex.com/golang/go-ntfs/parser"
@@ -40,21 +70,27 @@ const (
 	streamBits = 48
 	recordMask = 1<<streamBits - 1
 
-	attrReparsePoint = 0xc0
-	tagSymlink       = 0xa000000c
-	tagMountPoint    = 0xa0000003
-	// maxRecords bounds how many index entries one directory may yield.
-	maxEntries = 1 << 20
+	// maxWarnings bounds the warnings one volume collects.
+	maxWarnings = 100
+	// xattrMax is the largest value an extended attribute can have
+	// (Linux's XATTR_SIZE_MAX): larger streams are not offered as one.
+	xattrMax = 64 << 10
 )
 
 // FS is an open NTFS volume.
 type FS struct {
-	mu       sync.Mutex
-	size     int64 // volume size: no attribute can be larger
-	ctx      *parser.NTFSContext
-	label    string
-	uuid     string
+	mu             sync.Mutex // serializes go-ntfs
+	r              io.ReaderAt
+	size           int64 // volume size: no attribute can be larger
+	clusterSize    int64
+	bytesPerSector int64
+	ctx            *parser.NTFSContext
+	label          string
+	uuid           string
+
+	wmu      sync.Mutex
 	warnings []string
+	warned   map[string]bool
 }
 
 // Probe reports whether a boot sector is NTFS's.
@@ -77,7 +113,17 @@ func Open(r io.ReaderAt, size int64) (f *FS, err error) {
 	if !Probe(boot) {
 		return nil, fmt.Errorf("ntfs: no NTFS boot sector: %w", fs.ErrCorrupt)
 	}
-	paged, err := parser.NewPagedReader(io.NewSectionReader(r, 0, size), 4096, 1024)
+	bps := int64(binary.LittleEndian.Uint16(boot[0x0b:]))
+	spc := int64(boot[0x0d])
+	if spc > 0x80 { // large clusters: 2^(256-n) sectors
+		spc = 1 << (256 - spc)
+	}
+	cs := bps * spc
+	if bps < 256 || bps&(bps-1) != 0 || cs < 512 || cs > 2<<20 || cs&(cs-1) != 0 {
+		return nil, fmt.Errorf("ntfs: %d-byte sectors, %d per cluster: %w", bps, spc, fs.ErrCorrupt)
+	}
+	sr := io.NewSectionReader(r, 0, size)
+	paged, err := parser.NewPagedReader(sr, 4096, 1024)
 	if err != nil {
 		return nil, fmt.Errorf("ntfs: %w", err)
 	}
@@ -85,18 +131,14 @@ func Open(r io.ReaderAt, size int64) (f *FS, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("ntfs: %v: %w", err, fs.ErrCorrupt)
 	}
-	f = &FS{ctx: ctx, size: size}
+	f = &FS{r: sr, ctx: ctx, size: size, clusterSize: cs, bytesPerSector: bps}
 	f.uuid = fmt.Sprintf("%016X", binary.LittleEndian.Uint64(boot[0x48:]))
-	if vol, err := ctx.GetMFT(3); err == nil {
-		for _, a := range vol.EnumerateAttributes(ctx) {
-			if a.Type().Value == 0x60 { // $VOLUME_NAME
-				b := make([]byte, min(a.DataSize(), 256))
-				n, _ := a.Data(ctx).ReadAt(b, 0)
-				f.label = utf16le(b[:n])
-			}
+	if vol, err := f.load(3); err == nil {
+		if a := vol.first(0x60, ""); a != nil && a.resident { // $VOLUME_NAME
+			f.label = utf16le(a.content[:min(len(a.content), 256)])
 		}
 	}
-	if _, err := f.record(rootRecord); err != nil {
+	if _, err := f.load(rootRecord); err != nil {
 		return nil, fmt.Errorf("ntfs: root directory: %w", err)
 	}
 	return f, nil
@@ -122,15 +164,43 @@ func (f *FS) UUID() string { return f.uuid }
 // Root implements fs.FileSystem.
 func (f *FS) Root() fs.Ino { return rootRecord }
 
-// Warnings implements fs.FileSystem.
-func (f *FS) Warnings() []string { return f.warnings }
+// Warnings implements fs.FileSystem: damaged structures found so far
+// (index blocks that could not be read or parsed), each once.
+func (f *FS) Warnings() []string {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return append([]string(nil), f.warnings...)
+}
 
-// Hidden implements fs.HiddenChecker: NTFS metadata files in the root.
+func (f *FS) warn(w string) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if f.warned[w] {
+		return
+	}
+	if f.warned == nil {
+		f.warned = map[string]bool{}
+	}
+	f.warned[w] = true
+	switch {
+	case len(f.warnings) < maxWarnings:
+		f.warnings = append(f.warnings, w)
+	case len(f.warnings) == maxWarnings:
+		f.warnings = append(f.warnings, "more damaged structures were found; only the first ones are listed")
+	}
+}
+
+// Hidden implements fs.HiddenChecker: NTFS metadata files in the root
+// (and their streams).
 func (f *FS) Hidden(dir fs.Ino, name string) bool {
 	return dir == rootRecord && strings.HasPrefix(name, "$")
 }
 
-func (f *FS) record(n uint64) (*parser.MFT_ENTRY, error) {
+// IsStream implements fs.StreamChecker.
+func (f *FS) IsStream(ino fs.Ino) bool { return ino>>streamBits != 0 }
+
+// mftEntry loads an MFT record through go-ntfs; f.mu must be held.
+func (f *FS) mftEntry(n uint64) (*parser.MFT_ENTRY, error) {
 	if n > recordMask {
 		return nil, fmt.Errorf("ntfs: record %d: %w", n, fs.ErrNotExist)
 	}
@@ -147,91 +217,56 @@ func (f *FS) record(n uint64) (*parser.MFT_ENTRY, error) {
 	return e, nil
 }
 
-// info is what Stat needs from one MFT record.
-type info struct {
-	dir      bool
-	si       *parser.STANDARD_INFORMATION
-	links    uint32
-	streams  []*parser.NTFS_ATTRIBUTE // named $DATA streams, sorted by name
-	data     *parser.NTFS_ATTRIBUTE   // the unnamed $DATA stream
-	reparse  *parser.NTFS_ATTRIBUTE
-	readOnly bool
-}
-
-func (f *FS) info(e *parser.MFT_ENTRY) info {
-	var in info
-	in.dir = e.Flags().IsSet("DIRECTORY")
-	for _, a := range e.EnumerateAttributes(f.ctx) {
-		switch a.Type().Value {
-		case parser.ATTR_TYPE_STANDARD_INFORMATION:
-			in.si = f.ctx.Profile.STANDARD_INFORMATION(a.Data(f.ctx), 0)
-		case parser.ATTR_TYPE_FILE_NAME:
-			fn := f.ctx.Profile.FILE_NAME(a.Data(f.ctx), 0)
-			if fn.NameType().Name != "DOS" {
-				in.links++
-			}
-		case parser.ATTR_TYPE_DATA:
-			if !a.IsResident() && a.Runlist_vcn_start() != 0 {
-				continue
-			}
-			if a.Name() == "" {
-				in.data = a
-			} else {
-				in.streams = append(in.streams, a)
-			}
-		case attrReparsePoint:
-			in.reparse = a
-		}
+// load returns the parsed attributes of MFT record n.
+func (f *FS) load(n uint64) (rec *record, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer guard(fmt.Sprintf("record %d", n), &err)
+	e, err := f.mftEntry(n)
+	if err != nil {
+		return nil, err
 	}
-	sort.Slice(in.streams, func(i, j int) bool { return in.streams[i].Name() < in.streams[j].Name() })
-	if in.si != nil {
-		in.readOnly = in.si.Flags().IsSet("READ_ONLY")
-	}
-	return in
-}
-
-func winTime(t *parser.WinFileTime) time.Time {
-	if t == nil || t.Time.IsZero() || t.Time.Unix() <= -11644473600 {
-		return time.Time{}
-	}
-	return t.Time.UTC()
+	return f.parseRecord(n, e), nil
 }
 
 // Stat implements fs.FileSystem.
 func (f *FS) Stat(ctx context.Context, ino fs.Ino) (st fs.Stat, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	defer guard("stat", &err)
-	e, err := f.record(uint64(ino) & recordMask)
+	rec, err := f.load(uint64(ino) & recordMask)
 	if err != nil {
 		return st, err
 	}
-	in := f.info(e)
-	st = fs.Stat{Ino: ino, Type: fs.TypeRegular, Mode: 0o644, Nlink: max(in.links, 1)}
-	if in.si != nil {
-		st.Atime = winTime(in.si.File_accessed_time())
-		st.Mtime = winTime(in.si.File_altered_time())
-		st.Ctime = winTime(in.si.Mft_altered_time())
-		st.Crtime = winTime(in.si.Create_time())
+	si := rec.standardInfo()
+	st = fs.Stat{Ino: ino, Type: fs.TypeRegular, Mode: 0o644, Nlink: max(rec.links(), 1)}
+	if si != nil {
+		st.Crtime, st.Mtime = filetime(si.times[0]), filetime(si.times[1])
+		st.Ctime, st.Atime = filetime(si.times[2]), filetime(si.times[3])
 	}
-	stream := in.data
+	var data *attr
 	if idx := uint64(ino) >> streamBits; idx != 0 {
-		if idx > uint64(len(in.streams)) {
-			return fs.Stat{}, fmt.Errorf("ntfs: stream %d of record %d: %w", idx, uint64(ino)&recordMask, fs.ErrNotExist)
+		name, err := rec.streamName(idx)
+		if err != nil {
+			return fs.Stat{}, err
 		}
-		stream = in.streams[idx-1]
+		data = rec.base(attrData, name)
 		st.Nlink = 1
-	} else if t, ok := f.symlinkTarget(e, in); ok {
-		st.Type, st.Mode, st.Size, stream = fs.TypeSymlink, 0o777, int64(len(t)), nil
-	} else if in.dir {
-		st.Type, st.Mode, stream = fs.TypeDir, 0o755, nil
+	} else {
+		k := f.classify(rec, si)
+		st.Type, st.Rdev = k.typ, k.rdev
+		switch k.typ {
+		case fs.TypeSymlink:
+			st.Mode, st.Size = 0o777, int64(len(k.target))
+		case fs.TypeDir:
+			st.Mode = 0o755
+		default:
+			data = rec.base(attrData, "")
+		}
 	}
-	if stream != nil {
-		st.Size = stream.DataSize()
-		flags := uint64(*stream.Flags())
-		st.Sparse = flags&(1<<15|1) != 0 // SPARSE, COMPRESSED
+	if data != nil {
+		st.Size = data.size()
+		st.Sparse = data.flags&(attrFlagSparse|attrFlagCompressed) != 0
 	}
-	if in.readOnly && st.Type != fs.TypeSymlink {
+	if si != nil && si.attrib&fileAttrReadOnly != 0 && st.Type != fs.TypeSymlink {
 		st.Mode &^= 0o222
 	}
 	return st, nil
@@ -239,8 +274,6 @@ func (f *FS) Stat(ctx context.Context, ino fs.Ino) (st fs.Stat, err error) {
 
 // ReadDir implements fs.FileSystem.
 func (f *FS) ReadDir(ctx context.Context, ino fs.Ino) (out []fs.DirEntry, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	defer guard("read directory", &err)
 	return f.readDir(ctx, ino, false)
 }
@@ -249,19 +282,16 @@ func (f *FS) readDir(ctx context.Context, ino fs.Ino, dosNames bool) ([]fs.DirEn
 	if ino>>streamBits != 0 {
 		return nil, fmt.Errorf("ntfs: %d: %w", ino, fs.ErrNotDir)
 	}
-	e, err := f.record(uint64(ino))
+	rec, err := f.load(uint64(ino))
 	if err != nil {
 		return nil, err
 	}
-	if !e.Flags().IsSet("DIRECTORY") {
+	if !rec.dir {
 		return nil, fmt.Errorf("ntfs: record %d: %w", ino, fs.ErrNotDir)
 	}
-	// go-ntfs walks an index allocation in 4 KiB steps up to its claimed
-	// size: refuse sizes no volume of this size can hold.
-	for _, a := range e.EnumerateAttributes(f.ctx) {
-		if a.Type().Value == parser.ATTR_TYPE_INDEX_ALLOCATION && (a.DataSize() < 0 || a.DataSize() > f.size) {
-			return nil, fmt.Errorf("ntfs: directory %d: index of %d bytes on a %d-byte volume: %w", ino, a.DataSize(), f.size, fs.ErrCorrupt)
-		}
+	ents, err := f.dirEntries(ctx, rec)
+	if err != nil {
+		return nil, err
 	}
 	type key struct {
 		ref  uint64
@@ -269,45 +299,41 @@ func (f *FS) readDir(ctx context.Context, ino fs.Ino, dosNames bool) ([]fs.DirEn
 	}
 	seen := map[key]bool{}
 	var out []fs.DirEntry
-	for i, rec := range e.Dir(f.ctx) {
-		if i > maxEntries {
-			return nil, fmt.Errorf("ntfs: directory %d has more than %d entries: %w", ino, maxEntries, fs.ErrCorrupt)
-		}
+	for _, ie := range ents {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if !rec.IsValid() {
+		fn := ie.fn
+		if fn.namespace == nsDOS && !dosNames {
 			continue
 		}
-		fn := rec.File()
-		ns := fn.NameType().Name
-		if ns == "DOS" && !dosNames {
-			continue
-		}
-		ref := rec.MftReference() & recordMask
-		name := fn.Name()
-		if ref == uint64(ino) || name == "." {
+		if ie.ref == uint64(ino) || fn.name == "." || fn.name == "" {
 			continue // the root lists itself as "."
 		}
-		k := key{ref, name}
+		k := key{ie.ref, fn.name}
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
 		typ := fs.TypeRegular
-		if fn.Flags().IsSet("DIRECTORY") || fn.Flags().Value&0x10000000 != 0 {
+		switch {
+		case fn.flags&fnFlagReparse != 0:
+			typ = fs.TypeUnknown // a symlink, junction or WSL special file
+		case fn.flags&(fnFlagDirectory|fnFlagIndex) != 0:
 			typ = fs.TypeDir
+		case fn.flags&fnFlagSystem != 0:
+			typ = fs.TypeUnknown // maybe an Interix special file
 		}
-		out = append(out, fs.DirEntry{Name: name, Ino: fs.Ino(ref), Type: typ})
-		if typ == fs.TypeDir || dosNames {
+		out = append(out, fs.DirEntry{Name: fn.name, Ino: fs.Ino(ie.ref), Type: typ})
+		if dosNames {
 			continue
 		}
-		child, err := f.record(ref)
+		child, err := f.load(ie.ref)
 		if err != nil {
 			continue
 		}
-		for si, s := range f.info(child).streams {
-			out = append(out, fs.DirEntry{Name: name + ":" + s.Name(), Ino: fs.Ino(ref | uint64(si+1)<<streamBits), Type: fs.TypeRegular})
+		for si, s := range child.streamNames() {
+			out = append(out, fs.DirEntry{Name: fn.name + ":" + s, Ino: fs.Ino(ie.ref | uint64(si+1)<<streamBits), Type: fs.TypeRegular})
 		}
 	}
 	return out, nil
@@ -317,8 +343,6 @@ func (f *FS) readDir(ctx context.Context, ino fs.Ino, dosNames bool) ([]fs.DirEn
 // Win32 callers: an exact match wins, then a case-insensitive one, then an
 // 8.3 name.
 func (f *FS) Lookup(ctx context.Context, dir fs.Ino, name string) (ino fs.Ino, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	defer guard("lookup", &err)
 	ents, err := f.readDir(ctx, dir, false)
 	if err != nil {
@@ -346,190 +370,129 @@ func (f *FS) Lookup(ctx context.Context, dir fs.Ino, name string) (ino fs.Ino, e
 	return 0, fmt.Errorf("ntfs: %q in directory %d: %w", name, dir, fs.ErrNotExist)
 }
 
-// reparseTarget decodes a symlink or junction reparse point.
-func (f *FS) reparseTarget(a *parser.NTFS_ATTRIBUTE) (string, bool) {
-	b := make([]byte, min(a.DataSize(), 16<<10))
-	n, _ := a.Data(f.ctx).ReadAt(b, 0)
-	b = b[:n]
-	if len(b) < 16 {
-		return "", false
-	}
-	tag := binary.LittleEndian.Uint32(b)
-	var buf []byte
-	var relative bool
-	switch tag {
-	case tagSymlink:
-		if len(b) < 20 {
-			return "", false
-		}
-		relative = binary.LittleEndian.Uint32(b[16:])&1 != 0
-		buf = b[20:]
-	case tagMountPoint:
-		buf = b[16:]
-	default:
-		return "", false
-	}
-	off, ln := int(binary.LittleEndian.Uint16(b[12:])), int(binary.LittleEndian.Uint16(b[14:]))
-	if ln == 0 {
-		off, ln = int(binary.LittleEndian.Uint16(b[8:])), int(binary.LittleEndian.Uint16(b[10:]))
-	}
-	if off+ln > len(buf) {
-		return "", false
-	}
-	target := utf16le(buf[off : off+ln])
-	target = strings.TrimPrefix(target, `\??\`)
-	if relative {
-		target = strings.ReplaceAll(target, `\`, "/")
-	}
-	return target, true
-}
-
-// interixMagic starts the content of an Interix (Services for Unix) symlink,
-// the kind ntfs-3g creates by default; the UTF-16 target follows.
-const interixMagic = "IntxLNK\x01"
-
-// symlinkTarget recognizes reparse-point symlinks and junctions and Interix
-// symlinks.
-func (f *FS) symlinkTarget(e *parser.MFT_ENTRY, in info) (string, bool) {
-	if in.reparse != nil {
-		return f.reparseTarget(in.reparse)
-	}
-	if in.dir || in.data == nil || in.data.DataSize() < int64(len(interixMagic))+2 || in.data.DataSize() > 8192 {
-		return "", false
-	}
-	rr, err := parser.OpenStream(f.ctx, e, parser.ATTR_TYPE_DATA, parser.WILDCARD_STREAM_ID, "")
-	if err != nil {
-		return "", false
-	}
-	b := make([]byte, in.data.DataSize())
-	n, _ := rr.ReadAt(b, 0)
-	if n != len(b) || string(b[:len(interixMagic)]) != interixMagic {
-		return "", false
-	}
-	return utf16le(b[len(interixMagic):]), true
-}
-
 // Readlink implements fs.FileSystem: the target of a symbolic link or
-// junction as Windows stores it (absolute targets keep their drive letter).
+// junction as Windows stores it (absolute targets keep their drive letter),
+// of a WSL symlink as Linux wrote it, of an Interix symlink as stored.
 func (f *FS) Readlink(ctx context.Context, ino fs.Ino) (target string, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	defer guard("readlink", &err)
-	e, err := f.record(uint64(ino) & recordMask)
+	rec, err := f.load(uint64(ino) & recordMask)
 	if err != nil {
 		return "", err
 	}
-	in := f.info(e)
 	if ino>>streamBits == 0 {
-		if t, ok := f.symlinkTarget(e, in); ok {
-			return t, nil
+		if k := f.classify(rec, rec.standardInfo()); k.typ == fs.TypeSymlink {
+			return k.target, nil
 		}
 	}
 	return "", fmt.Errorf("ntfs: record %d is not a symlink", ino)
 }
 
-// ListXattr implements fs.FileSystem. Streams are directory entries, not
-// attributes, so there are none.
-func (f *FS) ListXattr(ctx context.Context, ino fs.Ino) ([]string, error) { return nil, nil }
-
-// GetXattr implements fs.FileSystem.
-func (f *FS) GetXattr(ctx context.Context, ino fs.Ino, name string) ([]byte, error) {
-	return nil, fmt.Errorf("ntfs: %s: %w", name, fs.ErrNoAttr)
-}
-
-// Open implements fs.FileSystem; compressed and sparse streams are
-// decoded by go-ntfs.
-func (f *FS) Open(ctx context.Context, ino fs.Ino) (file fs.File, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	defer guard("open", &err)
-	e, err := f.record(uint64(ino) & recordMask)
+// ListXattr implements fs.FileSystem: the named streams of a file or
+// directory, as "user.<stream>" (the name ntfs-3g's streams_interface=xattr
+// gives them). A stream entry itself has none.
+func (f *FS) ListXattr(ctx context.Context, ino fs.Ino) (names []string, err error) {
+	defer guard("list extended attributes", &err)
+	if ino>>streamBits != 0 {
+		return nil, nil
+	}
+	rec, err := f.load(uint64(ino))
 	if err != nil {
 		return nil, err
 	}
-	in := f.info(e)
-	name := ""
-	stream := in.data
-	if idx := uint64(ino) >> streamBits; idx != 0 {
-		if idx > uint64(len(in.streams)) {
-			return nil, fmt.Errorf("ntfs: stream %d of record %d: %w", idx, uint64(ino)&recordMask, fs.ErrNotExist)
-		}
-		stream = in.streams[idx-1]
-		name = stream.Name()
-	} else if in.dir {
-		return nil, fmt.Errorf("ntfs: record %d: %w", ino, fs.ErrIsDir)
+	for _, s := range rec.streamNames() {
+		names = append(names, "user."+s)
 	}
-	if stream == nil {
-		return &File{f: f}, nil
+	return names, nil
+}
+
+// GetXattr implements fs.FileSystem: "user.<stream>" reads a named
+// stream; one over 64 KiB (the kernel's limit for an attribute value) is
+// an error wrapping fs.ErrAttrTooBig — read it as the "name:stream" entry.
+func (f *FS) GetXattr(ctx context.Context, ino fs.Ino, name string) (v []byte, err error) {
+	defer guard("get extended attribute", &err)
+	stream, ok := strings.CutPrefix(name, "user.")
+	if !ok || stream == "" || ino>>streamBits != 0 {
+		return nil, fmt.Errorf("ntfs: %s: %w", name, fs.ErrNoAttr)
 	}
-	rr, err := parser.OpenStream(f.ctx, e, parser.ATTR_TYPE_DATA, parser.WILDCARD_STREAM_ID, name)
+	rec, err := f.load(uint64(ino))
 	if err != nil {
-		return nil, fmt.Errorf("ntfs: open record %d stream %q: %w", uint64(ino)&recordMask, name, err)
+		return nil, err
 	}
-	return &File{f: f, r: rr, size: stream.DataSize()}, nil
+	if rec.base(attrData, stream) == nil {
+		return nil, fmt.Errorf("ntfs: record %d has no stream %q: %w", ino, stream, fs.ErrNoAttr)
+	}
+	s, err := f.openStream(rec, attrData, stream)
+	if err != nil {
+		return nil, err
+	}
+	if s.size > xattrMax {
+		return nil, fmt.Errorf("ntfs: stream %q of record %d has %d bytes, over the %d-byte attribute limit: %w", stream, ino, s.size, xattrMax, fs.ErrAttrTooBig)
+	}
+	v = make([]byte, s.size)
+	if _, err := s.ReadAt(v, 0); err != nil && len(v) > 0 {
+		return nil, fmt.Errorf("ntfs: read stream %q of record %d: %w", stream, ino, err)
+	}
+	return v, nil
+}
+
+// Open implements fs.FileSystem: the unnamed data of a regular file, or a
+// named stream. Compressed and sparse streams are decoded.
+func (f *FS) Open(ctx context.Context, ino fs.Ino) (file fs.File, err error) {
+	defer guard("open", &err)
+	num := uint64(ino) & recordMask
+	rec, err := f.load(num)
+	if err != nil {
+		return nil, err
+	}
+	name := ""
+	if idx := uint64(ino) >> streamBits; idx != 0 {
+		if name, err = rec.streamName(idx); err != nil {
+			return nil, err
+		}
+	} else {
+		switch k := f.classify(rec, rec.standardInfo()); k.typ {
+		case fs.TypeRegular:
+		case fs.TypeDir:
+			return nil, fmt.Errorf("ntfs: record %d: %w", ino, fs.ErrIsDir)
+		default:
+			return nil, fmt.Errorf("ntfs: record %d is a %s, not a regular file", ino, k.typ)
+		}
+	}
+	if rec.base(attrData, name) == nil {
+		if name == "" {
+			return &File{s: &stream{cacheIdx: -1}}, nil // no $DATA: empty
+		}
+		return nil, fmt.Errorf("ntfs: record %d has no stream %q: %w", num, name, fs.ErrNotExist)
+	}
+	s, err := f.openStream(rec, attrData, name)
+	if err != nil {
+		return nil, fmt.Errorf("ntfs: open record %d stream %q: %w", num, name, err)
+	}
+	return &File{s: s}, nil
 }
 
 // File is one NTFS data stream.
-type File struct {
-	f    *FS
-	r    parser.RangeReaderAt
-	size int64
-}
+type File struct{ s *stream }
 
 // Size implements fs.File.
-func (fl *File) Size() int64 { return fl.size }
+func (fl *File) Size() int64 { return fl.s.size }
 
 // ReadAt implements io.ReaderAt.
 func (fl *File) ReadAt(p []byte, off int64) (n int, err error) {
 	if off < 0 {
 		return 0, errors.New("ntfs: negative offset")
 	}
-	if off >= fl.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), fl.size-off)
-	fl.f.mu.Lock()
-	defer fl.f.mu.Unlock()
-	defer guard("read", &err)
-	for n < int(want) {
-		m, rerr := fl.r.ReadAt(p[n:want], off+int64(n))
-		if m <= 0 {
-			if rerr == nil || rerr == io.EOF {
-				// past the stream's initialized data: zeros
-				clear(p[n:want])
-				n = int(want)
-				break
-			}
-			return n, fmt.Errorf("ntfs: read at %d: %w", off+int64(n), rerr)
-		}
-		n += m
-	}
-	if want < int64(len(p)) {
-		return n, io.EOF
-	}
-	return n, nil
+	return fl.s.ReadAt(p, off)
 }
 
-// DataExtents implements fs.SparseFile from go-ntfs's run list.
-func (fl *File) DataExtents() (out []extent.Range, err error) {
-	if fl.r == nil {
-		return nil, nil
-	}
-	fl.f.mu.Lock()
-	defer fl.f.mu.Unlock()
-	defer guard("ranges", &err)
-	for _, r := range fl.r.Ranges() {
-		if r.IsSparse || r.Length <= 0 || r.Offset >= fl.size {
-			continue
-		}
-		l := min(r.Length, fl.size-r.Offset)
-		if k := len(out); k > 0 && out[k-1].End() == r.Offset {
-			out[k-1].Length += l
-			continue
-		}
-		out = append(out, extent.Range{Offset: r.Offset, Length: l})
-	}
-	return out, nil
-}
+// DataExtents implements fs.SparseFile: allocated clusters (whole
+// compression units of compressed streams) below the initialized size.
+func (fl *File) DataExtents() ([]extent.Range, error) { return fl.s.dataExtents(), nil }
 
-var _ fs.FileSystem = (*FS)(nil)
+var (
+	_ fs.FileSystem       = (*FS)(nil)
+	_ fs.HiddenChecker    = (*FS)(nil)
+	_ fs.StreamChecker    = (*FS)(nil)
+	_ fs.AllocationMapper = (*FS)(nil)
+	_ fs.SparseFile       = (*File)(nil)
+)

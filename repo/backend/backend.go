@@ -59,6 +59,7 @@ const (
 	StateFile                         // repository state kept beside the data: verify records, quarantined chunks
 	PackFile                          // packs of chunk frames (repo/backend/pack), named by content hash
 	PackIndexFile                     // where chunks sit in packs, named by content hash
+	KeyFile                           // an encrypted repository's key slots and sealed data keys
 )
 
 var typeNames = map[FileType]string{
@@ -70,6 +71,7 @@ var typeNames = map[FileType]string{
 	StateFile:     "state",
 	PackFile:      "packs",
 	PackIndexFile: "packidx",
+	KeyFile:       "keys",
 }
 
 // String returns the type's directory-style name.
@@ -82,7 +84,7 @@ func (t FileType) String() string {
 
 // Types lists every object type, for backends that prepare storage per type.
 func Types() []FileType {
-	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile}
+	return []FileType{ConfigFile, LockFile, SnapshotFile, IndexFile, ChunkFile, StateFile, PackFile, PackIndexFile, KeyFile}
 }
 
 // Handle names one object.
@@ -116,6 +118,11 @@ type FileInfo struct {
 	Name    string
 	Size    int64
 	ModTime time.Time
+	// RetainUntil, when not zero, is the time before which storage
+	// refuses to remove or replace the object (S3 Object Lock). Backends
+	// fill it where that costs no extra request (the s3 backend in Stat,
+	// not in List).
+	RetainUntil time.Time
 }
 
 // Errors that callers test with errors.Is.
@@ -126,11 +133,46 @@ var (
 	ErrInvalidHandle = errors.New("invalid handle")
 	// ErrReadOnly is the error of every mutation of a read-only backend.
 	ErrReadOnly = errors.New("repository is read-only")
+	// ErrRetained is wrapped by the error of a Remove of an object that
+	// storage keeps for a retention period that has not ended (S3 Object
+	// Lock); the error is a *RetainedError, which says until when.
+	ErrRetained = errors.New("object is under retention")
 )
+
+// RetainedError is the error of removing an object under retention.
+type RetainedError struct {
+	Handle Handle
+	Until  time.Time // zero when storage did not say
+	Mode   string    // the retention mode as storage names it ("COMPLIANCE", "GOVERNANCE"), or ""
+}
+
+func (e *RetainedError) Error() string {
+	msg := fmt.Sprintf("remove %v: %v", e.Handle, ErrRetained)
+	if e.Mode != "" {
+		msg += " (" + e.Mode + ")"
+	}
+	if !e.Until.IsZero() {
+		msg += " until " + e.Until.UTC().Format(time.RFC3339)
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrRetained) hold.
+func (e *RetainedError) Is(target error) bool { return target == ErrRetained }
 
 // Permanent marks err as one that the same call will fail with again, so
 // wrappers such as repo/backend/retry return it at once. A backend marks
 // what it knows cannot heal (a refused credential, a missing bucket).
+// NotFound returns an error with message msg that is ErrNotFound for
+// errors.Is (for messages that say better what is missing than "object
+// not found").
+func NotFound(msg string) error { return notFoundError(msg) }
+
+type notFoundError string
+
+func (e notFoundError) Error() string        { return string(e) }
+func (e notFoundError) Is(target error) bool { return target == ErrNotFound }
+
 // Permanent(nil) is nil; errors.Is and errors.As see through the mark.
 func Permanent(err error) error {
 	if err == nil {
@@ -147,8 +189,8 @@ func (e *permanentError) Unwrap() error { return e.err }
 // IsPermanent reports whether repeating the call that returned err cannot
 // succeed: the error was marked with Permanent, or it is one whose cause
 // a repetition does not change (ErrNotFound, ErrShortRead,
-// ErrInvalidHandle, ErrReadOnly, a cancelled context or an expired
-// deadline).
+// ErrInvalidHandle, ErrReadOnly, ErrRetained, a cancelled context or an
+// expired deadline).
 func IsPermanent(err error) bool {
 	var p *permanentError
 	switch {
@@ -159,6 +201,7 @@ func IsPermanent(err error) bool {
 		errors.Is(err, ErrShortRead),
 		errors.Is(err, ErrInvalidHandle),
 		errors.Is(err, ErrReadOnly),
+		errors.Is(err, ErrRetained),
 		errors.Is(err, context.Canceled),
 		errors.Is(err, context.DeadlineExceeded):
 		return true
@@ -222,6 +265,38 @@ type Flusher interface {
 // lock.
 type TempCleaner interface {
 	RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
+}
+
+// Retainer is implemented by backends that can keep objects immutable for
+// a period after they are written (S3 Object Lock). Retain makes every
+// later Save of an object but a lock carry a retention of period (0:
+// none) in mode ("compliance", "governance"; "": the backend's default);
+// it fails when the storage cannot retain.
+type Retainer interface {
+	Retain(ctx context.Context, period time.Duration, mode string) error
+}
+
+// Wrapper is implemented by backends that add behaviour to another
+// (retry, readonly, the pack layer): Inner returns the wrapped one.
+type Wrapper interface {
+	Inner() Backend
+}
+
+// Find returns the first backend in be's chain of wrappers (be itself
+// first) that implements T.
+func Find[T any](be Backend) (T, bool) {
+	for be != nil {
+		if t, ok := be.(T); ok {
+			return t, true
+		}
+		w, ok := be.(Wrapper)
+		if !ok {
+			break
+		}
+		be = w.Inner()
+	}
+	var zero T
+	return zero, false
 }
 
 // RangeLoader is implemented by backends that load a range of an object

@@ -22,7 +22,34 @@ import (
 type Location struct {
 	Scheme string
 	Path   string
+	// Options are settings beyond the location string, from the command
+	// line (--repo-* flags, VMVAULT_REPO_* variables) or a program: keys
+	// are the Option* constants (a backend may document more), values
+	// strings. A backend reads the keys that apply to it, ignores the
+	// others, and fails Open or Create with ErrInvalidLocation for a value
+	// it cannot parse. Options never hold secrets (credentials come from
+	// the environment or files named here), so they may be logged.
+	Options map[string]string
 }
+
+// Option keys shared by the backends that take them.
+const (
+	OptionRegion          = "region"           // the storage region ("us-east-1")
+	OptionPathStyle       = "path-style"       // "true": bucket in the URL path; "false": in the host name; unset: the backend decides
+	OptionCAFile          = "ca-file"          // PEM file of CA certificates trusted beside the system's
+	OptionInsecure        = "insecure"         // "true": do not verify the server's TLS certificate
+	OptionCredentialsFile = "credentials-file" // a file of credentials (for S3: the AWS shared credentials format)
+	OptionObjectLock      = "object-lock"      // retention period of every object but locks ("30d", "720h"); unset or "0": none
+	OptionObjectLockMode  = "object-lock-mode" // "compliance" (the default) or "governance"
+)
+
+// Option returns the value of key in l.Options ("" when unset).
+func (l Location) Option(key string) string { return l.Options[key] }
+
+// ErrInvalidLocation is wrapped by the errors of Open and Create for a
+// location (or an option) its backend cannot parse: wrong usage, not a
+// missing repository.
+var ErrInvalidLocation = errors.New("invalid repository location")
 
 // LocalScheme is the scheme of plain paths.
 const LocalScheme = "local"

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	_ "github.com/vmvault/vmvault/repo/backend/all"
@@ -128,18 +129,24 @@ func TestRegistry(t *testing.T) {
 	}
 
 	// Unsupported schemes.
-	for _, s := range []string{"s3:bucket", "sftp:u:secret@h:/x", "rest:https://u:secret@h/", "b2:b:p", "azure:c:/", "gs:b:/", "https://h/x"} {
+	for _, s := range []string{"sftp:u:secret@h:/x", "rest:https://u:secret@h/", "b2:b:p", "azure:c:/", "gs:b:/", "https://h/x"} {
 		loc, err := backend.ParseLocation(s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for name, f := range map[string]func(context.Context, backend.Location) (backend.Backend, error){"open": backend.Open, "create": backend.Create} {
 			be, err := f(ctx, loc)
-			want := fmt.Sprintf("repository location scheme %q is not supported yet (supported: local)", loc.Scheme)
+			want := fmt.Sprintf("repository location scheme %q is not supported yet (supported: local, s3)", loc.Scheme)
 			if be != nil || !errors.Is(err, backend.ErrUnsupportedScheme) || err.Error() != want {
 				t.Errorf("%s %q: %v, %v; want %q", name, s, be, err, want)
 			}
 		}
+	}
+
+	// A location its backend cannot parse is ErrInvalidLocation.
+	bad, _ := backend.ParseLocation("s3:bucket")
+	if be, err := backend.Open(ctx, bad); be != nil || !errors.Is(err, backend.ErrInvalidLocation) {
+		t.Errorf("open s3:bucket: %v, %v; want ErrInvalidLocation", be, err)
 	}
 }
 
@@ -186,6 +193,7 @@ func TestPermanent(t *testing.T) {
 		{fmt.Errorf("load x: %w", backend.ErrShortRead), true},
 		{h.Valid(), true},
 		{fmt.Errorf("save x: %w", backend.ErrReadOnly), true},
+		{fmt.Errorf("gc: %w", &backend.RetainedError{Handle: h}), true},
 		{context.Canceled, true},
 		{fmt.Errorf("load: %w", context.DeadlineExceeded), true},
 	}
@@ -196,6 +204,12 @@ func TestPermanent(t *testing.T) {
 	}
 	if backend.Permanent(nil) != nil {
 		t.Error("Permanent(nil) is not nil")
+	}
+	until := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
+	re := fmt.Errorf("gc: %w", &backend.RetainedError{Handle: backend.Handle{Type: backend.PackFile, Name: "ab"}, Until: until, Mode: "COMPLIANCE"})
+	if !errors.Is(re, backend.ErrRetained) || !strings.Contains(re.Error(), "packs/ab") || !strings.Contains(re.Error(), "COMPLIANCE") ||
+		!strings.Contains(re.Error(), "until 2031-02-03T04:05:06Z") {
+		t.Errorf("retained error %q: want it to match ErrRetained and name the object, mode and time", re)
 	}
 	if p := backend.Permanent(transient); !errors.Is(p, transient) || p.Error() != transient.Error() {
 		t.Errorf("Permanent hides its error: %v", p)

@@ -171,12 +171,18 @@ func decodeChunk(dst, frame []byte, rawCRC bool) ([]byte, error) {
 
 // DecodeChunkID decodes a frame and checks that its content hashes to id.
 func DecodeChunkID(dst, frame []byte, id ID) ([]byte, error) {
+	return DecodeChunkHashed(dst, frame, id, Hash)
+}
+
+// DecodeChunkHashed is DecodeChunkID with the repository's chunk id
+// function (keyed in encrypted repositories).
+func DecodeChunkHashed(dst, frame []byte, id ID, hash func([]byte) ID) ([]byte, error) {
 	start := len(dst)
 	out, err := decodeChunk(dst, frame, false)
 	if err != nil {
 		return nil, err
 	}
-	if Hash(out[start:]) != id {
+	if hash(out[start:]) != id {
 		return nil, fmt.Errorf("chunk content does not match its id: %w", ErrCorrupt)
 	}
 	return out, nil
@@ -194,3 +200,6 @@ func CheckFrame(frame []byte) error {
 	}
 	return nil
 }
+
+// CRC is the checksum chunk frames and packs use (CRC-32C).
+func CRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }

@@ -21,7 +21,18 @@ type Config struct {
 	// ObjectLock is how long every object stays immutable after it is
 	// written (S3 Object Lock), in seconds; 0 for none.
 	ObjectLockSeconds int64 `json:"object_lock_seconds,omitempty"`
+	// ObjectLockMode is the retention mode: "compliance" (nobody can
+	// shorten it; the default when empty) or "governance".
+	ObjectLockMode string `json:"object_lock_mode,omitempty"`
+	// Encryption names the scheme of an encrypted repository (format
+	// version 3): what the key objects hold and how objects are sealed
+	// (repo/keys); empty for none.
+	Encryption string `json:"encryption,omitempty"`
 }
+
+// EncryptionV1 is AES-256-GCM for data and metadata, keyed BLAKE3 ids,
+// X25519-sealed data keys, argon2id-wrapped key slots (repo/keys).
+const EncryptionV1 = "aes256gcm-x25519-v1"
 
 // Limits on the pack size.
 const (
@@ -35,6 +46,12 @@ func (c *Config) Validate() error {
 	if c.Version < 1 || c.Version > ConfigVersion {
 		return fmt.Errorf("config version %d (this build reads 1 to %d): %w", c.Version, ConfigVersion, ErrUnsupportedVersion)
 	}
+	if (c.Version >= 3) != (c.Encryption != "") {
+		return fmt.Errorf("config version %d with encryption %q: encryption is what version 3 adds: %w", c.Version, c.Encryption, ErrCorrupt)
+	}
+	if c.Encryption != "" && c.Encryption != EncryptionV1 {
+		return fmt.Errorf("config: encryption %q: %w", c.Encryption, ErrUnsupportedVersion)
+	}
 	if (c.Version >= 2) != (c.PackSize > 0) {
 		return fmt.Errorf("config version %d with pack size %d: packs are what version 2 adds: %w", c.Version, c.PackSize, ErrCorrupt)
 	}
@@ -43,6 +60,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ObjectLockSeconds < 0 {
 		return fmt.Errorf("config: negative object lock period: %w", ErrCorrupt)
+	}
+	if m := c.ObjectLockMode; m != "" && m != "compliance" && m != "governance" {
+		return fmt.Errorf("config: object lock mode %q: %w", m, ErrCorrupt)
 	}
 	if len(c.ID) != 32 {
 		return fmt.Errorf("config: repository id %q: %w", c.ID, ErrCorrupt)

@@ -29,7 +29,7 @@ import (
 
 // Format versions this build reads and writes.
 const (
-	ConfigVersion   = 2 // 2: chunk frames in packs
+	ConfigVersion   = 3 // 2: chunk frames in packs; 3: encrypted
 	IndexVersion    = 1
 	ManifestVersion = 1
 	ChunkVersion    = 1

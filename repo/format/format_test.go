@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -284,7 +285,8 @@ func TestManifestValidation(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	for _, c := range []*Config{
-		{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize},
+		{Version: 2, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize},
+		{Version: ConfigVersion, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now(), PackSize: DefaultPackSize, Encryption: EncryptionV1},
 		{Version: 1, ID: strings.Repeat("ab", 16), ChunkSize: DefaultChunkSize, Hash: HashBLAKE3, Compression: CompressionZstdFastest, Created: time.Now()},
 	} {
 		b, err := c.Marshal()
@@ -364,5 +366,50 @@ func BenchmarkDecodeChunk(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestManifestSkipped: the skip record round-trips, and a manifest that
+// skipped nothing has no trace of it (its bytes, and so its id, are what
+// they were before the field existed).
+func TestManifestSkipped(t *testing.T) {
+	plain := validManifest()
+	b, err := plain.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("skipped")) {
+		t.Errorf("a manifest without skipping mentions it:\n%s", b)
+	}
+	m := validManifest()
+	m.Disks[0].Stats.Skipped = &SkipStats{FreeSpace: true, Bytes: 3 << 20, Scope: "disk", Volumes: []SkipVolume{
+		{Partition: "p1", Filesystem: "ext4", Offset: 1 << 20, Size: 1 << 29, Bytes: 3 << 20, Ranges: 7, What: "free space"},
+		{Partition: "p2", Offset: 1<<29 + 1<<20, Size: 1 << 20, ReadInFull: "no filesystem recognised"},
+	}}
+	b, err = m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Disks[0].Stats.Skipped, m.Disks[0].Stats.Skipped) {
+		t.Errorf("round trip: %+v, want %+v", got.Disks[0].Stats.Skipped, m.Disks[0].Stats.Skipped)
+	}
+}
+
+func TestSkipStatsLines(t *testing.T) {
+	s := &SkipStats{FreeSpace: true, Swap: true, Bytes: 3 << 30, Scope: "disk", Volumes: []SkipVolume{
+		{Partition: "p1", Filesystem: "ext4", Offset: 1 << 20, Size: 10 << 30, Bytes: 2 << 30, Ranges: 12, What: "free space"},
+		{Partition: "p2", Offset: 10<<30 + 1<<20, Size: 1 << 30, ReadInFull: "no filesystem recognised"},
+	}}
+	want := []string{
+		"3.0 GiB (free space and swap) in the whole disk, reading as zeros",
+		"p1 (ext4, 10.0 GiB at 1.0 MiB): free space, 2.0 GiB in 12 ranges",
+		"p2 (unknown, 1.0 GiB at 10.0 GiB): read in full: no filesystem recognised",
+	}
+	if got := s.Lines(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Lines =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

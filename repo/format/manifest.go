@@ -28,6 +28,17 @@ type Manifest struct {
 	Disks    []ManifestDisk    `json:"disks"`
 	Config   json.RawMessage   `json:"config,omitempty"` // source VM configuration, kept verbatim
 	Labels   map[string]string `json:"labels,omitempty"`
+	// Origin is set on a restore point vmvault copy wrote with chunks
+	// encoded anew (different keys or chunk size): the repository and
+	// restore point it is a copy of. A copy of stored frames is the
+	// source's manifest byte for byte (same id) and has none.
+	Origin *Origin `json:"origin,omitempty"`
+}
+
+// Origin names the restore point a copy was made from.
+type Origin struct {
+	Repository   string `json:"repository"`    // the source repository's config id
+	RestorePoint string `json:"restore_point"` // its id there
 }
 
 // ManifestDisk describes one disk of a restore point.
@@ -57,6 +68,40 @@ type DiskStats struct {
 	NewChunks    int64  `json:"new_chunks"`
 	BytesStored  int64  `json:"bytes_stored"`
 	DurationSecs Float3 `json:"duration_seconds"`
+	// Skipped, when set, records that the capture skipped what the guest's
+	// filesystems do not use (free space, swap): restore points written
+	// before it existed, and captures that skip nothing, have none.
+	Skipped *SkipStats `json:"skipped,omitempty"`
+}
+
+// SkipStats records what a capture did not read because the guest does
+// not use it: those bytes of the disk read as zeros in this restore
+// point, whatever the source held there (deleted files' data among them).
+type SkipStats struct {
+	FreeSpace bool `json:"free_space,omitempty"` // free blocks were skipped
+	Swap      bool `json:"swap,omitempty"`       // swap partitions and page files were skipped
+	// Bytes is what was skipped in the chunks this capture read: all of
+	// the disk (Scope "disk"), or in an extents incremental the chunks
+	// its changed ranges touched (Scope "changed"; the other chunks are
+	// the parent's, with what the parent skipped).
+	Bytes int64  `json:"bytes"`
+	Scope string `json:"scope"`
+	// Volumes says, per partition, what was found to skip and why a
+	// partition was read in full.
+	Volumes []SkipVolume `json:"volumes,omitempty"`
+	Note    string       `json:"note,omitempty"`
+}
+
+// SkipVolume is one partition of a SkipStats.
+type SkipVolume struct {
+	Partition  string `json:"partition"`
+	Filesystem string `json:"filesystem,omitempty"`
+	Offset     int64  `json:"offset"`
+	Size       int64  `json:"size"`
+	Bytes      int64  `json:"bytes"`  // found to skip in the partition
+	Ranges     int    `json:"ranges"` // in that many ranges
+	What       string `json:"what,omitempty"`
+	ReadInFull string `json:"read_in_full,omitempty"` // why nothing is skipped
 }
 
 // Float3 is a float printed with millisecond precision.
@@ -107,6 +152,11 @@ func (m *Manifest) Validate() error {
 	if len(m.Disks) == 0 {
 		return fmt.Errorf("manifest: no disks: %w", ErrCorrupt)
 	}
+	if m.Origin != nil {
+		if _, err := ParseID(m.Origin.RestorePoint); err != nil || m.Origin.Repository == "" {
+			return fmt.Errorf("manifest: origin %+v: %w", *m.Origin, ErrCorrupt)
+		}
+	}
 	seen := map[string]bool{}
 	for _, d := range m.Disks {
 		if err := ValidName("disk", d.Name); err != nil {
@@ -154,4 +204,51 @@ func ParseManifest(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// Lines describes the skip record for people: what was skipped, then one
+// line per partition (vmvault show, capture output, the mount's
+// vmvault-skipped.txt).
+func (s *SkipStats) Lines() []string {
+	var asked []string
+	if s.FreeSpace {
+		asked = append(asked, "free space")
+	}
+	if s.Swap {
+		asked = append(asked, "swap")
+	}
+	where := "the whole disk"
+	if s.Scope == "changed" {
+		where = "the chunks this incremental read (the others are the parent's, with what it skipped)"
+	}
+	out := []string{fmt.Sprintf("%s (%s) in %s, reading as zeros", iec(s.Bytes), strings.Join(asked, " and "), where)}
+	if s.Note != "" {
+		out = append(out, s.Note)
+	}
+	for _, v := range s.Volumes {
+		fsys := v.Filesystem
+		if fsys == "" {
+			fsys = "unknown"
+		}
+		head := fmt.Sprintf("%s (%s, %s at %s)", v.Partition, fsys, iec(v.Size), iec(v.Offset))
+		if v.ReadInFull != "" {
+			out = append(out, fmt.Sprintf("%s: read in full: %s", head, v.ReadInFull))
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: %s, %s in %d ranges", head, v.What, iec(v.Bytes), v.Ranges))
+	}
+	return out
+}
+
+// iec writes a byte count as people read it (1.5 GiB).
+func iec(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n), 0
+	for v >= 1024 && unit < 6 {
+		v /= 1024
+		unit++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, " KMGTPE"[unit])
 }

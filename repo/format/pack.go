@@ -58,6 +58,14 @@ func PackTrailer(entries []PackEntry) []byte {
 	return binary.LittleEndian.AppendUint32(b, crc)
 }
 
+// SealedPackTrailer frames an encrypted trailer: the sealed bytes, then
+// uint32 their length and "VVPE" (an encrypted repository's packs).
+func SealedPackTrailer(sealed []byte) []byte {
+	out := append([]byte(nil), sealed...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(sealed)))
+	return append(out, "VVPE"...)
+}
+
 // PackTrailerSize returns the length of the whole trailer given its last
 // 16 bytes, so a reader can fetch it with one more ranged read.
 func PackTrailerSize(tail []byte, packSize int64) (int64, error) {

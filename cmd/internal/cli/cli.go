@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -22,11 +24,13 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/vmvault/vmvault/repo"
 	"github.com/vmvault/vmvault/repo/backend"
 	_ "github.com/vmvault/vmvault/repo/backend/all" // every backend's location scheme
 	"github.com/vmvault/vmvault/repo/format"
+	"github.com/vmvault/vmvault/repo/keys"
 )
 
 // Exit codes, documented in both binaries' --help.
@@ -35,8 +39,10 @@ const (
 	ExitError       = 1
 	ExitUsage       = 2
 	ExitDamage      = 3 // verify found damage, or data could not be read
+	ExitNothing     = 4 // copy: every restore point asked for is there already
 	ExitNoRepo      = 10
 	ExitLocked      = 11
+	ExitPassword    = 12 // wrong password, or none for an encrypted repository
 	ExitInterrupted = 130
 )
 
@@ -45,13 +51,20 @@ const ExitCodesHelp = `Exit codes:
   0    success
   1    error
   2    wrong usage (unknown flag, missing argument)
-  3    damaged data found (verify) or a chunk could not be read
+  3    damaged data found (verify), a chunk could not be read, or (copy)
+       restore points left out for damaged source data
+  4    nothing to do (copy: the destination has everything asked for)
   10   no repository at the given location
   11   the repository is locked by another operation
+  12   wrong password (or none given) for an encrypted repository
   130  interrupted (SIGINT/SIGTERM); nothing half-done is left visible`
 
 // ErrDamage marks a command result that found damaged data.
 var ErrDamage = errors.New("damaged data found")
+
+// ErrNothingToDo marks a command that found its work done already; it
+// exits with ExitNothing and its message is no error.
+var ErrNothingToDo = errors.New("nothing to do")
 
 // usageError marks wrong usage.
 type usageError struct{ error }
@@ -61,19 +74,30 @@ func Usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 // Global holds flags every command shares.
 type Global struct {
-	Repo       string
-	LockWait   time.Duration
-	Quiet      bool
-	CPUProfile string
-	CacheDir   string
-	CacheSize  string
+	Repo string
+	// Options of remote repositories (backend.Location.Options).
+	RepoCAFile    string
+	RepoInsecure  bool
+	RepoRegion    string
+	RepoPathStyle string // "true", "false", or "" for the backend's choice
+	LockWait      time.Duration
+	Quiet         bool
+	CPUProfile    string
+	CacheDir      string
+	CacheSize     string
 
 	stopProfile func()
 }
 
 // AddFlags registers the global flags.
 func (g *Global) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, or local:PATH (env VMVAULT_REPOSITORY)")
+	fs.StringVarP(&g.Repo, "repo", "r", os.Getenv("VMVAULT_REPOSITORY"), "repository location: a directory, local:PATH, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] (env VMVAULT_REPOSITORY)")
+	fs.StringVar(&g.RepoCAFile, "repo-ca-file", os.Getenv("VMVAULT_REPO_CA_FILE"), "PEM file of CA certificates to trust for a remote repository, beside the system's (env VMVAULT_REPO_CA_FILE)")
+	insecure, _ := strconv.ParseBool(os.Getenv("VMVAULT_REPO_INSECURE"))
+	fs.BoolVar(&g.RepoInsecure, "repo-insecure", insecure, "do not verify the TLS certificate of a remote repository (env VMVAULT_REPO_INSECURE)")
+	fs.StringVar(&g.RepoRegion, "repo-region", os.Getenv("VMVAULT_REPO_REGION"), "region of an S3 repository's bucket (env VMVAULT_REPO_REGION)")
+	fs.StringVar(&g.RepoPathStyle, "repo-path-style", os.Getenv("VMVAULT_REPO_PATH_STYLE"), "S3 bucket in the URL path (true, what MinIO and most S3-compatibles want) or the host name (false, AWS); unset: by endpoint (env VMVAULT_REPO_PATH_STYLE)")
+	fs.Lookup("repo-path-style").NoOptDefVal = "true"
 	fs.DurationVar(&g.LockWait, "lock-wait", 0, "wait up to this long for a conflicting lock to go away")
 	fs.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress, summaries or informational log lines (errors, warnings, listings and --json still print)")
 	fs.StringVar(&g.CPUProfile, "cpu-profile", "", "write a CPU profile (pprof) to this file")
@@ -91,7 +115,11 @@ func envOr(name, def string) string {
 
 // diskCache returns the disk cache directory and size of the flags.
 func (g *Global) diskCache() (string, int64, error) {
-	size, err := ParseSize(g.CacheSize)
+	sizeFlag := g.CacheSize
+	if sizeFlag == "" { // a Global made in code, not by AddFlags
+		sizeFlag = envOr("VMVAULT_CACHE_SIZE", "4GiB")
+	}
+	size, err := ParseSize(sizeFlag)
 	if err != nil {
 		return "", 0, Usagef("--cache-size: %v", err)
 	}
@@ -159,9 +187,34 @@ func (g *Global) Location() (backend.Location, error) {
 	if g.Repo == "" {
 		return backend.Location{}, Usagef("no repository given: use --repo LOCATION or set VMVAULT_REPOSITORY")
 	}
-	loc, err := backend.ParseLocation(g.Repo)
+	return g.LocationOf(g.Repo)
+}
+
+// LocationOf parses a repository location with the options of the global
+// flags (they apply to every remote location a command names).
+func (g *Global) LocationOf(s string) (backend.Location, error) {
+	loc, err := backend.ParseLocation(s)
 	if err != nil {
 		return backend.Location{}, Usagef("%v", err)
+	}
+	if g.RepoPathStyle != "" {
+		if _, err := strconv.ParseBool(g.RepoPathStyle); err != nil {
+			return backend.Location{}, Usagef("--repo-path-style %q: want true or false", g.RepoPathStyle)
+		}
+	}
+	loc.Options = map[string]string{}
+	for k, v := range map[string]string{
+		backend.OptionCAFile:          g.RepoCAFile,
+		backend.OptionRegion:          g.RepoRegion,
+		backend.OptionPathStyle:       g.RepoPathStyle,
+		backend.OptionCredentialsFile: os.Getenv("VMVAULT_REPO_CREDENTIALS_FILE"),
+	} {
+		if v != "" {
+			loc.Options[k] = v
+		}
+	}
+	if g.RepoInsecure {
+		loc.Options[backend.OptionInsecure] = "true"
 	}
 	return loc, nil
 }
@@ -174,15 +227,28 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 	if err != nil {
 		return nil, err
 	}
+	return g.OpenRepoAt(ctx, loc, "", opts)
+}
+
+// OpenRepoAt opens the repository at loc. Its password comes from
+// VMVAULT_<side>_PASSWORD_FILE or _COMMAND when side is set and either is,
+// else as ReadPassword says.
+func (g *Global) OpenRepoAt(ctx context.Context, loc backend.Location, side string, opts repo.Options) (*repo.Repository, error) {
 	be, err := backend.Open(ctx, loc)
-	if errors.Is(err, backend.ErrUnsupportedScheme) {
+	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
 		return nil, usageError{err}
 	}
-	if err != nil {
+	if errors.Is(err, backend.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %v", repo.ErrNoRepository, err)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if opts.Hostname == "" {
 		opts.Hostname = os.Getenv("VMVAULT_HOSTNAME")
+	}
+	if opts.Password == nil {
+		opts.Password = func() ([]byte, error) { return ReadSidePassword(side, "password of "+be.Location()) }
 	}
 	if opts.DiskCacheDir == "" {
 		if opts.DiskCacheDir, opts.DiskCacheSize, err = g.diskCache(); err != nil {
@@ -201,12 +267,20 @@ func (g *Global) OpenRepo(ctx context.Context, opts repo.Options) (*repo.Reposit
 // CreateBackend prepares the storage of a new repository at the location
 // of the global flags.
 func (g *Global) CreateBackend(ctx context.Context) (backend.Backend, error) {
+	return g.CreateBackendWith(ctx, nil)
+}
+
+// CreateBackendWith is CreateBackend with more location options.
+func (g *Global) CreateBackendWith(ctx context.Context, opts map[string]string) (backend.Backend, error) {
 	loc, err := g.Location()
 	if err != nil {
 		return nil, err
 	}
+	for k, v := range opts {
+		loc.Options[k] = v
+	}
 	be, err := backend.Create(ctx, loc)
-	if errors.Is(err, backend.ErrUnsupportedScheme) {
+	if errors.Is(err, backend.ErrUnsupportedScheme) || errors.Is(err, backend.ErrInvalidLocation) {
 		return nil, usageError{err}
 	}
 	return be, err
@@ -230,6 +304,10 @@ func report(w io.Writer, err error, interrupted bool) int {
 	if err == nil {
 		return ExitOK
 	}
+	if errors.Is(err, ErrNothingToDo) && !interrupted {
+		fmt.Fprintln(w, err)
+		return ExitNothing
+	}
 	fmt.Fprintf(w, "%s: %v\n", "error", err)
 	var ue usageError
 	switch {
@@ -241,6 +319,10 @@ func report(w io.Writer, err error, interrupted bool) int {
 		return ExitNoRepo
 	case errors.Is(err, repo.ErrLocked):
 		return ExitLocked
+	case errors.Is(err, repo.ErrWrongPassword) || errors.Is(err, repo.ErrNeedPassword):
+		return ExitPassword
+	case errors.Is(err, keys.ErrCaptureKey):
+		return ExitError
 	case errors.Is(err, ErrDamage) || repo.IsChunkError(err):
 		return ExitDamage
 	}
@@ -289,6 +371,23 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix", s)
 	}
 	return v * mult, nil
+}
+
+// PrintSkipped writes a disk's record of skipped free space and swap
+// (format.SkipStats.Lines), the first line after label, the others
+// aligned under it; nothing when s is nil.
+func PrintSkipped(w io.Writer, indent, label string, s *format.SkipStats) {
+	if s == nil {
+		return
+	}
+	pad := strings.Repeat(" ", len(label))
+	for i, l := range s.Lines() {
+		if i == 0 {
+			fmt.Fprintf(w, "%s%s%s\n", indent, label, l)
+		} else {
+			fmt.Fprintf(w, "%s%s%s\n", indent, pad, l)
+		}
+	}
 }
 
 // Version describes the build of the running binary for --version: module
@@ -372,6 +471,115 @@ func ParseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("duration %q: want e.g. 30d, 2w, 36h or 90m", s)
 	}
 	return d, nil
+}
+
+// ReadPassword returns the repository password: the first line of the
+// file VMVAULT_PASSWORD_FILE names, the output of VMVAULT_PASSWORD_COMMAND
+// (run by the shell, its first line), or what the user types on the
+// terminal (prompt names what is asked). Never an argument, never logged.
+func ReadPassword(prompt string) ([]byte, error) {
+	if f := os.Getenv("VMVAULT_PASSWORD_FILE"); f != "" {
+		return passwordFile(f)
+	}
+	if c := os.Getenv("VMVAULT_PASSWORD_COMMAND"); c != "" {
+		return passwordCommand("VMVAULT_PASSWORD_COMMAND", c)
+	}
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w (and no terminal to ask on)", repo.ErrNeedPassword)
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "%s: ", prompt)
+	pw, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(tty)
+	if err != nil {
+		return nil, fmt.Errorf("read password: %w", err)
+	}
+	if len(pw) == 0 {
+		return nil, fmt.Errorf("%w: an empty one was typed", repo.ErrNeedPassword)
+	}
+	return pw, nil
+}
+
+// ReadSidePassword is ReadPassword for one side of a command that opens
+// two repositories (side "FROM" or "TO"): VMVAULT_FROM_PASSWORD_FILE or
+// _COMMAND when set, else ReadPassword's sources.
+func ReadSidePassword(side, prompt string) ([]byte, error) {
+	if side != "" {
+		if f := os.Getenv("VMVAULT_" + side + "_PASSWORD_FILE"); f != "" {
+			return passwordFile(f)
+		}
+		if c := os.Getenv("VMVAULT_" + side + "_PASSWORD_COMMAND"); c != "" {
+			return passwordCommand("VMVAULT_"+side+"_PASSWORD_COMMAND", c)
+		}
+	}
+	return ReadPassword(prompt)
+}
+
+func passwordCommand(name, c string) ([]byte, error) {
+	out, err := exec.Command("sh", "-c", c).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return firstLine(out)
+}
+
+// NewPassword asks for a new password: from file when not empty, else
+// (with fromEnv) through ReadPassword's environment variables, else on the
+// terminal, twice.
+func NewPassword(file string, fromEnv bool) ([]byte, error) {
+	if file != "" {
+		return passwordFile(file)
+	}
+	if fromEnv && (os.Getenv("VMVAULT_PASSWORD_FILE") != "" || os.Getenv("VMVAULT_PASSWORD_COMMAND") != "") {
+		return ReadPassword("new password")
+	}
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, Usagef("no terminal to ask for the new password on: give a password file")
+	}
+	tty.Close()
+	a, err := ReadPassword("new password")
+	if err != nil {
+		return nil, err
+	}
+	b, err := ReadPassword("new password again")
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(a, b) {
+		return nil, Usagef("the two passwords differ")
+	}
+	return a, nil
+}
+
+func passwordFile(f string) ([]byte, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("password file: %w", err)
+	}
+	if fi, err := os.Stat(f); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		slog.Warn("password file is readable by others: chmod 600 it", "file", f)
+	}
+	return firstLine(b)
+}
+
+func firstLine(b []byte) ([]byte, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) == 0 {
+		return nil, fmt.Errorf("%w: the password given is empty", repo.ErrNeedPassword)
+	}
+	return line, nil
+}
+
+// NeedReadKey fails when the repository was opened with a capture key,
+// for commands that read restore point contents.
+func NeedReadKey(r *repo.Repository, what string) error {
+	if _, canRead := r.Encrypted(); !canRead {
+		return fmt.Errorf("%s: %w", what, keys.ErrCaptureKey)
+	}
+	return nil
 }
 
 // CompressionFlag adds --compression to a capture command: the codec of

@@ -157,7 +157,9 @@ func TestOpenRepo(t *testing.T) {
 		{"local:", ExitUsage, `nothing after "local:"`},
 		{filepath.Join(dir, "missing"), ExitNoRepo, filepath.Join(dir, "missing")},
 		{"local:" + empty, ExitNoRepo, "open repository at " + empty},
-		{"s3:bucket/x", ExitUsage, `repository location scheme "s3" is not supported yet (supported: local)`},
+		{"gs:bucket/x", ExitUsage, `repository location scheme "gs" is not supported yet (supported: local, s3)`},
+		{"s3:bucket/x", ExitUsage, `the URL must start with https:// or http://`},
+		{"s3:https://key:secret@host/bucket", ExitUsage, `credentials do not belong in the location`},
 		{"rest:https://user:secret@host/", ExitUsage, `scheme "rest" is not supported yet`},
 		{"sftp:u:secret@host:/srv", ExitUsage, `scheme "sftp" is not supported yet`},
 	}
@@ -214,5 +216,54 @@ func TestParseDuration(t *testing.T) {
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("ParseDuration(%q) = %v, %v; want %v ok=%v", c.in, got, err, c.want, c.ok)
 		}
+	}
+}
+
+// TestRepoOptions: the --repo-* flags and VMVAULT_REPO_* variables become
+// the location's options; flags win over variables.
+func TestRepoOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		want    map[string]string
+		wantErr string
+	}{
+		{name: "none", want: map[string]string{}},
+		{name: "flags", args: []string{"--repo-ca-file", "/ca.pem", "--repo-insecure", "--repo-region", "eu-central-1", "--repo-path-style"},
+			want: map[string]string{"ca-file": "/ca.pem", "insecure": "true", "region": "eu-central-1", "path-style": "true"}},
+		{name: "virtual host", args: []string{"--repo-path-style=false"}, want: map[string]string{"path-style": "false"}},
+		{name: "env", env: map[string]string{"VMVAULT_REPO_CA_FILE": "/e.pem", "VMVAULT_REPO_INSECURE": "1", "VMVAULT_REPO_REGION": "r1",
+			"VMVAULT_REPO_PATH_STYLE": "false", "VMVAULT_REPO_CREDENTIALS_FILE": "/creds"},
+			want: map[string]string{"ca-file": "/e.pem", "insecure": "true", "region": "r1", "path-style": "false", "credentials-file": "/creds"}},
+		{name: "flag over env", env: map[string]string{"VMVAULT_REPO_REGION": "r1", "VMVAULT_REPO_INSECURE": "true"}, args: []string{"--repo-region", "r2", "--repo-insecure=false"},
+			want: map[string]string{"region": "r2"}},
+		{name: "bad path style", args: []string{"--repo-path-style=sometimes"}, wantErr: "--repo-path-style"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, v := range []string{"VMVAULT_REPO_CA_FILE", "VMVAULT_REPO_INSECURE", "VMVAULT_REPO_REGION", "VMVAULT_REPO_PATH_STYLE", "VMVAULT_REPO_CREDENTIALS_FILE"} {
+				t.Setenv(v, tc.env[v])
+			}
+			var g Global
+			cmd := &cobra.Command{Use: "x"}
+			g.AddFlags(cmd.Flags())
+			if err := cmd.Flags().Parse(append([]string{"--repo", "s3:https://h/b"}, tc.args...)); err != nil {
+				t.Fatal(err)
+			}
+			loc, err := g.Location()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(loc.Options) != fmt.Sprint(tc.want) {
+				t.Errorf("options %v, want %v", loc.Options, tc.want)
+			}
+		})
 	}
 }

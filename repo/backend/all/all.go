@@ -10,4 +10,5 @@ package all
 import (
 	// Each import registers a scheme.
 	_ "github.com/vmvault/vmvault/repo/backend/local"
+	_ "github.com/vmvault/vmvault/repo/backend/s3"
 )

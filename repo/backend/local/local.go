@@ -106,11 +106,14 @@ func Create(root string) (*Backend, error) {
 // Open returns the backend for an existing directory layout.
 func Open(root string) (*Backend, error) {
 	fi, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open repository at %s: %w", root, backend.NotFound("no such directory"))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open repository at %s: %w", root, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("open repository at %s: not a directory", root)
+		return nil, fmt.Errorf("open repository at %s: %w", root, backend.NotFound("not a directory"))
 	}
 	return &Backend{root: root, dirtyDirs: map[string]struct{}{}}, nil
 }
@@ -446,7 +449,7 @@ func (b *Backend) Count(ctx context.Context, t backend.FileType) (int, error) {
 // newerType reports whether repositories created before the type existed
 // lack its directory (it is made by the first Save of the type).
 func newerType(t backend.FileType) bool {
-	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile
+	return t == backend.StateFile || t == backend.PackFile || t == backend.PackIndexFile || t == backend.KeyFile
 }
 
 func listDir(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {

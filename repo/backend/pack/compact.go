@@ -115,8 +115,9 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 	if opts.DryRun {
 		return rep, nil
 	}
+	plan := b.entriesOf(repack, allEntries)
 	for _, name := range repack {
-		if _, err := b.rewrite(ctx, name, allEntries, nil, 1); err != nil {
+		if _, err := b.rewrite(ctx, name, plan[name], nil, 1); err != nil {
 			return nil, err
 		}
 	}
@@ -132,14 +133,14 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 // keeps every chunk readable at every moment: what was saved since the
 // last Flush (the live chunks copied out of them) goes into durable packs
 // named by a durable pack index; then a durable pack index says the packs
-// in gone are gone; then they are removed. It returns the packs the flush
-// wrote. A pack the flush wrote is never retired (packs have names of
+// in gone are gone; then they are removed. It returns the packs uploaded
+// since recordWritten (RewritePacks's; nil for gc's Compact). A pack the flush wrote is never retired (packs have names of
 // their own, so this only guards the invariant).
 func (b *Backend) retire(ctx context.Context, gone []format.ID) ([]PackInfo, error) {
-	written, err := b.flush(ctx)
-	if err != nil {
+	if err := b.Flush(ctx); err != nil {
 		return nil, err
 	}
+	written := b.takeWritten()
 	gone = slices.DeleteFunc(slices.Clone(gone), func(id format.ID) bool {
 		return slices.ContainsFunc(written, func(p PackInfo) bool { return p.Name == id })
 	})
@@ -186,18 +187,18 @@ type rewriteResult struct {
 	before, after int64
 }
 
-// rewrite stores a pack's entries again (chosen by sel), through
-// transform when it is set, using workers goroutines for transform. With
-// a transform, a pack none of whose frames changes and none dropped is
-// left alone (changed false, nothing stored).
-func (b *Backend) rewrite(ctx context.Context, name format.ID, sel entrySel, transform Transform, workers int) (rewriteResult, error) {
+// rewrite stores a pack's entries again (as entriesOf chose them),
+// through transform when it is set, using workers goroutines for
+// transform. With a transform, a pack none of whose frames changes and
+// none dropped is left alone (changed false, nothing stored).
+func (b *Backend) rewrite(ctx context.Context, name format.ID, pe packEntries, transform Transform, workers int) (rewriteResult, error) {
 	var res rewriteResult
 	data, err := b.be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: name.String()}, 0, -1)
 	if err != nil {
 		return res, fmt.Errorf("compact: read pack %s: %w", name.Short(), err)
 	}
-	keep, newer := b.packEntries(name, data, sel)
-	for _, sup := range newer {
+	keep := slices.Clone(pe.keep)
+	for _, sup := range pe.newer {
 		// Left behind only when the newer copy is really there.
 		_, err := b.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: sup.pack.String()})
 		switch {
@@ -270,76 +271,59 @@ type superseded struct {
 	pack format.ID
 }
 
-// packEntries returns the entries of the pack name (whose bytes are data)
-// that a rewrite stores again, and, for newestEntries, those whose chunk
-// has a newer frame elsewhere. allEntries scans the view (gc's repacks of
-// mostly dead packs); newestEntries looks up each chunk the pack's own
-// trailer lists, a cost that grows with the pack, not the repository.
-func (b *Backend) packEntries(name format.ID, data []byte, sel entrySel) (keep []entry, newer []superseded) {
-	b.rmu.RLock()
-	defer b.rmu.RUnlock()
-	n, ok := b.view.packNo[name]
-	if !ok {
-		return nil, nil
-	}
-	var listed []format.PackEntry
-	if sel == newestEntries {
-		listed = trailerEntries(data)
-	}
-	if listed == nil { // gc, or a pack whose trailer cannot be read: the view says
-		for _, e := range b.view.entries {
-			if e.pack == n {
-				listed = append(listed, format.PackEntry{ID: e.id})
-			}
-		}
-	}
-	seen := map[format.ID]bool{}
-	for _, le := range listed {
-		if seen[le.ID] {
-			continue
-		}
-		seen[le.ID] = true
-		lo, hi := b.view.span(le.ID)
-		var mine, newest *entry
-		for i := lo; i < hi; i++ {
-			e := &b.view.entries[i]
-			if e.pack == n {
-				if sel == allEntries {
-					keep = append(keep, *e)
-				}
-				mine = e
-			}
-			if !b.view.packs[e.pack].gone {
-				newest = e
-			}
-		}
-		switch {
-		case sel == allEntries || mine == nil: // done, or dead in this pack
-		case newest.pack != n:
-			newer = append(newer, superseded{*mine, b.view.packs[newest.pack].name})
-		default:
-			keep = append(keep, *mine)
-		}
-	}
-	return keep, newer
+// packEntries are the entries of one pack a rewrite stores again (keep)
+// and, for newestEntries, those whose chunk has a newer frame elsewhere.
+type packEntries struct {
+	keep  []entry
+	newer []superseded
 }
 
-// trailerEntries returns the entries a pack's trailer lists, or nil when
-// it cannot be read.
-func trailerEntries(data []byte) []format.PackEntry {
-	const fixed = 16
-	if len(data) < fixed {
-		return nil
+// entriesOf chooses the entries a rewrite of each named pack stores
+// again, in one pass over the view (its entries are sorted by chunk, a
+// chunk's newest last): allEntries keeps every entry the view has for the
+// pack (gc's repacks of mostly dead packs); newestEntries keeps a chunk's
+// entry only where the pack holds its newest frame.
+func (b *Backend) entriesOf(names []format.ID, sel entrySel) map[format.ID]packEntries {
+	b.rmu.RLock()
+	defer b.rmu.RUnlock()
+	want := map[uint32]format.ID{}
+	for _, name := range names {
+		if n, ok := b.view.packNo[name]; ok {
+			want[n] = name
+		}
 	}
-	size, err := format.PackTrailerSize(data[len(data)-fixed:], int64(len(data)))
-	if err != nil {
-		return nil
+	out := map[format.ID]packEntries{}
+	es := b.view.entries
+	for lo := 0; lo < len(es); {
+		hi := lo + 1
+		for hi < len(es) && es[hi].id == es[lo].id {
+			hi++
+		}
+		newest := -1
+		for i := lo; i < hi; i++ {
+			if !b.view.packs[es[i].pack].gone {
+				newest = i
+			}
+		}
+		for i := lo; i < hi; i++ {
+			e := es[i]
+			name, ok := want[e.pack]
+			if !ok {
+				continue
+			}
+			pe := out[name]
+			switch {
+			case sel == allEntries || newest < 0 || i == newest:
+				pe.keep = append(pe.keep, e)
+			case es[newest].pack == e.pack: // the chunk twice in this pack: its newest entry is kept
+			default:
+				pe.newer = append(pe.newer, superseded{e, b.view.packs[es[newest].pack].name})
+			}
+			out[name] = pe
+		}
+		lo = hi
 	}
-	entries, err := format.ParsePackTrailer(data[int64(len(data))-size:], int64(len(data)))
-	if err != nil {
-		return nil
-	}
-	return entries
+	return out
 }
 
 // PackInfo is a stored pack that the pack indexes name.
@@ -408,12 +392,15 @@ func (b *Backend) RewritePacks(ctx context.Context, names []format.ID, transform
 	if err := b.Flush(ctx); err != nil {
 		return nil, err
 	}
+	b.recordWritten()
+	defer b.takeWritten() // stops recording when the batch fails
 	if err := b.refresh(ctx); err != nil {
 		return nil, err
 	}
 	rep := &RewriteReport{}
+	plan := b.entriesOf(names, newestEntries)
 	for _, name := range names {
-		res, err := b.rewrite(ctx, name, newestEntries, transform, workers)
+		res, err := b.rewrite(ctx, name, plan[name], transform, workers)
 		if err != nil {
 			return nil, err
 		}

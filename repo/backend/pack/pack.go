@@ -18,6 +18,8 @@
 //   - Objects are immutable and named by the hash of their bytes. Every
 //     pack carries random bytes, so no two packs ever share a name: a
 //     pack index that says a pack is gone speaks of that pack alone.
+//   - Memory is bounded: Save waits while twice as many packs as uploads
+//     may run are sealed and not yet uploaded.
 //   - Chunks stored one per object (repositories of format version 1, or
 //     written before packs) are still found, listed and removed.
 //
@@ -54,7 +56,15 @@ type Options struct {
 	// are immutable), so opening the repository again reads them from
 	// here instead of from the backend.
 	IndexCacheDir string
-	Log           *slog.Logger
+	// SealTrailer, when set, encrypts pack trailers (they list the chunk
+	// ids and sizes of a pack).
+	SealTrailer func([]byte) []byte
+	// IndexEvery, when positive, writes a pack index (Checkpoint) once
+	// that many bytes of uploaded packs are not named in one, instead of
+	// only at Flush: a long writer that is interrupted and runs again then
+	// finds what it stored, less at most the packs open or in flight.
+	IndexEvery int64
+	Log        *slog.Logger
 }
 
 // Backend is the pack layer over an inner backend.
@@ -64,17 +74,21 @@ type Backend struct {
 	log  *slog.Logger
 
 	// write side
-	fmu      sync.Mutex // one Flush at a time
-	wmu      sync.Mutex
-	done     *sync.Cond // on wmu: an upload ended
-	cur      *openPack
-	slots    chan struct{} // uploads in flight, at most its capacity
-	inflight int
-	upErr    error       // the first upload error, reported by Save and Flush
-	uploaded []*openPack // uploaded since the last pack index
-	dead     []format.PackIndexDead
-	deadPack []format.ID // names of packs in dead, by index
-	pending  map[format.ID]*openPack
+	fmu           sync.Mutex // one Flush at a time
+	wmu           sync.Mutex
+	done          *sync.Cond // on wmu: an upload ended
+	cur           *openPack
+	slots         chan struct{} // uploads in flight, at most its capacity
+	inflight      int
+	upErr         error       // the first upload error, reported by Save and Flush
+	uploaded      []*openPack // uploaded since the last pack index
+	unindexed     int64       // their bytes
+	checkpointing bool        // a Checkpoint for IndexEvery runs
+	dead          []format.PackIndexDead
+	deadPack      []format.ID // names of packs in dead, by index
+	pending       map[format.ID]*openPack
+	recording     bool       // between recordWritten and takeWritten:
+	wrote         []PackInfo // the packs uploaded
 
 	// read side
 	rmu    sync.RWMutex
@@ -154,6 +168,11 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 	}
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
+	// Sealed packs wait for an upload slot in memory: a writer faster
+	// than the backend waits here, so at most one pack per slot waits.
+	for b.inflight >= 2*cap(b.slots) && b.upErr == nil {
+		b.done.Wait()
+	}
 	if b.upErr != nil {
 		return fmt.Errorf("save %v: an earlier pack upload failed: %w", h, b.upErr)
 	}
@@ -185,7 +204,11 @@ func (b *Backend) sealLocked() {
 	var nonce [packNonceSize]byte
 	_, _ = rand.Read(nonce[:])
 	p.data = append(p.data, nonce[:]...)
-	p.data = append(p.data, format.PackTrailer(p.entries)...)
+	trailer := format.PackTrailer(p.entries)
+	if b.opts.SealTrailer != nil {
+		trailer = format.SealedPackTrailer(b.opts.SealTrailer(trailer))
+	}
+	p.data = append(p.data, trailer...)
 	p.name = format.Hash(p.data)
 	b.inflight++
 	go func() {
@@ -198,7 +221,15 @@ func (b *Backend) sealLocked() {
 			b.upErr = err
 		}
 		if err == nil {
+			if b.recording {
+				b.wrote = append(b.wrote, PackInfo{Name: p.name, Size: int64(len(p.data)), ModTime: time.Now()})
+			}
 			b.uploaded = append(b.uploaded, p)
+			b.unindexed += int64(len(p.data))
+			if b.opts.IndexEvery > 0 && b.unindexed >= b.opts.IndexEvery && !b.checkpointing {
+				b.checkpointing = true
+				go b.checkpoints()
+			}
 		}
 		b.inflight--
 		b.done.Broadcast()
@@ -209,12 +240,6 @@ func (b *Backend) sealLocked() {
 // every upload, writes a pack index naming the new packs (and the frames
 // Remove marked dead), and flushes the inner backend.
 func (b *Backend) Flush(ctx context.Context) error {
-	_, err := b.flush(ctx)
-	return err
-}
-
-// flush is Flush; it returns the packs it wrote.
-func (b *Backend) flush(ctx context.Context) ([]PackInfo, error) {
 	b.fmu.Lock()
 	defer b.fmu.Unlock()
 	b.wmu.Lock()
@@ -233,10 +258,10 @@ func (b *Backend) flush(ctx context.Context) ([]PackInfo, error) {
 				delete(b.pending, id)
 			}
 		}
-		return nil, fmt.Errorf("upload packs: %w", err)
+		return fmt.Errorf("upload packs: %w", err)
 	}
 	if len(b.uploaded) == 0 && len(b.dead) == 0 {
-		return nil, b.flushInner(ctx)
+		return b.flushInner(ctx)
 	}
 	x := &format.PackIndex{}
 	packNo := map[format.ID]uint32{}
@@ -259,23 +284,103 @@ func (b *Backend) flush(ctx context.Context) ([]PackInfo, error) {
 		x.Dead = append(x.Dead, format.PackIndexDead{ID: d.ID, Pack: ref(b.deadPack[i])})
 	}
 	if err := b.flushInner(ctx); err != nil { // packs durable before the index naming them
-		return nil, err
+		return err
 	}
 	if err := b.saveIndex(ctx, x); err != nil {
-		return nil, err
+		return err
 	}
-	var written []PackInfo
-	now := time.Now()
 	for _, p := range b.uploaded {
-		written = append(written, PackInfo{Name: p.name, Size: int64(len(p.data)), ModTime: now})
 		for _, e := range p.entries {
 			if b.pending[e.ID] == p {
 				delete(b.pending, e.ID)
 			}
 		}
 	}
-	b.uploaded, b.dead, b.deadPack = nil, nil, nil
-	return written, nil
+	b.uploaded, b.unindexed, b.dead, b.deadPack = nil, 0, nil, nil
+	return nil
+}
+
+// Checkpoint makes the packs uploaded so far durable and findable: it
+// writes a pack index naming them, without sealing the open pack. A long
+// writer calls it now and then, so one that is interrupted and runs again
+// finds what it stored before (only chunks in the open pack and in packs
+// still uploading are lost).
+func (b *Backend) Checkpoint(ctx context.Context) error {
+	b.fmu.Lock()
+	defer b.fmu.Unlock()
+	b.wmu.Lock()
+	ups := b.uploaded
+	b.uploaded, b.unindexed = nil, 0
+	b.wmu.Unlock()
+	if len(ups) == 0 {
+		return nil
+	}
+	x := &format.PackIndex{}
+	for n, p := range ups {
+		x.Packs = append(x.Packs, p.name)
+		for _, e := range p.entries {
+			x.Entries = append(x.Entries, format.PackIndexEntry{ID: e.ID, Pack: uint32(n), Offset: e.Offset, Length: e.Length})
+		}
+	}
+	err := b.flushInner(ctx)
+	if err == nil {
+		err = b.saveIndex(ctx, x)
+	}
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	if err != nil {
+		b.uploaded = append(ups, b.uploaded...) // the next Flush indexes them
+		for _, p := range ups {
+			b.unindexed += int64(len(p.data))
+		}
+		return err
+	}
+	for _, p := range ups {
+		for _, e := range p.entries {
+			if b.pending[e.ID] == p {
+				delete(b.pending, e.ID)
+			}
+		}
+	}
+	return nil
+}
+
+// checkpoints writes pack indexes while IndexEvery bytes of uploaded
+// packs wait for one (b.checkpointing is set).
+func (b *Backend) checkpoints() {
+	for {
+		if err := b.Checkpoint(context.Background()); err != nil {
+			b.log.Warn("pack index not written now: the next flush writes it", "err", err)
+			b.wmu.Lock()
+			b.checkpointing = false
+			b.wmu.Unlock()
+			return
+		}
+		b.wmu.Lock()
+		if b.unindexed < b.opts.IndexEvery {
+			b.checkpointing = false
+			b.wmu.Unlock()
+			return
+		}
+		b.wmu.Unlock()
+	}
+}
+
+// recordWritten starts recording the packs uploaded from now on.
+func (b *Backend) recordWritten() {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	b.recording, b.wrote = true, nil
+}
+
+// takeWritten returns the packs uploaded since recordWritten and stops
+// recording (nil when nothing recorded).
+func (b *Backend) takeWritten() []PackInfo {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	w := b.wrote
+	b.recording, b.wrote = false, nil
+	return w
 }
 
 func (b *Backend) flushInner(ctx context.Context) error {

@@ -239,6 +239,98 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
+// gated blocks pack uploads until released.
+type gated struct {
+	backend.Backend
+	release chan struct{}
+	started chan struct{}
+}
+
+func (g gated) Save(ctx context.Context, h backend.Handle, data []byte) error {
+	if h.Type == backend.PackFile {
+		g.started <- struct{}{}
+		<-g.release
+	}
+	return g.Backend.Save(ctx, h, data)
+}
+
+// TestSaveWaitsForSlowUploads: a writer faster than the backend waits in
+// Save once twice as many packs as uploads may run are sealed, instead of
+// piling packs up in memory.
+func TestSaveWaitsForSlowUploads(t *testing.T) {
+	ctx := context.Background()
+	g := gated{Backend: mem.New(), release: make(chan struct{}), started: make(chan struct{}, 100)}
+	w := New(g, Options{PackSize: 1 << 20})
+	limit := 2 * cap(w.slots)
+	saved := make(chan int, 1000)
+	go func() {
+		for i := range 40 {
+			h, d := chunk(i, 1<<20) // one pack each
+			if err := w.Save(ctx, h, d); err != nil {
+				t.Error(err)
+			}
+			saved <- i
+		}
+		close(saved)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if n := len(saved); n > limit+1 {
+		t.Fatalf("%d one-pack saves returned while no upload finished; want at most %d", n, limit+1)
+	}
+	close(g.release)
+	for range saved {
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, g, backend.PackFile); n != 40 {
+		t.Fatalf("%d packs, want 40", n)
+	}
+}
+
+// TestIndexEvery: with IndexEvery, uploaded packs are named in a pack
+// index before Flush, so another process finds their chunks even if this
+// writer never flushes.
+func TestIndexEvery(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{PackSize: 1 << 20, IndexEvery: 2 << 20})
+	var hs []backend.Handle
+	for i := range 30 {
+		h, d := chunk(i, 200<<10)
+		hs = append(hs, h)
+		if err := w.Save(ctx, h, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Five packs of six chunks: once 2 MiB of them are uploaded and
+	// not indexed, a pack index names them; whatever uploads meanwhile
+	// waits for the next one. So 24 chunks (4 packs) are found, or all 30
+	// when the fifth pack was uploaded while the first index was written.
+	found := 0
+	for deadline := time.Now().Add(5 * time.Second); found < 24 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r := New(inner, Options{})
+		found = 0
+		for _, h := range hs {
+			if _, err := r.Stat(ctx, h); err == nil {
+				found++
+			}
+		}
+	}
+	if found != 24 && found != 30 {
+		t.Fatalf("another process finds %d of 30 unflushed chunks, want 24 or 30", found)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := New(inner, Options{})
+	for i, h := range hs {
+		if _, err := r.Stat(ctx, h); err != nil {
+			t.Fatalf("chunk %d after flush: %v", i, err)
+		}
+	}
+}
+
 // TestRewritePacks: packs go through a transform into new packs; a reader
 // whose view predates the rewrite finds the old packs gone and reads the
 // new frames; packs the transform leaves as they are stay; frames whose

@@ -18,11 +18,13 @@ import (
 type Backend struct{ be backend.Backend }
 
 var (
-	_ backend.Backend      = (*Backend)(nil)
-	_ backend.Flusher      = (*Backend)(nil)
-	_ backend.TempCleaner  = (*Backend)(nil)
-	_ backend.Prefetcher   = (*Backend)(nil)
-	_ backend.BufferLoader = (*Backend)(nil)
+	_ backend.Backend         = (*Backend)(nil)
+	_ backend.Flusher         = (*Backend)(nil)
+	_ backend.TempCleaner     = (*Backend)(nil)
+	_ backend.Prefetcher      = (*Backend)(nil)
+	_ backend.BufferLoader    = (*Backend)(nil)
+	_ backend.RangeLoader     = (*Backend)(nil)
+	_ backend.RangePrefetcher = (*Backend)(nil)
 )
 
 // New returns a read-only view of be.
@@ -66,6 +68,23 @@ func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([
 		return bl.LoadInto(ctx, h, buf)
 	}
 	return b.be.Load(ctx, h, 0, -1)
+}
+
+// LoadRangeInto implements backend.RangeLoader with the inner backend's
+// LoadRangeInto, or its Load when it has none.
+func (b *Backend) LoadRangeInto(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
+	if rl, ok := b.be.(backend.RangeLoader); ok {
+		return rl.LoadRangeInto(ctx, h, off, length, buf)
+	}
+	return b.be.Load(ctx, h, off, length)
+}
+
+// PrefetchRange implements backend.RangePrefetcher: passed on when the
+// inner backend takes range hints.
+func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
+	if p, ok := b.be.(backend.RangePrefetcher); ok {
+		p.PrefetchRange(h, off, length)
+	}
 }
 
 // Stat implements backend.Backend.

@@ -66,11 +66,13 @@ type Backend struct {
 }
 
 var (
-	_ backend.Backend      = (*Backend)(nil)
-	_ backend.Flusher      = (*Backend)(nil)
-	_ backend.TempCleaner  = (*Backend)(nil)
-	_ backend.Prefetcher   = (*Backend)(nil)
-	_ backend.BufferLoader = (*Backend)(nil)
+	_ backend.Backend         = (*Backend)(nil)
+	_ backend.Flusher         = (*Backend)(nil)
+	_ backend.TempCleaner     = (*Backend)(nil)
+	_ backend.Prefetcher      = (*Backend)(nil)
+	_ backend.BufferLoader    = (*Backend)(nil)
+	_ backend.RangeLoader     = (*Backend)(nil)
+	_ backend.RangePrefetcher = (*Backend)(nil)
 )
 
 // New returns be wrapped; zero fields of opts take the defaults.
@@ -197,6 +199,32 @@ func (b *Backend) LoadInto(ctx context.Context, h backend.Handle, buf []byte) ([
 		return nil, err
 	}
 	return data, nil
+}
+
+// LoadRangeInto implements backend.RangeLoader with the inner backend's
+// LoadRangeInto, or its Load when it has none. Loads change nothing.
+func (b *Backend) LoadRangeInto(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
+	rl, ok := b.be.(backend.RangeLoader)
+	if !ok {
+		return b.Load(ctx, h, off, length)
+	}
+	var data []byte
+	err := b.do(ctx, "load", h.String(), func() (err error) {
+		data, err = rl.LoadRangeInto(ctx, h, off, length, buf)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// PrefetchRange implements backend.RangePrefetcher: passed on when the
+// inner backend takes range hints.
+func (b *Backend) PrefetchRange(h backend.Handle, off, length int64) {
+	if p, ok := b.be.(backend.RangePrefetcher); ok {
+		p.PrefetchRange(h, off, length)
+	}
 }
 
 // Stat implements backend.Backend. Stat changes nothing.
