@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -312,11 +313,17 @@ func (r *Repository) recompressor(ctx context.Context, codec string, payload byt
 		case err != nil:
 			return nil, err
 		}
-		out, err := format.EncodeChunk(make([]byte, 0, format.ChunkHeaderSize+len(raw)+len(raw)/8), raw, codec)
-		if err != nil || dk == nil {
-			return out, err
-		}
-		if out[5] == format.PayloadRaw && p&^encryptedPayload == format.PayloadRaw {
+		// Frames wait for the rest of their pack: keep them at their size,
+		// not the encoder's worst case.
+		ebuf := r.bufs.Get(format.ChunkHeaderSize + len(raw) + len(raw)/8)
+		defer r.bufs.Put(ebuf)
+		out, err := format.EncodeChunk(ebuf[:0], raw, codec)
+		switch {
+		case err != nil:
+			return nil, err
+		case dk == nil:
+			return bytes.Clone(out), nil
+		case out[5] == format.PayloadRaw && p&^encryptedPayload == format.PayloadRaw:
 			return frame, nil // raw it stays: sealing it anew would change nothing but the nonce
 		}
 		return dk.SealFrame(make([]byte, 0, len(out)+64), out, id), nil
