@@ -625,3 +625,49 @@ func TestCompactCrashSafety(t *testing.T) {
 	}
 	t.Logf("%d compactions killed, %d restore points checked", kills, len(want))
 }
+
+// TestCodecsFromTheCommandLine: init's default codec, a capture's own
+// --compression, compact's --older-than and --json, and wrong codec or
+// duration names as usage errors (exit 2).
+func TestCodecsFromTheCommandLine(t *testing.T) {
+	e := newEnv(t, "--chunk-size", "64KiB")
+	img := filepath.Join(e.dir, "disk.img")
+	a := makeImage(t, img, 4<<20, 11)
+	first := e.capture("--vm", "vm", "--disk", "d="+img)
+	b := makeImage(t, img, 4<<20, 12)
+	second := e.capture("--vm", "vm", "--disk", "d="+img, "--compression", "zstd-fastest")
+	for _, c := range []struct {
+		bin  string
+		args []string
+	}{
+		{"vmvault", []string{"init", "--repo", filepath.Join(e.dir, "other"), "--compression", "lz4"}},
+		{"vmvault-capture", []string{"file", "--vm", "vm", "--disk", "d=" + img, "--compression", "lz4"}},
+		{"vmvault", []string{"compact", "--codec", "lz4"}},
+		{"vmvault", []string{"compact", "--older-than", "a week"}},
+		{"vmvault", []string{"compact", "--cpu", "-1"}},
+	} {
+		if _, errs, code := e.run(c.bin, c.args...); code != 2 {
+			t.Errorf("%s %v: exit %d, want 2 (%s)", c.bin, c.args, code, errs)
+		}
+	}
+	var rep struct {
+		Packs      int     `json:"packs"`
+		PacksYoung int     `json:"packs_young"`
+		Chunks     int     `json:"chunks"`
+		BytesAfter int64   `json:"bytes_after"`
+		CPU        float64 `json:"cpu_seconds"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("vmvault", "compact", "--json")), &rep); err != nil || rep.Packs != 0 || rep.PacksYoung == 0 {
+		t.Fatalf("compact with the default --older-than 7d read young packs: %+v %v", rep, err)
+	}
+	if err := json.Unmarshal([]byte(e.ok("vmvault", "compact", "--older-than", "0", "--cpu", "1", "--json")), &rep); err != nil || rep.Chunks == 0 || rep.BytesAfter == 0 || rep.CPU <= 0 {
+		t.Fatalf("compact --older-than 0: %+v %v", rep, err)
+	}
+	e.ok("vmvault", "verify")
+	if e.restoreSHA(first.ID, "d") != sha(a) || e.restoreSHA(second.ID, "d") != sha(b) {
+		t.Error("restore points differ after compaction")
+	}
+	if out := e.ok("vmvault", "compact", "--older-than", "0", "--dry-run"); !strings.Contains(out, "would read 0 packs") {
+		t.Errorf("dry run after compaction: %s", out)
+	}
+}
