@@ -159,8 +159,8 @@ metrics += [("repo after full MiB", lambda t: (med(t, "size_full") or 0) / 2**20
             ("repo after both MiB", lambda t: (med(t, "size_incr") or 0) / 2**20 or None, "min"),
             ("repo compacted MiB", lambda t: (med(t, "size_compact") or 0) / 2**20 or None, "min")]
 def fmt(v): return "-" if v is None else (f"{v:.1f}" if v < 1000 else f"{v:.0f}")
-print(f"\nmedians of {len(vals('vmvault','full',2)) or len(vals(tools[0],'full',2))} repetitions, {size/2**30:.0f} GiB disk image (warm page cache)")
-print(f"{'metric':24}" + "".join(f"{t:>12}" for t in tools) + f"{'vmvault/best peer':>20}")
+print(f"\nmedians of {len(vals('vmvault','full',2)) or len(vals(tools[0],'full',2))} repetitions, {size/2**30:.2g} GiB disk image (warm page cache)")
+print(f"{'metric':30}" + "".join(f"{t:>12}" for t in tools) + f"{'vmvault/best peer':>20}")
 for name, f, better in metrics:
     vs = {t: f(t) for t in tools}
     pv = [vs[t] for t in peers if vs[t] is not None]
@@ -168,7 +168,7 @@ for name, f, better in metrics:
     if vs.get("vmvault") is not None and pv:
         best = max(pv) if better == "max" else min(pv)
         ratio = f"{vs['vmvault'] / best:.2f}" if best else "-"
-    print(f"{name:24}" + "".join(f"{fmt(vs[t]):>12}" for t in tools) + f"{ratio:>20}")
+    print(f"{name:30}" + "".join(f"{fmt(vs[t]):>12}" for t in tools) + f"{ratio:>20}")
 inc = med("vmvault", "incr"); full = med("vmvault", "full")
 print()
 if inc and full:

@@ -217,11 +217,11 @@ m = {k: st.median(v) for k, v in med.items()}
 n = {k: len(v) for k, v in med.items()}
 def g(a, b): return m.get((a, b))
 print("\nmedians of %d repetitions (unix socket and TCP to 127.0.0.1)\n" % max(n.values()))
-print("%-9s %-14s %12s %12s %12s" % ("transport", "server", "seq MB/s", "QD1 IOPS", "QD16 IOPS"))
+print("%-9s %-18s %12s %12s %12s" % ("transport", "server", "seq MB/s", "QD1 IOPS", "QD16 IOPS"))
 for tr in ("unix", "tcp"):
     for srv in ("vmvault-cold", "vmvault-warm", "vmvault-dense-cold", "qemu", "nbdkit"):
         k = srv + "-" + tr
-        print("%-9s %-14s %12.0f %12.0f %12.0f" % (tr, srv, g(k, "seq"), g(k, "qd1"), g(k, "qd16")))
+        print("%-9s %-18s %12.0f %12.0f %12.0f" % (tr, srv, g(k, "seq"), g(k, "qd1"), g(k, "qd16")))
 print()
 for tr in ("unix", "tcp"):
     q, k, c, w = "qemu-" + tr, "nbdkit-" + tr, "vmvault-cold-" + tr, "vmvault-warm-" + tr
