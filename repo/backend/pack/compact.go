@@ -134,8 +134,9 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 // last Flush (the live chunks copied out of them) goes into durable packs
 // named by a durable pack index; then a durable pack index says the packs
 // in gone are gone; then they are removed. It returns the packs uploaded
-// since recordWritten (RewritePacks's; nil for gc's Compact). A pack the flush wrote is never retired (packs have names of
-// their own, so this only guards the invariant).
+// since recordWritten (RewritePacks's; nil for gc's Compact). A pack so
+// uploaded is never retired (packs have names of their own, so this only
+// guards the invariant).
 func (b *Backend) retire(ctx context.Context, gone []format.ID) ([]PackInfo, error) {
 	if err := b.Flush(ctx); err != nil {
 		return nil, err
