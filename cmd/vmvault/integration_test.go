@@ -563,7 +563,7 @@ func uniqueChunk(t *testing.T, dir, rpName, disk string) format.ID {
 }
 
 // TestCompactCrashSafety SIGKILLs compactions at random moments, with a
-// capture between some of them; afterwards every restore point restores
+// capture of new data before each; afterwards every restore point restores
 // byte-identical and verify is clean; a compaction run to the end then
 // leaves nothing for the next one, and gc and verify after it are clean.
 func TestCompactCrashSafety(t *testing.T) {
@@ -575,22 +575,22 @@ func TestCompactCrashSafety(t *testing.T) {
 	want[e.capture("--vm", "vm", "--disk", "d="+img).ID] = sha(cur)
 	rng := rand.New(rand.NewPCG(7, 7))
 	kills := 0
-	for i := 0; kills < 16 && i < 50; i++ {
-		if i%4 == 0 { // new data for compaction to find
-			for j := 0; j < 30; j++ {
-				off := rng.IntN(size - 70000)
-				copy(cur[off:], bytes.Repeat([]byte(fmt.Sprintf("round %d write %d ", i, j)), 65536/16))
-			}
-			os.WriteFile(img, cur, 0o600)
-			codec := []string{"s2", "auto"}[i/4%2]
-			want[e.capture("--vm", "vm", "--disk", "d="+img, "--compression", codec).ID] = sha(cur)
+	for i := 0; kills < 16 && i < 30; i++ {
+		// New compressible data every round, so each compaction has
+		// about a second of zstd-best work to be killed in.
+		for j := 0; j < 300; j++ {
+			off := rng.IntN(size - 70000)
+			copy(cur[off:], bytes.Repeat([]byte(fmt.Sprintf("round %d write %d %d ", i, j, rng.IntN(1000))), 65536/16))
 		}
+		os.WriteFile(img, cur, 0o600)
+		codec := []string{"s2", "auto"}[i%2]
+		want[e.capture("--vm", "vm", "--disk", "d="+img, "--compression", codec).ID] = sha(cur)
 		cmd := exec.Command(filepath.Join(binDir, "vmvault"), "compact", "-q", "--older-than", "0", "--cpu", "1")
 		cmd.Env = append(os.Environ(), "VMVAULT_REPOSITORY="+e.repo)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(rng.IntN(700)) * time.Millisecond)
+		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		if err := cmd.Wait(); err != nil {
 			kills++
