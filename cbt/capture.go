@@ -142,6 +142,9 @@ type Options struct {
 	// skip.go for how each capture mode applies them.
 	SkipFreeSpace bool
 	SkipSwap      bool
+	// Compression is the codec of the chunks this capture stores
+	// (format.Compression*; "": the repository's default).
+	Compression string
 }
 
 // Plan is the decision for one disk.
@@ -332,5 +335,6 @@ func Capture(ctx context.Context, r *repo.Repository, src Source, opts Options) 
 	return r.Capture(ctx, repo.CaptureOptions{
 		VM: opts.VM, Source: desc.Source, Lineage: desc.Lineage, Tags: opts.Tags, Time: opts.Time,
 		Config: desc.Config, Labels: desc.Labels, Progress: opts.Progress, LockWait: opts.LockWait, Workers: opts.Workers,
+		Compression: opts.Compression,
 	}, disks)
 }

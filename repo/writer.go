@@ -79,6 +79,10 @@ type CaptureOptions struct {
 	LockWait time.Duration
 	// Workers is the number of hashing/compression goroutines (0: GOMAXPROCS).
 	Workers int
+	// Compression is the codec for the chunks this capture stores (a
+	// format.Compression* name; "": the repository's default). Each frame
+	// records how it was compressed, so codecs mix freely.
+	Compression string
 }
 
 type diskPlan struct {
@@ -104,6 +108,11 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 	}
 	if len(disks) == 0 {
 		return nil, errors.New("capture: no disks")
+	}
+	if opts.Compression != "" {
+		if err := format.ValidCompression(opts.Compression); err != nil {
+			return nil, fmt.Errorf("capture %s: %w", opts.VM, err)
+		}
 	}
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
@@ -149,6 +158,12 @@ func (r *Repository) Capture(ctx context.Context, opts CaptureOptions, disks []D
 func (r *Repository) writeDisks(ctx context.Context, opts *CaptureOptions, disks []DiskSource) ([]format.ManifestDisk, error) {
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
+	}
+	if opts.Compression == "" {
+		opts.Compression = r.cfg.Compression
+	}
+	if err := format.ValidCompression(opts.Compression); err != nil {
+		return nil, err
 	}
 	// Chunks verify found damaged are stored again, never taken from a
 	// base index.
@@ -381,7 +396,7 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 		g.Go(func() error {
 			defer wg.Done()
 			for job := range reads {
-				if err := r.processChunk(gctx, job, p, known, &zero, saves, frameFree); err != nil {
+				if err := r.processChunk(gctx, job, p, opts.Compression, known, &zero, saves, frameFree); err != nil {
 					return err
 				}
 				opts.Progress.Done.Add(int64(len(job.buf)))
@@ -494,7 +509,7 @@ func countZero(ids []format.ID) int64 {
 
 // processChunk hashes one chunk, decides whether it must be stored and, if
 // so, frames it and hands it to the savers.
-func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan, known *knownSet, zero *atomic.Int64,
+func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan, compression string, known *knownSet, zero *atomic.Int64,
 	saves chan<- saveJob, frameFree chan []byte) error {
 	if format.IsZero(job.buf) {
 		p.ids[job.i] = format.ZeroID
@@ -534,10 +549,10 @@ func (r *Repository) processChunk(ctx context.Context, job readJob, p *diskPlan,
 	}
 	var err error
 	if p.dk == nil {
-		frame, err = format.EncodeChunk(frame, job.buf, r.cfg.Compression)
+		frame, err = format.EncodeChunk(frame, job.buf, compression)
 	} else {
 		plain := r.bufs.Get(len(job.buf) + format.ChunkHeaderSize)
-		plain, err = format.EncodeChunk(plain[:0], job.buf, r.cfg.Compression)
+		plain, err = format.EncodeChunk(plain[:0], job.buf, compression)
 		if err == nil {
 			frame = p.dk.SealFrame(frame, plain, id)
 		}

@@ -8,14 +8,21 @@
 #
 # Measured per repetition, tools alternating: full backup, second backup
 # after the writes (vmvault: from the changed-extents list, and again by
-# deduplication), and restore of the second backup. Reported: medians of
+# deduplication), and restore of the second backup. vmvault captures with
+# its capture default (the codec 'vmvault init' sets), then recompresses
+# the repository with 'vmvault compact --codec zstd-best' (timed, CPU-s per
+# GiB) and restores again from the dense repository. Reported: medians of
 # wall time, MB/s (of the 4 GiB disk), CPU seconds, peak RSS, repository
-# size and growth; ratios against the best peer. Inputs are re-read (warm
-# page cache) before each timed step.
+# size and growth, size after compaction; ratios against the best peer
+# and the targets. Inputs are re-read (warm page cache) before each timed
+# step.
 #
 # Usage: scripts/bench-capture.sh [REPS]     (default 5)
 # Env:   BENCH_DIR (default /var/tmp/vmvault-bench), VMVAULT_INIT_FLAGS
-#        (e.g. "--chunk-size 128KiB"), BENCH_TOOLS (default "vmvault restic borg-lz4 borg-zstd")
+#        (e.g. "--chunk-size 128KiB" or "--compression zstd-fastest"),
+#        BENCH_TOOLS (default "vmvault restic borg-lz4 borg-zstd"),
+#        COMPACT_CODEC (default zstd-best), BENCH_SMALL=1 (a 512 MiB
+#        workload, to check the script works; not a measurement)
 set -euo pipefail
 REPS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,6 +93,16 @@ run_tool() {
 		sync; warm_repo "$repo"; timed $tool restore vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
 		if [ "${CHECKED:-}" != 1 ]; then
 			cmp "$out" "$CHG" || { echo "bench-capture: vmvault restore differs from the source" >&2; exit 1; }
+		fi
+		rm -f "$out"
+		# Dense later: every pack recompressed, as a scheduled compact does
+		# once restore points are older than --older-than.
+		sync; warm_repo "$repo"
+		timed $tool compact vmvault compact -q --repo "$repo" --older-than 0 --codec "${COMPACT_CODEC:-zstd-best}"
+		record $tool size_compact "$(size_of "$repo")"
+		sync; warm_repo "$repo"; timed $tool restore_compact vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
+		if [ "${CHECKED:-}" != 1 ]; then
+			cmp "$out" "$CHG" || { echo "bench-capture: vmvault restore after compaction differs from the source" >&2; exit 1; }
 			CHECKED=1
 		fi
 		;;
@@ -132,16 +149,18 @@ def med(tool, step, col=2):
     return st.median(v) if v else None
 peers = [t for t in tools if t != "vmvault"]
 metrics = []
-for step in ["full", "incr", "incr_dedup", "restore"]:
+for step in ["full", "incr", "incr_dedup", "restore", "compact", "restore_compact"]:
     metrics += [(f"{step} wall s", lambda t, s=step: med(t, s), "min"),
                 (f"{step} MB/s", lambda t, s=step: (size / 1e6 / med(t, s)) if med(t, s) else None, "max"),
                 (f"{step} CPU s", lambda t, s=step: (med(t, s, 3) + med(t, s, 4)) if med(t, s) else None, "min"),
                 (f"{step} peak RSS MiB", lambda t, s=step: (med(t, s, 5) / 1024) if med(t, s) else None, "min")]
 metrics += [("repo after full MiB", lambda t: (med(t, "size_full") or 0) / 2**20 or None, "min"),
-            ("repo growth MiB", lambda t: ((med(t, "size_incr") or 0) - (med(t, "size_full") or 0)) / 2**20 if med(t, "size_incr") else None, "min")]
+            ("repo growth MiB", lambda t: ((med(t, "size_incr") or 0) - (med(t, "size_full") or 0)) / 2**20 if med(t, "size_incr") else None, "min"),
+            ("repo after both MiB", lambda t: (med(t, "size_incr") or 0) / 2**20 or None, "min"),
+            ("repo compacted MiB", lambda t: (med(t, "size_compact") or 0) / 2**20 or None, "min")]
 def fmt(v): return "-" if v is None else (f"{v:.1f}" if v < 1000 else f"{v:.0f}")
-print(f"\nmedians of {len(vals('vmvault','full',2)) or len(vals(tools[0],'full',2))} repetitions, {size/2**30:.0f} GiB disk image (warm page cache)")
-print(f"{'metric':24}" + "".join(f"{t:>12}" for t in tools) + f"{'vmvault/best peer':>20}")
+print(f"\nmedians of {len(vals('vmvault','full',2)) or len(vals(tools[0],'full',2))} repetitions, {size/2**30:.2g} GiB disk image (warm page cache)")
+print(f"{'metric':30}" + "".join(f"{t:>12}" for t in tools) + f"{'vmvault/best peer':>20}")
 for name, f, better in metrics:
     vs = {t: f(t) for t in tools}
     pv = [vs[t] for t in peers if vs[t] is not None]
@@ -149,8 +168,25 @@ for name, f, better in metrics:
     if vs.get("vmvault") is not None and pv:
         best = max(pv) if better == "max" else min(pv)
         ratio = f"{vs['vmvault'] / best:.2f}" if best else "-"
-    print(f"{name:24}" + "".join(f"{fmt(vs[t]):>12}" for t in tools) + f"{ratio:>20}")
+    print(f"{name:30}" + "".join(f"{fmt(vs[t]):>12}" for t in tools) + f"{ratio:>20}")
 inc = med("vmvault", "incr"); full = med("vmvault", "full")
+print()
 if inc and full:
-    print(f"\nvmvault extents incremental / full capture time: {100*inc/full:.1f}%")
+    print(f"vmvault extents incremental / full capture time: {100*inc/full:.1f}% (target <= 5%)")
+pf = [med(t, "full") for t in peers if med(t, "full")]
+if full and pf:
+    print(f"full capture throughput / fastest peer's: {min(pf) / full:.2f} (target >= 1.5)")
+if med("vmvault", "full", 5):
+    print(f"full capture peak RSS: {med('vmvault', 'full', 5) / 1024:.0f} MiB (target <= 512)")
+if med("vmvault", "restore") and med("restic", "restore"):
+    print(f"restore / restic's: {med('restic', 'restore') / med('vmvault', 'restore'):.2f}x faster, after compaction "
+          f"{med('restic', 'restore') / med('vmvault', 'restore_compact'):.2f}x (target >= 3)")
+dense = med("vmvault", "size_compact")
+small = [med(t, "size_incr") for t in ("restic", "borg-zstd") if t in tools and med(t, "size_incr")]
+if dense and small:
+    print(f"repository after compact / smallest of restic and borg zstd,3: {dense / min(small):.3f} (target <= 1)")
+if med("vmvault", "compact"):
+    cpu = med("vmvault", "compact", 3) + med("vmvault", "compact", 4)
+    print(f"compaction: {cpu:.1f} CPU-s = {cpu / (size / 2**30):.1f} CPU-s per GiB of disk image, "
+          f"{cpu / ((med('vmvault', 'size_incr') or 1) / 2**30):.1f} per GiB of repository read; {med('vmvault', 'compact'):.1f} s wall")
 PY

@@ -85,6 +85,8 @@ type Options struct {
 	LockWait time.Duration
 	Progress *repo.Progress
 	Workers  int
+	// Compression is the codec of the stored chunks ("": the repository's).
+	Compression string
 	// SkipFreeSpace and SkipSwap: see cbt.Options.
 	SkipFreeSpace bool
 	SkipSwap      bool
@@ -205,6 +207,7 @@ func CaptureDomain(ctx context.Context, o Options) (rp *repo.RestorePoint, err e
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: vm, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
+		Compression:   o.Compression,
 		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	if err != nil {

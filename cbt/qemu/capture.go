@@ -78,6 +78,8 @@ type Options struct {
 	LockWait time.Duration
 	Progress *repo.Progress
 	Workers  int
+	// Compression is the codec of the stored chunks ("": the repository's).
+	Compression string
 	// TeardownTimeout bounds the teardown after the capture (default 2
 	// minutes).
 	TeardownTimeout time.Duration
@@ -150,6 +152,7 @@ func CaptureVM(ctx context.Context, o Options) (rp *repo.RestorePoint, err error
 	}
 	rp, err = cbt.Capture(ctx, o.Repo, &source{s: s}, cbt.Options{
 		VM: o.VM, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Workers: o.Workers, Log: log,
+		Compression:   o.Compression,
 		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	return rp, err

@@ -29,6 +29,8 @@ type Options struct {
 	Log       *slog.Logger
 	LockWait  time.Duration
 	Progress  *repo.Progress
+	// Compression is the codec of the stored chunks ("": the repository's).
+	Compression string
 	// RemoveTimeout bounds the snapshot removal that runs after the
 	// capture (also after cancellation). Default 10 minutes.
 	RemoveTimeout time.Duration
@@ -134,6 +136,7 @@ func CaptureVM(ctx context.Context, vm *object.VirtualMachine, o Options) (res R
 	}
 	rp, err := cbt.Capture(ctx, o.Repo, src, cbt.Options{
 		VM: name, Tags: o.Tags, Full: o.Full, Progress: o.Progress, LockWait: o.LockWait, Log: log,
+		Compression:   o.Compression,
 		SkipFreeSpace: o.SkipFreeSpace, SkipSwap: o.SkipSwap,
 	})
 	if err != nil {

@@ -24,6 +24,7 @@ type fileOptions struct {
 	json     bool
 	workers  int
 	cacheDir string
+	compress string
 	skip     skipFlags
 }
 
@@ -65,6 +66,7 @@ reason is printed with the result.
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read and hash everything")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	o.skip.add(f, false)
 	return cmd
 }
@@ -91,6 +93,9 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	}
 	if err := format.ValidName("VM", o.vm); err != nil {
 		return cli.Usagef("--vm: %v", err)
+	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
 	}
 	ctx := cmd.Context()
 	r, err := g.OpenRepo(ctx, repo.Options{})
@@ -146,6 +151,7 @@ func runFile(cmd *cobra.Command, g *cli.Global, o *fileOptions) error {
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
 		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
 		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
+		Compression: o.compress,
 	})
 	stop()
 	if err != nil {

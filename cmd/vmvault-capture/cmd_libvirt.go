@@ -15,16 +15,17 @@ import (
 )
 
 type libvirtOptions struct {
-	vm      string
-	socket  string
-	disks   []string
-	quiesce bool
-	tmpDir  string
-	tags    []string
-	full    bool
-	json    bool
-	workers int
-	skip    skipFlags
+	vm       string
+	socket   string
+	disks    []string
+	quiesce  bool
+	tmpDir   string
+	tags     []string
+	full     bool
+	json     bool
+	workers  int
+	skip     skipFlags
+	compress string
 }
 
 func newLibvirtCommand(g *cli.Global) *cobra.Command {
@@ -73,11 +74,15 @@ the backup starts.
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore points: read every allocated area")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per domain")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	o.skip.add(f, true)
 	return cmd
 }
 
 func runLibvirt(cmd *cobra.Command, g *cli.Global, o *libvirtOptions, args []string) error {
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
+	}
 	if o.vm != "" {
 		if len(args) != 1 {
 			return cli.Usagef("--vm names one domain's restore points: give one domain")
@@ -100,6 +105,7 @@ func runLibvirt(cmd *cobra.Command, g *cli.Global, o *libvirtOptions, args []str
 		rp, err := libvirt.CaptureDomain(ctx, libvirt.Options{
 			Repo: r, Domain: dom, VM: o.vm, Socket: o.socket, Disks: o.disks, Quiesce: o.quiesce, TmpDir: o.tmpDir,
 			Full: o.full, Tags: o.tags, Log: slog.Default(), LockWait: g.LockWait, Progress: p, Workers: o.workers,
+			Compression:   o.compress,
 			SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 		})
 		stop()

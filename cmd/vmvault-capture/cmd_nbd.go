@@ -24,6 +24,7 @@ type nbdOptions struct {
 	full       bool
 	json       bool
 	workers    int
+	compress   string
 	skip       skipFlags
 }
 
@@ -67,6 +68,7 @@ add a new bitmap, disable the old one, capture with --bitmap OLD
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read every allocated area")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	o.skip.add(f, false)
 	return cmd
 }
@@ -102,6 +104,9 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 	if o.nextBitmap != "" && o.bitmap == "" {
 		return cli.Usagef("--next-bitmap needs --bitmap")
 	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
+	}
 	specs, err := parseDisks(o.disks, "URI")
 	if err != nil {
 		return err
@@ -127,6 +132,7 @@ func runNBD(cmd *cobra.Command, g *cli.Global, o *nbdOptions) error {
 	rp, err := cbt.Capture(ctx, r, src, cbt.Options{
 		VM: o.vm, Tags: o.tags, Full: o.full, Progress: p, LockWait: g.LockWait, Workers: o.workers,
 		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
+		Compression: o.compress,
 	})
 	stop()
 	if err != nil {

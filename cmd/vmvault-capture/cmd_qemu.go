@@ -16,17 +16,18 @@ import (
 )
 
 type qemuOptions struct {
-	vm      string
-	qmp     string
-	disks   []string
-	agent   string
-	quiesce bool
-	tmpDir  string
-	tags    []string
-	full    bool
-	json    bool
-	workers int
-	skip    skipFlags
+	vm       string
+	qmp      string
+	disks    []string
+	agent    string
+	quiesce  bool
+	tmpDir   string
+	tags     []string
+	full     bool
+	json     bool
+	workers  int
+	skip     skipFlags
+	compress string
 }
 
 func newQEMUCommand(g *cli.Global) *cobra.Command {
@@ -85,6 +86,7 @@ start until 'vmvault-capture qemu cleanup' removed what it left.
 	f.BoolVar(&o.full, "full", false, "ignore the latest restore point: read every allocated area")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary")
 	f.IntVar(&o.workers, "workers", 0, "hashing/compression goroutines (default: number of CPUs)")
+	cli.CompressionFlag(f, &o.compress)
 	o.skip.add(f, true)
 	cmd.AddCommand(newQEMUCleanupCommand())
 	return cmd
@@ -130,6 +132,9 @@ func runQEMU(cmd *cobra.Command, g *cli.Global, o *qemuOptions) error {
 	if o.quiesce != (o.agent != "") {
 		return cli.Usagef("--quiesce and --agent go together")
 	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
+	}
 	var disks []qemu.DiskSpec
 	seen := map[string]bool{}
 	for _, d := range o.disks {
@@ -163,6 +168,7 @@ func runQEMU(cmd *cobra.Command, g *cli.Global, o *qemuOptions) error {
 	rp, err := qemu.CaptureVM(ctx, qemu.Options{
 		Repo: r, VM: o.vm, Monitor: o.qmp, Disks: disks, Agent: o.agent, TmpDir: o.tmpDir,
 		Full: o.full, Tags: o.tags, Log: slog.Default(), LockWait: g.LockWait, Progress: p, Workers: o.workers,
+		Compression:   o.compress,
 		SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 	})
 	stop()

@@ -37,6 +37,7 @@ type vsphereOptions struct {
 	parallel   int
 	tags       []string
 	json       bool
+	compress   string
 	skip       skipFlags
 }
 
@@ -117,6 +118,7 @@ Transports (--transport):
 	f.IntVar(&o.parallel, "parallel", 2, "VMs captured at the same time")
 	f.StringArrayVar(&o.tags, "tag", nil, "tag for the restore points (repeatable)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary per VM")
+	cli.CompressionFlag(f, &o.compress)
 	o.skip.add(f, true)
 	cmd.AddCommand(newVSphereCleanupCommand(g))
 	return cmd
@@ -226,6 +228,9 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 	if o.url == "" {
 		return cli.Usagef("--url is required (the vCenter or ESXi SDK URL, e.g. https://vcenter.example.com/sdk)")
 	}
+	if err := cli.CheckCompression(o.compress); err != nil {
+		return err
+	}
 	var transport func(c *govmomi.Client) vsphere.Transport
 	switch o.transport {
 	case "direct":
@@ -297,6 +302,7 @@ func runVSphere(cmd *cobra.Command, g *cli.Global, o *vsphereOptions, args []str
 			results[i], errs[i] = vsphere.CaptureVM(ctx, vm, vsphere.Options{
 				Repo: r, Transport: transport(c), EnableCBT: o.enableCBT, Quiesce: o.quiesce, Full: o.full,
 				Tags: o.tags, Log: slog.Default(), LockWait: max(g.LockWait, 10*60e9), Progress: progress,
+				Compression:   o.compress,
 				SkipFreeSpace: o.skip.free, SkipSwap: o.skip.swap,
 			})
 		}()

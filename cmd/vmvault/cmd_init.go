@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,6 +44,12 @@ one object per pack instead of one per chunk (object storage charges per
 request), and a chunk is read with one ranged read. gc rewrites packs
 whose chunks are mostly gone. --pack-size 0 stores one object per chunk,
 as repositories before format version 2 do.
+
+--compression is the codec captures use unless they name one: s2 (the
+default) is cheap to write in the backup window and to read when a fresh
+restore point is booted; 'vmvault compact' recompresses older packs with a
+dense codec (zstd-best). Each chunk's frame records its codec, so
+repositories mix them freely.
 
 --encrypt encrypts and authenticates everything stored (AES-256-GCM; object
 names are keyed hashes) under a random master key, wrapped by a key derived
@@ -154,7 +161,7 @@ lets nobody.`,
 		},
 	}
 	cmd.Flags().StringVar(&o.chunkSize, "chunk-size", "256KiB", "chunk size, a power of two from 64KiB to 8MiB")
-	cmd.Flags().StringVar(&o.compression, "compression", format.CompressionZstdFastest, "chunk compression: zstd-fastest, zstd-default or none")
+	cmd.Flags().StringVar(&o.compression, "compression", repo.DefaultCompression, "codec captures use unless they say otherwise: "+strings.Join(format.CompressionNames(), ", "))
 	cmd.Flags().BoolVar(&o.encrypt, "encrypt", false, "encrypt the repository; the password comes from VMVAULT_PASSWORD_FILE, VMVAULT_PASSWORD_COMMAND or the terminal")
 	cmd.Flags().StringVar(&o.packSize, "pack-size", "32MiB", "store chunks in packs of about this size (1MiB to 1GiB); 0 stores one object per chunk (repository format 1)")
 	cmd.Flags().StringVar(&o.like, "like", "", "make a twin of the repository at this location (its chunk size, compression and keys) for vmvault copy")

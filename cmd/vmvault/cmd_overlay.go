@@ -238,9 +238,10 @@ are found by their id prefix.
 
 func newOverlayCommitCommand(g *cli.Global, dirFlag *string) *cobra.Command {
 	var (
-		tags    []string
-		discard bool
-		asJSON  bool
+		tags     []string
+		discard  bool
+		asJSON   bool
+		compress string
 	)
 	cmd := &cobra.Command{
 		Use:   "commit NAME",
@@ -260,6 +261,9 @@ NAME is an export name ending in a disk.
 		Example: "  vmvault overlay commit web01/3fa4b2c1 --tag recovered\n  vmvault overlay commit 3fa4b2c1 --discard",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cli.CheckCompression(compress); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			r, root, err := overlayRoot(cmd, g, *dirFlag)
 			if err != nil {
@@ -282,7 +286,7 @@ NAME is an export name ending in a disk.
 			start := time.Now()
 			p := &repo.Progress{}
 			stop := cli.ShowProgress("commit", p, g.Quiet)
-			newRP, err := src.Commit(ctx, cbt.Options{Tags: tags, Progress: p, LockWait: g.LockWait})
+			newRP, err := src.Commit(ctx, cbt.Options{Tags: tags, Progress: p, LockWait: g.LockWait, Compression: compress})
 			stop()
 			if err != nil {
 				return err
@@ -307,6 +311,7 @@ NAME is an export name ending in a disk.
 	}
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "add a tag to the new restore point (repeatable)")
 	cmd.Flags().BoolVar(&discard, "discard", false, "delete the overlays after a successful commit")
+	cli.CompressionFlag(cmd.Flags(), &compress)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }

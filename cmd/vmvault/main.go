@@ -1,5 +1,5 @@
 // Command vmvault reads and manages the restore points in a vmvault
-// repository: list, show, restore, verify, forget, prune, gc, stats, and
+// repository: list, show, restore, verify, forget, prune, gc, compact, stats, and
 // serve them as NBD exports (serve, overlay), browse the files inside them
 // (partitions, ls, cat, cp, find, timeline) and mount them (mount).
 // New restore points are captured by the companion vmvault-capture.
@@ -39,7 +39,7 @@ web01@2026-11-23T10:00 in UTC).
 	cli.SetVersion(root, fmt.Sprintf("overlay format %d (serve --writable)", overlay.Version))
 	root.AddCommand(
 		newInitCommand(g), newSnapshotsCommand(g), newShowCommand(g), newRestoreCommand(g),
-		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g), newCopyCommand(g),
+		newVerifyCommand(g), newForgetCommand(g), newPruneCommand(g), newGCCommand(g), newCompactCommand(g), newCopyCommand(g),
 		newStatsCommand(g), newUnlockCommand(g), newServeCommand(g), newOverlayCommand(g),
 		newPartitionsCommand(g), newLsCommand(g), newCatCommand(g), newCpCommand(g), newFindCommand(g),
 		newTimelineCommand(g), newMountCommand(g), newKeyCommand(g),

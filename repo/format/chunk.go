@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -14,7 +15,8 @@ import (
 //
 //	0  [4]byte magic "VVCK"
 //	4  uint8   frame version (ChunkVersion)
-//	5  uint8   payload type: 0 raw, 1 zstd (values ≥ 0x80 reserved for encryption)
+//	5  uint8   payload type: 0 raw, 1 zstd, 2 s2, 3 zstd (dense level); see codec.go
+//	           (values ≥ 0x80 reserved for encryption)
 //	6  uint16  reserved, zero
 //	8  uint32  raw length
 //	12 uint32  CRC-32C of the payload
@@ -26,53 +28,12 @@ const ChunkHeaderSize = 16
 
 var chunkMagic = [4]byte{'V', 'V', 'C', 'K'}
 
-// Payload types.
-const (
-	payloadRaw  = 0
-	payloadZstd = 1
-)
-
-// Compression names accepted in the config.
-const (
-	CompressionNone        = "none"
-	CompressionZstdFastest = "zstd-fastest"
-	CompressionZstdDefault = "zstd-default"
-)
-
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 var (
-	encMu    sync.Mutex
-	encoders = map[string]*zstd.Encoder{}
-	decOnce  sync.Once
-	decoder  *zstd.Decoder
+	decOnce sync.Once
+	decoder *zstd.Decoder
 )
-
-func encoderFor(compression string) (*zstd.Encoder, error) {
-	var level zstd.EncoderLevel
-	switch compression {
-	case CompressionNone:
-		return nil, nil
-	case CompressionZstdFastest:
-		level = zstd.SpeedFastest
-	case CompressionZstdDefault:
-		level = zstd.SpeedDefault
-	default:
-		return nil, fmt.Errorf("unknown compression %q", compression)
-	}
-	encMu.Lock()
-	defer encMu.Unlock()
-	if e, ok := encoders[compression]; ok {
-		return e, nil
-	}
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithWindowSize(1<<20))
-	if err != nil {
-		return nil, err
-	}
-	encoders[compression] = e
-	return e, nil
-}
 
 func getDecoder() *zstd.Decoder {
 	decOnce.Do(func() {
@@ -86,16 +47,11 @@ func getDecoder() *zstd.Decoder {
 	return decoder
 }
 
-// ValidCompression checks a compression name.
-func ValidCompression(c string) error {
-	_, err := encoderFor(c)
-	return err
-}
-
-// EncodeChunk frames raw, compressed when that saves at least 1/32 of the
-// size. It appends to dst (which may be nil) and is safe for concurrent use.
+// EncodeChunk frames raw, compressed with the named codec (see codec.go)
+// when that saves enough, else raw. It appends to dst (which may be nil)
+// and is safe for concurrent use.
 func EncodeChunk(dst, raw []byte, compression string) ([]byte, error) {
-	enc, err := encoderFor(compression)
+	c, err := lookupCodec(compression)
 	if err != nil {
 		return nil, err
 	}
@@ -105,11 +61,11 @@ func EncodeChunk(dst, raw []byte, compression string) ([]byte, error) {
 	start := len(dst)
 	var hdr [ChunkHeaderSize]byte
 	dst = append(dst, hdr[:]...)
-	typ := byte(payloadRaw)
-	if enc != nil {
-		dst = enc.EncodeAll(raw, dst)
-		if len(dst)-start-ChunkHeaderSize < len(raw)-len(raw)/32 {
-			typ = payloadZstd
+	typ := byte(PayloadRaw)
+	if c.encode != nil {
+		dst = c.encode(dst, raw)
+		if len(dst)-start-ChunkHeaderSize < len(raw)-len(raw)/c.minSaving {
+			typ = c.payload
 		} else {
 			dst = append(dst[:start+ChunkHeaderSize], raw...)
 		}
@@ -161,17 +117,17 @@ func decodeChunk(dst, frame []byte, rawCRC bool) ([]byte, error) {
 		return nil, fmt.Errorf("chunk frame: raw length %d too large: %w", rawLen, ErrCorrupt)
 	}
 	payload := frame[ChunkHeaderSize:]
-	if (rawCRC || frame[5] != payloadRaw) && crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
+	if (rawCRC || frame[5] != PayloadRaw) && crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
 		return nil, fmt.Errorf("chunk frame: checksum mismatch: %w", ErrCorrupt)
 	}
 	start := len(dst)
 	switch frame[5] {
-	case payloadRaw:
+	case PayloadRaw:
 		if len(payload) != int(rawLen) {
 			return nil, fmt.Errorf("chunk frame: raw payload of %d bytes, header says %d: %w", len(payload), rawLen, ErrCorrupt)
 		}
 		dst = append(dst, payload...)
-	case payloadZstd:
+	case PayloadZstd, PayloadZstdDense:
 		// The decoder may use up to DecodeSlack bytes past rawLen for its
 		// fast copies: pass them on when dst has them (exact-size
 		// destinations still work, a little slower), and never more, so
@@ -191,6 +147,22 @@ func decodeChunk(dst, frame []byte, rawCRC bool) ([]byte, error) {
 			return nil, fmt.Errorf("chunk frame: decoded %d bytes, header says %d: %w", len(out)-start, rawLen, ErrCorrupt)
 		}
 		dst = out
+	case PayloadS2:
+		// The block's own length must be the header's before the decoder
+		// may size anything by it.
+		if n, err := s2.DecodedLen(payload); err != nil || n != int(rawLen) {
+			return nil, fmt.Errorf("chunk frame: s2 block of %d bytes, header says %d (%v): %w", n, rawLen, err, ErrCorrupt)
+		}
+		if cap(dst)-start < int(rawLen) {
+			nd := make([]byte, start, start+int(rawLen))
+			copy(nd, dst)
+			dst = nd
+		}
+		out, err := s2.Decode(dst[start:start+int(rawLen)], payload)
+		if err != nil {
+			return nil, fmt.Errorf("chunk frame: s2: %v: %w", err, ErrCorrupt)
+		}
+		dst = dst[:start+len(out)]
 	default:
 		return nil, fmt.Errorf("chunk frame: payload type %d: %w", frame[5], ErrUnsupportedVersion)
 	}

@@ -3,7 +3,9 @@ package format
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"reflect"
 	"strings"
 	"testing"
@@ -18,17 +20,29 @@ func randomBytes(n int) []byte {
 
 func TestChunkRoundTrip(t *testing.T) {
 	text := bytes.Repeat([]byte("all work and no play makes jack a dull boy\n"), 6000)
+	// Saves about 1/10 with s2: enough for s2 (1/32), not for auto (1/8).
+	tenth := append(randomBytes(230<<10), bytes.Repeat([]byte{'a'}, 26<<10)...)
 	cases := []struct {
 		name, compression string
 		raw               []byte
-		wantCompressed    bool
+		wantPayload       byte
 	}{
-		{"empty", CompressionZstdFastest, nil, false},
-		{"text fastest", CompressionZstdFastest, text, true},
-		{"text default", CompressionZstdDefault, text, true},
-		{"text none", CompressionNone, text, false},
-		{"random stays raw", CompressionZstdFastest, randomBytes(MinChunkSize), false},
-		{"max size", CompressionZstdFastest, bytes.Repeat([]byte{7}, MaxChunkSize), true},
+		{"empty", CompressionZstdFastest, nil, PayloadRaw},
+		{"text fastest", CompressionZstdFastest, text, PayloadZstd},
+		{"text default", CompressionZstdDefault, text, PayloadZstd},
+		{"text better", CompressionZstdBetter, text, PayloadZstdDense},
+		{"text best", CompressionZstdBest, text, PayloadZstdDense},
+		{"text s2", CompressionS2, text, PayloadS2},
+		{"text s2-better", CompressionS2Better, text, PayloadS2},
+		{"text auto", CompressionAuto, text, PayloadS2},
+		{"text none", CompressionNone, text, PayloadRaw},
+		{"random stays raw", CompressionZstdFastest, randomBytes(MinChunkSize), PayloadRaw},
+		{"random stays raw with s2", CompressionS2, randomBytes(MinChunkSize), PayloadRaw},
+		{"random stays raw with zstd-best", CompressionZstdBest, randomBytes(MinChunkSize), PayloadRaw},
+		{"a tenth saved pays for s2", CompressionS2, tenth, PayloadS2},
+		{"a tenth saved does not pay for auto", CompressionAuto, tenth, PayloadRaw},
+		{"max size", CompressionZstdFastest, bytes.Repeat([]byte{7}, MaxChunkSize), PayloadZstd},
+		{"max size s2", CompressionS2, bytes.Repeat([]byte{7}, MaxChunkSize), PayloadS2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -36,8 +50,8 @@ func TestChunkRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if compressed := frame[5] == payloadZstd; compressed != c.wantCompressed {
-				t.Errorf("compressed = %v, want %v (frame %d bytes for %d)", compressed, c.wantCompressed, len(frame), len(c.raw))
+			if p, err := FramePayload(frame); err != nil || p != c.wantPayload {
+				t.Errorf("payload type %d (%v), want %d (frame %d bytes for %d)", p, err, c.wantPayload, len(frame), len(c.raw))
 			}
 			got, err := DecodeChunkID(nil, frame, Hash(c.raw))
 			if err != nil {
@@ -49,7 +63,29 @@ func TestChunkRoundTrip(t *testing.T) {
 			if _, err := DecodeChunkID(nil, frame, Hash(append([]byte{1}, c.raw...))); !errors.Is(err, ErrCorrupt) {
 				t.Errorf("wrong id accepted: %v", err)
 			}
+			// Appending after a prefix leaves the prefix alone.
+			pre := []byte("prefix")
+			framed, err := EncodeChunk(bytes.Clone(pre), c.raw, c.compression)
+			if err != nil || !bytes.Equal(framed[:len(pre)], pre) || !bytes.Equal(framed[len(pre):], frame) {
+				t.Errorf("encode after a prefix: %v", err)
+			}
 		})
+	}
+}
+
+func TestCompressionNames(t *testing.T) {
+	for _, name := range CompressionNames() {
+		if err := ValidCompression(name); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for _, bad := range []string{"", "zstd", "lz4", "S2"} {
+		if err := ValidCompression(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+		if _, err := EncodeChunk(nil, []byte("x"), bad); err == nil {
+			t.Errorf("EncodeChunk with %q accepted", bad)
+		}
 	}
 }
 
@@ -58,9 +94,15 @@ func TestChunkRoundTrip(t *testing.T) {
 // after a prefix), in a new buffer only when it cannot, and never past
 // rawLen+DecodeSlack of the caller's buffer.
 func TestDecodeInto(t *testing.T) {
+	for _, codec := range []string{CompressionZstdFastest, CompressionS2} {
+		t.Run(codec, func(t *testing.T) { testDecodeInto(t, codec) })
+	}
+}
+
+func testDecodeInto(t *testing.T, codec string) {
 	raw := bytes.Repeat([]byte("0123456789abcdef fedcba9876543210\n"), 16000)[:512<<10] // four zstd blocks
-	frame, err := EncodeChunk(nil, raw, CompressionZstdFastest)
-	if err != nil || frame[5] != payloadZstd {
+	frame, err := EncodeChunk(nil, raw, codec)
+	if want, _ := CompressionPayload(codec); err != nil || frame[5] != want {
 		t.Fatalf("encode: %v (type %d)", err, frame[5])
 	}
 	cases := []struct {
@@ -105,16 +147,49 @@ func TestDecodeInto(t *testing.T) {
 
 func TestChunkDamage(t *testing.T) {
 	raw := bytes.Repeat([]byte("abcdefgh"), 20000)
-	frame, _ := EncodeChunk(nil, raw, CompressionZstdFastest)
-	for _, pos := range []int{0, 4, 5, 6, 8, 12, ChunkHeaderSize, len(frame) / 2, len(frame) - 1} {
-		bad := append([]byte(nil), frame...)
-		bad[pos] ^= 0x40
-		if _, err := DecodeChunkID(nil, bad, Hash(raw)); err == nil {
-			t.Errorf("flipped byte at %d not detected", pos)
+	for _, codec := range []string{CompressionZstdFastest, CompressionS2, CompressionZstdBest} {
+		frame, _ := EncodeChunk(nil, raw, codec)
+		for _, pos := range []int{0, 4, 5, 6, 8, 12, ChunkHeaderSize, len(frame) / 2, len(frame) - 1} {
+			bad := append([]byte(nil), frame...)
+			bad[pos] ^= 0x40
+			if _, err := DecodeChunkID(nil, bad, Hash(raw)); err == nil {
+				t.Errorf("%s: flipped byte at %d not detected", codec, pos)
+			}
+		}
+		if _, err := DecodeChunk(nil, frame[:len(frame)-1]); err == nil {
+			t.Errorf("%s: truncated frame accepted", codec)
 		}
 	}
-	if _, err := DecodeChunk(nil, frame[:len(frame)-1]); err == nil {
-		t.Error("truncated frame accepted")
+}
+
+// TestHostileS2 feeds s2 payloads whose block length disagrees with the
+// frame header (with a valid checksum, as a crafted frame has): they fail
+// as corrupt without the decoder sizing anything by the block's claim.
+func TestHostileS2(t *testing.T) {
+	raw := bytes.Repeat([]byte("hostile "), 4096)
+	good, _ := EncodeChunk(nil, raw, CompressionS2)
+	reframe := func(payload []byte, rawLen uint32) []byte {
+		f := append(bytes.Clone(good[:ChunkHeaderSize]), payload...)
+		binary.LittleEndian.PutUint32(f[8:], rawLen)
+		binary.LittleEndian.PutUint32(f[12:], crc32.Checksum(payload, castagnoli))
+		return f
+	}
+	cases := []struct {
+		name  string
+		frame []byte
+	}{
+		{"block claims 4 GiB", reframe(append([]byte{0xff, 0xff, 0xff, 0xff, 0x0f}, good[ChunkHeaderSize+3:]...), uint32(len(raw)))},
+		{"header claims less", reframe(good[ChunkHeaderSize:], uint32(len(raw)-1))},
+		{"header claims more", reframe(good[ChunkHeaderSize:], uint32(len(raw)+1))},
+		{"bad varint", reframe([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 10)},
+		{"truncated block", reframe(good[ChunkHeaderSize:len(good)-3], uint32(len(raw)))},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if out, err := DecodeChunk(nil, c.frame); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("got %d bytes, err %v; want ErrCorrupt", len(out), err)
+			}
+		})
 	}
 }
 

@@ -28,6 +28,8 @@ func FuzzDecodeChunk(f *testing.F) {
 	f.Add(fr)
 	fr, _ = EncodeChunk(nil, []byte("raw"), CompressionNone)
 	f.Add(fr)
+	fr, _ = EncodeChunk(nil, bytes.Repeat([]byte("s2s2"), 1000), CompressionS2)
+	f.Add(fr)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out, err := DecodeChunk(nil, b)
 		if err == nil && len(out) > MaxChunkSize {

@@ -4,7 +4,7 @@
 // blocks (found from debugfs "stat" output), plus the matching
 // changed-extents list.
 //
-//	workload files DIR                 write DIR/random.bin and DIR/text.txt (300 MB each)
+//	workload files DIR [BYTES]         write DIR/random.bin and DIR/text.txt (300 MB each, or BYTES)
 //	workload plan  FSIMG PARTOFF OUT   plan 640 writes of 64 KiB; OUT.writes and OUT.extents
 //	workload apply PLAN.writes IMAGE   apply the planned writes to IMAGE
 package main
@@ -22,11 +22,11 @@ import (
 )
 
 const (
-	fileSize   = 300 * 1000 * 1000
-	writeSize  = 64 << 10
-	writeCount = 640
-	blockSize  = 4096
-	seed       = 20261123
+	defaultFileSize = 300 * 1000 * 1000
+	writeSize       = 64 << 10
+	writeCount      = 640
+	blockSize       = 4096
+	seed            = 20261123
 )
 
 func main() {
@@ -41,8 +41,16 @@ func run(args []string) error {
 		return fmt.Errorf("usage: workload files DIR | plan FSIMG PARTOFF OUT | apply PLAN IMAGE")
 	}
 	switch {
-	case args[0] == "files" && len(args) == 2:
-		return files(args[1])
+	case args[0] == "files" && (len(args) == 2 || len(args) == 3):
+		size := defaultFileSize
+		if len(args) == 3 {
+			n, err := strconv.Atoi(args[2])
+			if err != nil || n <= 0 {
+				return fmt.Errorf("files: size %q: want a positive number of bytes", args[2])
+			}
+			size = n
+		}
+		return files(args[1], size)
 	case args[0] == "plan" && len(args) == 4:
 		off, err := strconv.ParseInt(args[2], 10, 64)
 		if err != nil {
@@ -55,9 +63,9 @@ func run(args []string) error {
 	return fmt.Errorf("bad arguments %q", args)
 }
 
-func files(dir string) error {
+func files(dir string, size int) error {
 	rng := rand.NewChaCha8([32]byte{1, 2, 3})
-	if err := writeGen(dir+"/random.bin", func(b []byte) { _, _ = rng.Read(b) }); err != nil {
+	if err := writeGen(dir+"/random.bin", size, func(b []byte) { _, _ = rng.Read(b) }); err != nil {
 		return err
 	}
 	// Text: lines of words drawn from a fixed vocabulary with a skewed
@@ -71,7 +79,7 @@ func files(dir string) error {
 		against go came right used take three backup restore disk chunk volume snapshot kernel error warning info debug`)
 	trng := rand.New(rand.NewPCG(seed, 7))
 	var line []byte
-	return writeGen(dir+"/text.txt", func(b []byte) {
+	return writeGen(dir+"/text.txt", size, func(b []byte) {
 		for i := 0; i < len(b); {
 			if len(line) == 0 {
 				line = fmt.Appendf(line, "%08d ", trng.IntN(100000000))
@@ -88,15 +96,15 @@ func files(dir string) error {
 	})
 }
 
-func writeGen(path string, fill func([]byte)) error {
+func writeGen(path string, size int, fill func([]byte)) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	buf := make([]byte, 1<<20)
-	for done := 0; done < fileSize; {
-		n := min(len(buf), fileSize-done)
+	for done := 0; done < size; {
+		n := min(len(buf), size-done)
 		fill(buf[:n])
 		if _, err := w.Write(buf[:n]); err != nil {
 			return err

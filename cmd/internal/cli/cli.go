@@ -595,3 +595,20 @@ func NeedReadKey(r *repo.Repository, what string) error {
 	}
 	return nil
 }
+
+// CompressionFlag adds --compression to a capture command: the codec of
+// the chunks it stores ("" keeps the repository's default).
+func CompressionFlag(fs *pflag.FlagSet, p *string) {
+	fs.StringVar(p, "compression", "", "codec of the chunks this stores: "+strings.Join(format.CompressionNames(), ", ")+" (default: the repository's, set at init)")
+}
+
+// CheckCompression makes a bad --compression value a usage error.
+func CheckCompression(c string) error {
+	if c == "" {
+		return nil
+	}
+	if err := format.ValidCompression(c); err != nil {
+		return Usagef("--compression: %v", err)
+	}
+	return nil
+}

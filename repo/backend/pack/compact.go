@@ -1,9 +1,16 @@
 package pack
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/vmvault/vmvault/repo/backend"
 	"github.com/vmvault/vmvault/repo/format"
@@ -108,63 +115,320 @@ func (b *Backend) Compact(ctx context.Context, opts CompactOptions) (*CompactRep
 	if opts.DryRun {
 		return rep, nil
 	}
+	plan := b.entriesOf(repack, allEntries)
 	for _, name := range repack {
-		if err := b.rewrite(ctx, name); err != nil {
+		if _, err := b.rewrite(ctx, name, plan[name], nil, 1); err != nil {
 			return nil, err
 		}
 	}
-	if err := b.Flush(ctx); err != nil { // the new packs and their index
+	if _, err := b.retire(ctx, append(append([]format.ID(nil), remove...), repack...)); err != nil {
 		return nil, err
-	}
-	gone := append(append([]format.ID(nil), remove...), repack...)
-	if len(gone) > 0 {
-		x := &format.PackIndex{Packs: gone}
-		for i := range gone {
-			x.GonePacks = append(x.GonePacks, uint32(i))
-		}
-		if err := b.saveIndex(ctx, x); err != nil {
-			return nil, err
-		}
-		if f, ok := b.be.(backend.Flusher); ok {
-			if err := f.Flush(ctx); err != nil {
-				return nil, err
-			}
-		}
-		for _, name := range gone {
-			if err := b.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: name.String()}); err != nil {
-				return nil, fmt.Errorf("compact: %w", err)
-			}
-		}
 	}
 	n, err := b.mergeIndexes(ctx, opts.MaxIndexes, opts.Protected)
 	rep.IndexesMerged = n
 	return rep, err
 }
 
-// rewrite copies a pack's live chunks into the open pack.
-func (b *Backend) rewrite(ctx context.Context, name format.ID) error {
+// retire takes the packs in gone out of the repository in the order that
+// keeps every chunk readable at every moment: what was saved since the
+// last Flush (the live chunks copied out of them) goes into durable packs
+// named by a durable pack index; then a durable pack index says the packs
+// in gone are gone; then they are removed. It returns the packs uploaded
+// since recordWritten (RewritePacks's; nil for gc's Compact). A pack so
+// uploaded is never retired (packs have names of their own, so this only
+// guards the invariant).
+func (b *Backend) retire(ctx context.Context, gone []format.ID) ([]PackInfo, error) {
+	if err := b.Flush(ctx); err != nil {
+		return nil, err
+	}
+	written := b.takeWritten()
+	gone = slices.DeleteFunc(slices.Clone(gone), func(id format.ID) bool {
+		return slices.ContainsFunc(written, func(p PackInfo) bool { return p.Name == id })
+	})
+	if len(gone) == 0 {
+		return written, nil
+	}
+	x := &format.PackIndex{Packs: gone}
+	for i := range gone {
+		x.GonePacks = append(x.GonePacks, uint32(i))
+	}
+	if err := b.saveIndex(ctx, x); err != nil {
+		return nil, err
+	}
+	if err := b.flushInner(ctx); err != nil {
+		return nil, err
+	}
+	for _, name := range gone {
+		if err := b.be.Remove(ctx, backend.Handle{Type: backend.PackFile, Name: name.String()}); err != nil {
+			return nil, fmt.Errorf("compact: %w", err)
+		}
+	}
+	return written, nil
+}
+
+// Transform turns a chunk's stored frame into the frame to store in its
+// place (the same chunk, so the same content once decoded), or returns
+// frame itself (or equal bytes) to keep it. It is called on several
+// goroutines at once; frame is only valid during the call.
+type Transform func(id format.ID, frame []byte) ([]byte, error)
+
+// entrySel chooses which of a pack's entries a rewrite stores again.
+type entrySel int
+
+const (
+	allEntries    entrySel = iota // every entry the view has for the pack (gc)
+	newestEntries                 // only chunks whose newest frame is in this pack, or whose newer packs are missing
+)
+
+// rewriteResult is what rewriting one pack did.
+type rewriteResult struct {
+	changed       bool // false: nothing stored, the pack stays as it is
+	chunks        int  // frames stored again
+	dropped       int  // frames left behind: a newer copy of the chunk is stored
+	before, after int64
+}
+
+// rewrite stores a pack's entries again (as entriesOf chose them),
+// through transform when it is set, using workers goroutines for
+// transform. With a transform, a pack none of whose frames changes and
+// none dropped is left alone (changed false, nothing stored).
+func (b *Backend) rewrite(ctx context.Context, name format.ID, pe packEntries, transform Transform, workers int) (rewriteResult, error) {
+	var res rewriteResult
 	data, err := b.be.Load(ctx, backend.Handle{Type: backend.PackFile, Name: name.String()}, 0, -1)
 	if err != nil {
-		return fmt.Errorf("compact: read pack %s: %w", name.Short(), err)
+		return res, fmt.Errorf("compact: read pack %s: %w", name.Short(), err)
+	}
+	keep := slices.Clone(pe.keep)
+	for _, sup := range pe.newer {
+		// Left behind only when the newer copy is really there.
+		_, err := b.be.Stat(ctx, backend.Handle{Type: backend.PackFile, Name: sup.pack.String()})
+		switch {
+		case err == nil:
+			res.dropped++
+		case errors.Is(err, backend.ErrNotFound):
+			keep = append(keep, sup.e)
+		default:
+			return res, fmt.Errorf("compact: %w", err)
+		}
+	}
+	slices.SortFunc(keep, func(x, y entry) int { return cmp.Compare(x.offset, y.offset) })
+	frames := make([][]byte, len(keep))
+	for i, e := range keep {
+		if int64(e.offset)+int64(e.length) > int64(len(data)) {
+			return res, fmt.Errorf("compact: pack %s is shorter than its index says: %w", name.Short(), format.ErrCorrupt)
+		}
+		frames[i] = data[e.offset : e.offset+e.length]
+	}
+	res.changed = res.dropped > 0 || transform == nil
+	if transform != nil {
+		out := make([][]byte, len(frames))
+		var changed atomic.Bool
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(max(1, workers))
+		for i := range frames {
+			g.Go(func() error {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				f, err := transform(keep[i].id, frames[i])
+				if err != nil {
+					return fmt.Errorf("compact: pack %s chunk %s: %w", name.Short(), keep[i].id.Short(), err)
+				}
+				if !bytes.Equal(f, frames[i]) {
+					changed.Store(true)
+				}
+				out[i] = f
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return res, err
+		}
+		res.changed = res.changed || changed.Load()
+		if !res.changed {
+			return res, nil
+		}
+		for i := range frames {
+			res.before += int64(len(frames[i]))
+		}
+		frames = out
+	}
+	for i, e := range keep {
+		if err := b.Save(ctx, backend.Handle{Type: backend.ChunkFile, Name: e.id.String()}, frames[i]); err != nil {
+			return res, err
+		}
+		res.chunks++
+		res.after += int64(len(frames[i]))
+	}
+	if transform == nil {
+		res.before = res.after
+	}
+	return res, nil
+}
+
+// superseded is a pack's entry whose chunk has a newer frame in pack.
+type superseded struct {
+	e    entry
+	pack format.ID
+}
+
+// packEntries are the entries of one pack a rewrite stores again (keep)
+// and, for newestEntries, those whose chunk has a newer frame elsewhere.
+type packEntries struct {
+	keep  []entry
+	newer []superseded
+}
+
+// entriesOf chooses the entries a rewrite of each named pack stores
+// again, in one pass over the view (its entries are sorted by chunk, a
+// chunk's newest last): allEntries keeps every entry the view has for the
+// pack (gc's repacks of mostly dead packs); newestEntries keeps a chunk's
+// entry only where the pack holds its newest frame.
+func (b *Backend) entriesOf(names []format.ID, sel entrySel) map[format.ID]packEntries {
+	b.rmu.RLock()
+	defer b.rmu.RUnlock()
+	want := map[uint32]format.ID{}
+	for _, name := range names {
+		if n, ok := b.view.packNo[name]; ok {
+			want[n] = name
+		}
+	}
+	out := map[format.ID]packEntries{}
+	es := b.view.entries
+	for lo := 0; lo < len(es); {
+		hi := lo + 1
+		for hi < len(es) && es[hi].id == es[lo].id {
+			hi++
+		}
+		newest := -1
+		for i := lo; i < hi; i++ {
+			if !b.view.packs[es[i].pack].gone {
+				newest = i
+			}
+		}
+		for i := lo; i < hi; i++ {
+			e := es[i]
+			name, ok := want[e.pack]
+			if !ok {
+				continue
+			}
+			pe := out[name]
+			switch {
+			case sel == allEntries || newest < 0 || i == newest:
+				pe.keep = append(pe.keep, e)
+			case es[newest].pack == e.pack: // the chunk twice in this pack: its newest entry is kept
+			default:
+				pe.newer = append(pe.newer, superseded{e, b.view.packs[es[newest].pack].name})
+			}
+			out[name] = pe
+		}
+		lo = hi
+	}
+	return out
+}
+
+// PackInfo is a stored pack that the pack indexes name.
+type PackInfo struct {
+	Name    format.ID
+	Size    int64
+	ModTime time.Time // the pack object's, on the storage's clock
+}
+
+// Packs lists the stored packs that pack indexes name and do not say are
+// gone, as of a refresh now.
+func (b *Backend) Packs(ctx context.Context) ([]PackInfo, error) {
+	if err := b.refresh(ctx); err != nil {
+		return nil, err
 	}
 	b.rmu.RLock()
-	n, ok := b.view.packNo[name]
-	var keep []entry
-	for _, e := range b.view.entries {
-		if ok && e.pack == n {
-			keep = append(keep, e)
+	named := map[format.ID]bool{}
+	for _, p := range b.view.packs {
+		if !p.gone {
+			named[p.name] = true
 		}
 	}
 	b.rmu.RUnlock()
-	for _, e := range keep {
-		if int64(e.offset)+int64(e.length) > int64(len(data)) {
-			return fmt.Errorf("compact: pack %s is shorter than its index says: %w", name.Short(), format.ErrCorrupt)
+	var out []PackInfo
+	if err := b.be.List(ctx, backend.PackFile, func(fi backend.FileInfo) error {
+		if id, err := format.ParseID(fi.Name); err == nil && named[id] {
+			out = append(out, PackInfo{Name: id, Size: fi.Size, ModTime: fi.ModTime})
 		}
-		if err := b.Save(ctx, backend.Handle{Type: backend.ChunkFile, Name: e.id.String()}, data[e.offset:e.offset+e.length]); err != nil {
-			return err
-		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
 	}
-	return nil
+	return out, nil
+}
+
+// RewriteReport is what RewritePacks did.
+type RewriteReport struct {
+	Rewritten []format.ID // packs whose frames went into new packs; removed
+	Unchanged []format.ID // packs the transform changed nothing in; left as they are
+	Written   []PackInfo  // the new packs
+	Chunks    int         // frames stored again
+	Dropped   int         // frames not stored again: a newer copy of the chunk is stored elsewhere
+	// BytesBefore and BytesAfter are the sizes of the frames stored again,
+	// as they were and as they are now.
+	BytesBefore, BytesAfter int64
+}
+
+// RewritePacks rewrites the named packs through transform as one batch:
+// of each pack, the frames that are their chunk's newest copy go through
+// transform (workers at once) into new packs, in the order they had; the
+// new packs and a pack index naming them become durable, then a pack
+// index says the old packs are gone, then they are removed (Compact's
+// order: a reader with an older view finds a pack missing, refreshes and
+// reads the chunk from its new pack). Frames whose chunk has a newer copy
+// in another stored pack are left behind (what a batch interrupted after
+// its new packs were indexed leaves). A pack whose frames transform
+// leaves as they are, and that has nothing to leave behind, is not
+// touched. A crash at any point leaves every chunk readable: at worst the
+// new packs are orphans (gc removes them) or the old ones are kept beside
+// them until a rewrite finds them superseded.
+//
+// It must not run beside another RewritePacks or Compact on the same
+// repository (the maintenance lock); captures, which only add packs, and
+// readers may run.
+func (b *Backend) RewritePacks(ctx context.Context, names []format.ID, transform Transform, workers int) (*RewriteReport, error) {
+	if err := b.Flush(ctx); err != nil {
+		return nil, err
+	}
+	b.recordWritten()
+	defer b.takeWritten() // stops recording when the batch fails
+	if err := b.refresh(ctx); err != nil {
+		return nil, err
+	}
+	rep := &RewriteReport{}
+	plan := b.entriesOf(names, newestEntries)
+	for _, name := range names {
+		res, err := b.rewrite(ctx, name, plan[name], transform, workers)
+		if err != nil {
+			return nil, err
+		}
+		if !res.changed {
+			rep.Unchanged = append(rep.Unchanged, name)
+			continue
+		}
+		rep.Rewritten = append(rep.Rewritten, name)
+		rep.Chunks += res.chunks
+		rep.Dropped += res.dropped
+		rep.BytesBefore += res.before
+		rep.BytesAfter += res.after
+	}
+	written, err := b.retire(ctx, rep.Rewritten)
+	if err != nil {
+		return nil, err
+	}
+	rep.Written = written
+	return rep, nil
+}
+
+// MergeIndexes replaces the pack indexes with one when there are more
+// than max of them (and none is protected), as Compact does; it returns
+// how many it replaced. It is safe beside captures: an index written
+// while it runs is left as it is.
+func (b *Backend) MergeIndexes(ctx context.Context, max int, protected func(time.Time) bool) (int, error) {
+	return b.mergeIndexes(ctx, max, protected)
 }
 
 // mergeIndexes replaces the pack indexes with one naming every live entry

@@ -15,7 +15,9 @@
 //     deleted only after a durable pack index says it is gone: a reader
 //     with an older view finds a missing pack, refreshes its view and
 //     reads the chunk where it is now.
-//   - Objects are immutable and named by the hash of their bytes.
+//   - Objects are immutable and named by the hash of their bytes. Every
+//     pack carries random bytes, so no two packs ever share a name: a
+//     pack index that says a pack is gone speaks of that pack alone.
 //   - Memory is bounded: Save waits while a sealed pack waits for an
 //     upload slot, so a writer holds at most the open pack, the uploading
 //     ones and one waiting.
@@ -30,6 +32,7 @@ package pack
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,6 +89,8 @@ type Backend struct {
 	dead          []format.PackIndexDead
 	deadPack      []format.ID // names of packs in dead, by index
 	pending       map[format.ID]*openPack
+	recording     bool       // between recordWritten and takeWritten:
+	wrote         []PackInfo // the packs uploaded
 
 	// read side
 	rmu    sync.RWMutex
@@ -102,6 +107,10 @@ var (
 	_ backend.Prefetcher   = (*Backend)(nil)
 	_ backend.TempCleaner  = (*Backend)(nil)
 )
+
+// packNonceSize is the number of random bytes between a pack's frames
+// and its trailer.
+const packNonceSize = 16
 
 // openPack is a pack being filled or uploaded.
 type openPack struct {
@@ -190,6 +199,13 @@ func (b *Backend) sealLocked() {
 	if p == nil || len(p.entries) == 0 {
 		return
 	}
+	// Random bytes after the frames (in the frames area, where no entry
+	// points) give every pack a name of its own, also when its frames
+	// equal those of a pack that was removed: a pack index's "gone" for a
+	// name is then never contradicted by a later pack of that name.
+	var nonce [packNonceSize]byte
+	_, _ = rand.Read(nonce[:])
+	p.data = append(p.data, nonce[:]...)
 	trailer := format.PackTrailer(p.entries)
 	if b.opts.SealTrailer != nil {
 		trailer = format.SealedPackTrailer(b.opts.SealTrailer(trailer))
@@ -207,6 +223,9 @@ func (b *Backend) sealLocked() {
 			b.upErr = err
 		}
 		if err == nil {
+			if b.recording {
+				b.wrote = append(b.wrote, PackInfo{Name: p.name, Size: int64(len(p.data)), ModTime: time.Now()})
+			}
 			b.uploaded = append(b.uploaded, p)
 			b.unindexed += int64(len(p.data))
 			if b.opts.IndexEvery > 0 && b.unindexed >= b.opts.IndexEvery && !b.checkpointing {
@@ -349,6 +368,23 @@ func (b *Backend) checkpoints() {
 	}
 }
 
+// recordWritten starts recording the packs uploaded from now on.
+func (b *Backend) recordWritten() {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	b.recording, b.wrote = true, nil
+}
+
+// takeWritten returns the packs uploaded since recordWritten and stops
+// recording (nil when nothing recorded).
+func (b *Backend) takeWritten() []PackInfo {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	w := b.wrote
+	b.recording, b.wrote = false, nil
+	return w
+}
+
 func (b *Backend) flushInner(ctx context.Context) error {
 	if f, ok := b.be.(backend.Flusher); ok {
 		return f.Flush(ctx)
@@ -403,12 +439,26 @@ func (b *Backend) Refresh(ctx context.Context) error { return b.refresh(ctx) }
 func (b *Backend) refresh(ctx context.Context) error {
 	b.refmu.Lock()
 	defer b.refmu.Unlock()
+	// An index listed but gone when read was merged into one this listing
+	// did not show (gc's or compaction's merge): list again, up to a few
+	// times, so the view never lacks what the merged index says.
+	for try := 0; ; try++ {
+		vanished, err := b.refreshOnce(ctx)
+		if err != nil || !vanished || try == 4 {
+			return err
+		}
+	}
+}
+
+// refreshOnce merges the pack indexes listed now into the view and
+// reports whether one of them vanished before it was read.
+func (b *Backend) refreshOnce(ctx context.Context) (vanished bool, err error) {
 	var names []backend.FileInfo
 	if err := b.be.List(ctx, backend.PackIndexFile, func(fi backend.FileInfo) error {
 		names = append(names, fi)
 		return nil
 	}); err != nil {
-		return fmt.Errorf("list pack indexes: %w", err)
+		return false, fmt.Errorf("list pack indexes: %w", err)
 	}
 	// Indexes merged into one and removed took their removals with them:
 	// then the view is built anew from what is listed.
@@ -456,15 +506,16 @@ func (b *Backend) refresh(ctx context.Context) error {
 	for i, fi := range todo {
 		switch {
 		case errors.Is(res[i].err, backend.ErrNotFound):
-			continue // merged into another and removed meanwhile
+			vanished = true // merged into another and removed meanwhile
+			continue
 		case res[i].err != nil:
-			return res[i].err
+			return false, res[i].err
 		}
 		b.view.merge(res[i].x, fi.ModTime)
 		b.loaded[fi.Name] = true
 	}
 	b.stale = time.Now()
-	return nil
+	return vanished, nil
 }
 
 // loadIndex reads one pack index, from the local copy when there is one.
@@ -562,10 +613,13 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 				return nil, fmt.Errorf("load %v from pack %s: %w", h, l.pack.Short(), err)
 			}
 		}
-		if attempt == 1 || len(locs) == 0 && !b.mayRefresh() {
+		if attempt == 1 {
 			break
 		}
-		// A pack was repacked away, or the chunk is newer than the view.
+		// A pack was repacked away, or the chunk is newer than the view (a
+		// reader opened a restore point captured since it last looked:
+		// unlike Stat's misses, which captures make by the thousand, a
+		// load's miss is not rate-limited).
 		if err := b.refresh(ctx); err != nil {
 			return nil, err
 		}

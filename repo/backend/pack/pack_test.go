@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,6 +327,229 @@ func TestIndexEvery(t *testing.T) {
 	for i, h := range hs {
 		if _, err := r.Stat(ctx, h); err != nil {
 			t.Fatalf("chunk %d after flush: %v", i, err)
+		}
+	}
+}
+
+// TestRewritePacks: packs go through a transform into new packs; a reader
+// whose view predates the rewrite finds the old packs gone and reads the
+// new frames; packs the transform leaves as they are stay; frames whose
+// chunk has a newer copy elsewhere are left behind, not copied; the chunk
+// order of a pack is kept.
+func TestRewritePacks(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{PackSize: 1 << 20})
+	var hs []backend.Handle
+	data := map[backend.Handle][]byte{}
+	for i := range 40 {
+		h, d := chunk(i, 105000) // ten to a pack
+		if err := w.Save(ctx, h, d); err != nil {
+			t.Fatal(err)
+		}
+		hs, data[h] = append(hs, h), d
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Chunk 0 stored again later, in a pack of its own: the copy in the
+	// first pack is superseded.
+	dup := New(inner, Options{PackSize: 1 << 20})
+	if err := dup.Save(ctx, hs[0], data[hs[0]]); err != nil {
+		t.Fatal(err)
+	}
+	if err := dup.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stale := New(inner, Options{})
+	if _, err := stale.Load(ctx, hs[1], 0, -1); err != nil { // loads its view now
+		t.Fatal(err)
+	}
+	packs, err := w.Packs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(packs) != 5 {
+		t.Fatalf("%d packs, want 4 of 10 chunks and 1 of the copy", len(packs))
+	}
+	first := map[format.ID]bool{}
+	for _, h := range hs[1:10] {
+		p, _, _, _, _ := w.Locate(ctx, mustID(h))
+		first[p] = true
+	}
+	// Chunks 10..29 (two packs) get a marker byte appended; the rest stay.
+	mark := func(id format.ID, frame []byte) ([]byte, error) {
+		for _, h := range hs[10:30] {
+			if mustID(h) == id {
+				return append(bytes.Clone(frame), 0xAB), nil
+			}
+		}
+		return frame, nil
+	}
+	var names []format.ID
+	for _, p := range packs {
+		names = append(names, p.Name)
+	}
+	rep, err := w.RewritePacks(ctx, names, mark, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first pack goes too: its copy of chunk 0 is left behind.
+	if len(rep.Rewritten) != 3 || len(rep.Unchanged) != 2 || rep.Dropped != 1 || rep.Chunks != 29 || len(rep.Written) != 3 {
+		t.Fatalf("report %+v", rep)
+	}
+	for p := range first {
+		if !slices.Contains(rep.Rewritten, p) {
+			t.Fatal("the pack holding a superseded copy was not rewritten")
+		}
+	}
+	if n := count(t, inner, backend.PackFile); n != 5 {
+		t.Fatalf("%d packs stored after the rewrite, want 5", n)
+	}
+	for _, r := range []*Backend{w, stale, New(inner, Options{})} {
+		var prev int64 = -1
+		var prevPack format.ID
+		for i, h := range hs {
+			want := data[h]
+			if i >= 10 && i < 30 {
+				want = append(bytes.Clone(want), 0xAB)
+			}
+			got, err := r.Load(ctx, h, 0, -1)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("chunk %d after the rewrite: %v", i, err)
+			}
+			p, off, _, _, _ := r.Locate(ctx, mustID(h))
+			if i > 1 && p == prevPack && off <= prev {
+				t.Fatalf("chunk %d before chunk %d in its new pack", i, i-1)
+			}
+			prev, prevPack = off, p
+		}
+	}
+	// Nothing to do leaves everything as it is.
+	again, err := w.RewritePacks(ctx, []format.ID{rep.Written[0].Name}, func(_ format.ID, f []byte) ([]byte, error) { return f, nil }, 1)
+	if err != nil || len(again.Unchanged) != 1 || len(again.Rewritten) != 0 || len(again.Written) != 0 {
+		t.Fatalf("identity rewrite: %+v %v", again, err)
+	}
+}
+
+func mustID(h backend.Handle) format.ID {
+	id, err := format.ParseID(h.Name)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+// TestLoadMissRefreshes: a reader whose last refresh was a moment ago
+// (Stat misses rate-limit refreshes) still loads a chunk that another
+// process stored since: a load's miss refreshes at once.
+func TestLoadMissRefreshes(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{})
+	h0, d0 := chunk(0, 1000)
+	w.Save(ctx, h0, d0)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := New(inner, Options{})
+	h, d := chunk(1, 1000)
+	if _, err := r.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) { // refreshes, then rate-limits
+		t.Fatal(err)
+	}
+	w.Save(ctx, h, d)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.Load(ctx, h, 0, -1); err != nil || !bytes.Equal(got, d) {
+		t.Fatalf("load right after another process stored the chunk: %v", err)
+	}
+}
+
+// mergeOnFirstIndexLoad merges the pack indexes (as gc's or compaction's
+// merge in another process would) right before the first pack index is
+// read through it.
+type mergeOnFirstIndexLoad struct {
+	backend.Backend
+	once  sync.Once
+	merge func()
+}
+
+func (m *mergeOnFirstIndexLoad) Load(ctx context.Context, h backend.Handle, off, n int64) ([]byte, error) {
+	if h.Type == backend.PackIndexFile {
+		m.once.Do(m.merge)
+	}
+	return m.Backend.Load(ctx, h, off, n)
+}
+
+// TestRefreshAfterMerge: the indexes a refresh listed are merged into one
+// and removed before it reads them; the refresh lists again and finds
+// every chunk.
+func TestRefreshAfterMerge(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{})
+	var hs []backend.Handle
+	for i := range 6 {
+		h, d := chunk(i, 1000)
+		w.Save(ctx, h, d)
+		if err := w.Flush(ctx); err != nil { // an index each
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	hook := &mergeOnFirstIndexLoad{Backend: inner, merge: func() {
+		if n, err := New(inner, Options{}).MergeIndexes(ctx, 1, nil); err != nil || n != 6 {
+			t.Errorf("merge: %d %v", n, err)
+		}
+	}}
+	r := New(hook, Options{})
+	for i, h := range hs {
+		if _, err := r.Stat(ctx, h); err != nil {
+			t.Fatalf("chunk %d after indexes were merged under the refresh: %v", i, err)
+		}
+	}
+}
+
+// TestSameFramesAfterRemoval: chunks removed, their pack compacted away,
+// then stored again in the same order (the same VM captured again after
+// gc, or compaction back to an earlier codec) are found: the new pack
+// does not take the removed pack's name, which a pack index says is gone.
+func TestSameFramesAfterRemoval(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	w := New(inner, Options{})
+	var hs []backend.Handle
+	var ds [][]byte
+	store := func() {
+		for i := range 3 {
+			h, d := chunk(i, 5000)
+			if err := w.Save(ctx, h, d); err != nil {
+				t.Fatal(err)
+			}
+			if len(hs) < 3 {
+				hs, ds = append(hs, h), append(ds, d)
+			}
+		}
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store()
+	for _, h := range hs {
+		if err := w.Remove(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := w.Compact(ctx, CompactOptions{}); err != nil || rep.PacksRemoved != 1 {
+		t.Fatalf("compact: %+v %v", rep, err)
+	}
+	store()
+	for _, r := range []*Backend{w, New(inner, Options{})} {
+		for i, h := range hs {
+			if got, err := r.Load(ctx, h, 0, -1); err != nil || !bytes.Equal(got, ds[i]) {
+				t.Fatalf("chunk %d stored again: %v", i, err)
+			}
 		}
 	}
 }
