@@ -97,6 +97,7 @@ type Backend struct {
 	view   *view
 	loaded map[string]bool // pack index objects merged into view
 	stale  time.Time       // last refresh
+	listed time.Time       // when the last refresh began listing indexes
 	refmu  sync.Mutex      // one refresh at a time
 }
 
@@ -436,16 +437,34 @@ func (b *Backend) mayRefresh() bool {
 // up to date (by other processes and hosts).
 func (b *Backend) Refresh(ctx context.Context) error { return b.refresh(ctx) }
 
-func (b *Backend) refresh(ctx context.Context) error {
+func (b *Backend) refresh(ctx context.Context) error { return b.refreshSince(ctx, time.Now()) }
+
+// refreshSince brings the view up to date with the pack indexes that
+// existed at asked: a refresh that began listing at or after asked already
+// did, so readers missing at once share one listing.
+func (b *Backend) refreshSince(ctx context.Context, asked time.Time) error {
 	b.refmu.Lock()
 	defer b.refmu.Unlock()
+	b.rmu.RLock()
+	done := !b.listed.IsZero() && !b.listed.Before(asked)
+	b.rmu.RUnlock()
+	if done {
+		return nil
+	}
+	began := time.Now()
 	// An index listed but gone when read was merged into one this listing
 	// did not show (gc's or compaction's merge): list again, up to a few
 	// times, so the view never lacks what the merged index says.
 	for try := 0; ; try++ {
 		vanished, err := b.refreshOnce(ctx)
-		if err != nil || !vanished || try == 4 {
+		if err != nil {
 			return err
+		}
+		if !vanished || try == 4 {
+			b.rmu.Lock()
+			b.listed = began
+			b.rmu.Unlock()
+			return nil
 		}
 	}
 }
@@ -591,6 +610,12 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 	if f := b.pendingFrame(id); f != nil {
 		return sub(h, f, off, length)
 	}
+	// A reader's miss always looks again, so a chunk whose pack index was
+	// written before this read began is found (lookup rate-limits the
+	// refreshes of Stat's misses instead: a capture stats many chunks
+	// that are not stored).
+	asked := time.Now()
+	var looseErr error
 	for attempt := 0; ; attempt++ {
 		locs, err := b.lookup(ctx, id)
 		if err != nil {
@@ -616,15 +641,26 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 		if attempt == 1 {
 			break
 		}
-		// A pack was repacked away, or the chunk is newer than the view (a
-		// reader opened a restore point captured since it last looked:
-		// unlike Stat's misses, which captures make by the thousand, a
-		// load's miss is not rate-limited).
-		if err := b.refresh(ctx); err != nil {
+		if len(locs) == 0 {
+			// A chunk stored one per object (format version 1).
+			data, err := b.loadLoose(ctx, h, off, length, buf)
+			if !errors.Is(err, backend.ErrNotFound) {
+				return data, err
+			}
+			looseErr = err
+		}
+		// A pack was repacked away, or the chunk is newer than the view.
+		if err := b.refreshSince(ctx, asked); err != nil {
 			return nil, err
 		}
 	}
-	// A chunk stored one per object (format version 1).
+	if looseErr != nil {
+		return nil, looseErr
+	}
+	return b.loadLoose(ctx, h, off, length, buf)
+}
+
+func (b *Backend) loadLoose(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
 	if bl, ok := b.be.(backend.BufferLoader); ok && off == 0 && length < 0 {
 		return bl.LoadInto(ctx, h, buf)
 	}
