@@ -15,19 +15,24 @@
 # wall time, MB/s (of the 4 GiB disk), CPU seconds, peak RSS, repository
 # size and growth, size after compaction; ratios against the best peer
 # and the targets. Inputs are re-read (warm page cache) before each timed
-# step.
+# step. vmvault-enc is vmvault with an encrypted repository ('init
+# --encrypt', the password from a file, so every command derives its key
+# with the calibrated argon2id first): full, incremental and restore, no
+# compaction; its ratios are against unencrypted vmvault.
 #
 # Usage: scripts/bench-capture.sh [REPS]     (default 5)
 # Env:   BENCH_DIR (default /var/tmp/vmvault-bench), VMVAULT_INIT_FLAGS
 #        (e.g. "--chunk-size 128KiB" or "--compression zstd-fastest"),
-#        BENCH_TOOLS (default "vmvault restic borg-lz4 borg-zstd"),
-#        COMPACT_CODEC (default zstd-best), BENCH_SMALL=1 (a 512 MiB
+#        BENCH_TOOLS (default "vmvault vmvault-enc restic borg-lz4 borg-zstd"),
+#        COMPACT_CODEC (default zstd-best), COMPACT_REPS (repetitions
+#        that compact and restore again, default 1: its size is the same
+#        every time, and it takes minutes), BENCH_SMALL=1 (a 512 MiB
 #        workload, to check the script works; not a measurement)
 set -euo pipefail
 REPS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${BENCH_DIR:-/var/tmp/vmvault-bench}
-TOOLS=${BENCH_TOOLS:-vmvault restic borg-lz4 borg-zstd}
+TOOLS=${BENCH_TOOLS:-vmvault vmvault-enc restic borg-lz4 borg-zstd}
 BIN=$W/bin
 mkdir -p "$W" "$BIN"
 export PATH=$BIN:$PATH
@@ -82,19 +87,26 @@ run_tool() {
 	rm -rf "$out" "$W/restic-cache" "$W/borg-base"
 	ln -f "$IMG" "$W/work.img"
 	case $tool in
-	vmvault)
-		vmvault init --repo "$repo" ${VMVAULT_INIT_FLAGS:-} >/dev/null
-		warm "$IMG"; timed $tool full vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
+	vmvault | vmvault-enc)
+		local pw=() enc=()
+		if [ $tool = vmvault-enc ]; then
+			echo bench-only-not-a-secret >"$W/bench.password"
+			pw=(env VMVAULT_PASSWORD_FILE="$W/bench.password") enc=(--encrypt)
+		fi
+		"${pw[@]}" vmvault init --repo "$repo" "${enc[@]}" ${VMVAULT_INIT_FLAGS:-} >/dev/null
+		warm "$IMG"; timed $tool full "${pw[@]}" vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
 		record $tool size_full "$(size_of "$repo")"
 		ln -f "$CHG" "$W/work.img"; warm "$CHG"
-		timed $tool incr vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img" --changed-extents "$W/guest.extents"
+		timed $tool incr "${pw[@]}" vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img" --changed-extents "$W/guest.extents"
 		record $tool size_incr "$(size_of "$repo")"
-		timed $tool incr_dedup vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
-		sync; warm_repo "$repo"; timed $tool restore vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
-		if [ "${CHECKED:-}" != 1 ]; then
-			cmp "$out" "$CHG" || { echo "bench-capture: vmvault restore differs from the source" >&2; exit 1; }
+		timed $tool incr_dedup "${pw[@]}" vmvault-capture file -q --repo "$repo" --vm bench --disk disk0="$W/work.img"
+		sync; warm_repo "$repo"; timed $tool restore "${pw[@]}" vmvault restore -q --repo "$repo" bench@latest --disk disk0 --to "$out"
+		if [ "${CHECKED:-}" != 1 ] || [ "${CHECKED_ENC:-}" != 1 ]; then
+			cmp "$out" "$CHG" || { echo "bench-capture: $tool restore differs from the source" >&2; exit 1; }
+			[ $tool = vmvault-enc ] && CHECKED_ENC=1
 		fi
 		rm -f "$out"
+		[ $tool = vmvault-enc ] || [ "$2" -gt "${COMPACT_REPS:-1}" ] && return
 		# Dense later: every pack recompressed, as a scheduled compact does
 		# once restore points are older than --older-than.
 		sync; warm_repo "$repo"
@@ -147,7 +159,7 @@ def vals(tool, step, col):
 def med(tool, step, col=2):
     v = vals(tool, step, col)
     return st.median(v) if v else None
-peers = [t for t in tools if t != "vmvault"]
+peers = [t for t in tools if not t.startswith("vmvault")]
 metrics = []
 for step in ["full", "incr", "incr_dedup", "restore", "compact", "restore_compact"]:
     metrics += [(f"{step} wall s", lambda t, s=step: med(t, s), "min"),
@@ -181,6 +193,10 @@ if med("vmvault", "full", 5):
 if med("vmvault", "restore") and med("restic", "restore"):
     print(f"restore / restic's: {med('restic', 'restore') / med('vmvault', 'restore'):.2f}x faster, after compaction "
           f"{med('restic', 'restore') / med('vmvault', 'restore_compact'):.2f}x (target >= 3)")
+if med("vmvault-enc", "full") and full:
+    print(f"encrypted / unencrypted throughput: full capture {full / med('vmvault-enc', 'full'):.2f} (target >= 0.90), "
+          f"restore {med('vmvault', 'restore') / med('vmvault-enc', 'restore'):.2f} (target >= 0.85), "
+          f"extents incremental {inc / med('vmvault-enc', 'incr'):.2f}; each command derives its key first (argon2id, >= 0.5 s)")
 dense = med("vmvault", "size_compact")
 small = [med(t, "size_incr") for t in ("restic", "borg-zstd") if t in tools and med(t, "size_incr")]
 if dense and small:

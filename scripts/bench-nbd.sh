@@ -5,7 +5,7 @@
 #
 # Per repetition, servers alternating:
 #   seq      nbdcopy EXPORT null: (whole export; every server reports holes)
-#   qd1/qd16 fio --ioengine=nbd randread 4 KiB, 10 s, iodepth 1 and 16
+#   qd1/qd16 fio --ioengine=nbd randread 4 KiB, 10 s (FIO_SECONDS), iodepth 1 and 16
 # over a unix socket and over TCP (127.0.0.1). vmvault is measured with a
 # cold chunk cache (server just restarted; the repository files are in the
 # page cache, like the peers' image) and warm (cache big enough for the
@@ -22,6 +22,9 @@
 # its own verify bound. The codecs' decode+hash CPU time per GiB, measured
 # one core at a time on the image's chunks (TestCodecMeasure), gives the
 # same bound per codec.
+# The same image captured into an encrypted repository ('init --encrypt')
+# is served cold and warm and verified too (vmvault-enc-*): its ratios are
+# against the unencrypted repository's in the same run.
 # Medians and ratios are printed at the end.
 #
 # Usage: scripts/bench-nbd.sh [REPS]     (default 3)
@@ -52,14 +55,19 @@ IMG=$W/base.img CHG=$W/changed.img
 SIZE=$(stat -c %s "$IMG")
 
 export VMVAULT_REPOSITORY=$W/nbd-repo
-DENSE=$W/nbd-repo-dense
+DENSE=$W/nbd-repo-dense ENC=$W/nbd-repo-enc
+# The encrypted repository's password; unencrypted ones never ask for it.
+echo bench-only-not-a-secret >"$W/bench.password"
+export VMVAULT_PASSWORD_FILE=$W/bench.password
 CODEC=$(vmvault init --help | sed -n 's/.*--compression string.*(default "\([a-z0-9-]*\)").*/\1/p')
-WL_MARK="$(cat "$W/workload.done") codec=$CODEC"
+WL_MARK="$(cat "$W/workload.done") codec=$CODEC encrypted-copy"
 if [ "$(cat "$W/nbd-repo.done" 2>/dev/null)" != "$WL_MARK" ]; then
 	echo "== capturing the workload image with the capture default ($CODEC)"
-	rm -rf "$VMVAULT_REPOSITORY" "$DENSE" "$W/nbd-repo-dense.done" "$W/boot.raw"
+	rm -rf "$VMVAULT_REPOSITORY" "$DENSE" "$ENC" "$W/nbd-repo-dense.done" "$W/boot.raw"
 	vmvault init -q >/dev/null
 	vmvault-capture -q file --vm bench --disk disk0="$IMG" >/dev/null
+	vmvault init -q --repo "$ENC" --encrypt >/dev/null
+	vmvault-capture -q file --repo "$ENC" --vm bench --disk disk0="$IMG" >/dev/null
 	echo "$WL_MARK" >"$W/nbd-repo.done"
 fi
 BOOT=$W/boot.raw
@@ -73,7 +81,7 @@ if ! [ -f "$W/nbd-repo-dense.done" ]; then
 	vmvault compact -q --repo "$DENSE" --older-than 0 --codec "${COMPACT_CODEC:-zstd-best}" --json >"$W/nbd-compact.json"
 	touch "$W/nbd-repo-dense.done"
 fi
-warm() { find "$VMVAULT_REPOSITORY" "$DENSE" -type f -print0 | xargs -0 cat >/dev/null; cat "$IMG" "$BOOT" >/dev/null; }
+warm() { find "$VMVAULT_REPOSITORY" "$DENSE" "$ENC" -type f -print0 | xargs -0 cat >/dev/null; cat "$IMG" "$BOOT" >/dev/null; }
 
 S=$W/sock
 mkdir -p "$S"
@@ -116,7 +124,7 @@ seq_read() { # LABEL URI
 }
 rand_read() { # LABEL URI QD
 	local iops
-	iops=$(fio --name=r --ioengine=nbd --uri="$2" --rw=randread --bs=4k --iodepth="$3" --runtime=10 --time_based \
+	iops=$(fio --name=r --ioengine=nbd --uri="$2" --rw=randread --bs=4k --iodepth="$3" --runtime="${FIO_SECONDS:-10}" --time_based \
 		--size="$SIZE" --output-format=json 2>/dev/null | python3 -c 'import json,sys; s=sys.stdin.read(); print(json.loads(s[s.index("{"):])["jobs"][0]["read"]["iops"])')
 	echo "$1 qd$3 $iops" >>"$R"
 }
@@ -132,8 +140,11 @@ for rep in $(seq "$REPS"); do
 	t0=$(date +%s.%N)
 	vmvault verify -q --repo "$DENSE" >/dev/null
 	echo "verify-dense wall $(echo "$(date +%s.%N) - $t0" | bc -l)" >>"$R"
+	t0=$(date +%s.%N)
+	vmvault verify -q --repo "$ENC" >/dev/null
+	echo "verify-enc wall $(echo "$(date +%s.%N) - $t0" | bc -l)" >>"$R"
 	for tr in unix tcp; do
-		for srv in vmvault-cold qemu nbdkit vmvault-warm vmvault-dense-cold; do
+		for srv in vmvault-cold qemu nbdkit vmvault-warm vmvault-dense-cold vmvault-enc-cold vmvault-enc-warm; do
 			# Right before each server's runs: this machine pages out what
 			# sat idle for a minute, and one server's runs take longer.
 			warm
@@ -141,11 +152,14 @@ for rep in $(seq "$REPS"); do
 			vmvault-cold) start_vmvault 256MiB; u=$(uri vmvault $tr) ;;
 			vmvault-warm) start_vmvault 5GiB; nbdcopy "$(uri vmvault $tr)" null:; u=$(uri vmvault $tr) ;;
 			vmvault-dense-cold) start_vmvault 256MiB "$DENSE"; u=$(uri vmvault $tr) ;;
+			vmvault-enc-cold) start_vmvault 256MiB "$ENC"; u=$(uri vmvault $tr) ;;
+			vmvault-enc-warm) start_vmvault 5GiB "$ENC"; nbdcopy "$(uri vmvault $tr)" null:; u=$(uri vmvault $tr) ;;
 			*) u=$(uri $srv $tr) ;;
 			esac
 			seq_read "$srv-$tr" "$u"
 			[ $srv = vmvault-cold ] && start_vmvault 256MiB # random reads cold too
 			[ $srv = vmvault-dense-cold ] && start_vmvault 256MiB "$DENSE"
+			[ $srv = vmvault-enc-cold ] && start_vmvault 256MiB "$ENC"
 			rand_read "$srv-$tr" "$u" 1
 			rand_read "$srv-$tr" "$u" 16
 		done
@@ -162,6 +176,9 @@ if [ "$(id -u)" = 0 ]; then
 		start_vmvault 256MiB "$DENSE"
 		drop
 		seq_read vmvault-dense-disk-unix "$(uri vmvault unix)"
+		start_vmvault 256MiB "$ENC"
+		drop
+		seq_read vmvault-enc-disk-unix "$(uri vmvault unix)"
 		drop
 		seq_read qemu-disk-unix "$(uri qemu unix)"
 	done
@@ -219,7 +236,7 @@ def g(a, b): return m.get((a, b))
 print("\nmedians of %d repetitions (unix socket and TCP to 127.0.0.1)\n" % max(n.values()))
 print("%-9s %-18s %12s %12s %12s" % ("transport", "server", "seq MB/s", "QD1 IOPS", "QD16 IOPS"))
 for tr in ("unix", "tcp"):
-    for srv in ("vmvault-cold", "vmvault-warm", "vmvault-dense-cold", "qemu", "nbdkit"):
+    for srv in ("vmvault-cold", "vmvault-warm", "vmvault-dense-cold", "vmvault-enc-cold", "vmvault-enc-warm", "qemu", "nbdkit"):
         k = srv + "-" + tr
         print("%-9s %-18s %12.0f %12.0f %12.0f" % (tr, srv, g(k, "seq"), g(k, "qd1"), g(k, "qd16")))
 print()
@@ -237,6 +254,15 @@ print("cold pass bound (unix): verify of every chunk %.2f s + nbdcopy CPU %.2f s
 bound = size / (g("verify-dense", "wall") + g("vmvault-dense-cold-unix", "client_cpu") / cores) / 1e6
 print("compacted cold pass bound (unix): verify %.2f s + nbdcopy CPU %.2f s / %d cores -> at most %.0f MB/s = %.2f of qemu-nbd"
       % (g("verify-dense", "wall"), g("vmvault-dense-cold-unix", "client_cpu"), cores, bound, bound / g("qemu-unix", "seq")))
+for tr in ("unix", "tcp"):
+    c, w, ec, ew = "vmvault-cold-" + tr, "vmvault-warm-" + tr, "vmvault-enc-cold-" + tr, "vmvault-enc-warm-" + tr
+    print("%s: encrypted/unencrypted seq cold %.2f (target >= 0.85), warm %.2f (>= 0.95); QD16 cold %.2f, warm %.2f"
+          % (tr, g(ec, "seq") / g(c, "seq"), g(ew, "seq") / g(w, "seq"), g(ec, "qd16") / g(c, "qd16"), g(ew, "qd16") / g(w, "qd16")))
+print("verify: unencrypted %.2f s, encrypted %.2f s, throughput ratio %.2f (target >= 0.85)"
+      % (g("verify", "wall"), g("verify-enc", "wall"), g("verify", "wall") / g("verify-enc", "wall")))
+bound = size / (g("verify-enc", "wall") + g("vmvault-enc-cold-unix", "client_cpu") / cores) / 1e6
+print("encrypted cold pass bound (unix): verify %.2f s + nbdcopy CPU %.2f s / %d cores -> at most %.0f MB/s = %.2f of qemu-nbd"
+      % (g("verify-enc", "wall"), g("vmvault-enc-cold-unix", "client_cpu"), cores, bound, bound / g("qemu-unix", "seq")))
 try:
     c = json.load(open(sys.argv[5]))
     print("compaction of the copy (%s): %s -> %s bytes of packs, %.1f CPU-s, %.1f s"
@@ -258,9 +284,10 @@ if len(rows) > 1:
         b = size / (cpu / cores + g("vmvault-cold-unix", "client_cpu") / cores) / 1e6
         print("%-14s %7s %10s %14.3f %12.0f %10.2f" % (v["codec"], v["ratio"], v["raw_share"], float(v["decode_hash_cpu_s_per_GiB"]), b, b / g("qemu-unix", "seq")))
 if g("vmvault-disk-unix", "seq"):
-    print("\nfrom a cold disk (page cache dropped, unix): vmvault %.0f MB/s, compacted %.0f MB/s, qemu-nbd %.0f MB/s, ratios %.2f and %.2f"
-          % (g("vmvault-disk-unix", "seq"), g("vmvault-dense-disk-unix", "seq"), g("qemu-disk-unix", "seq"),
-             g("vmvault-disk-unix", "seq") / g("qemu-disk-unix", "seq"), g("vmvault-dense-disk-unix", "seq") / g("qemu-disk-unix", "seq")))
+    print("\nfrom a cold disk (page cache dropped, unix): vmvault %.0f MB/s, compacted %.0f MB/s, encrypted %.0f MB/s, qemu-nbd %.0f MB/s; ratios to qemu-nbd %.2f, %.2f, %.2f; encrypted/unencrypted %.2f"
+          % (g("vmvault-disk-unix", "seq"), g("vmvault-dense-disk-unix", "seq"), g("vmvault-enc-disk-unix", "seq"), g("qemu-disk-unix", "seq"),
+             g("vmvault-disk-unix", "seq") / g("qemu-disk-unix", "seq"), g("vmvault-dense-disk-unix", "seq") / g("qemu-disk-unix", "seq"),
+             g("vmvault-enc-disk-unix", "seq") / g("qemu-disk-unix", "seq"), g("vmvault-enc-disk-unix", "seq") / g("vmvault-disk-unix", "seq")))
 print("server RSS with 8 clients, 256 MiB cache: %.0f MiB (target <= 320)" % g("vmvault", "rss8"))
 print("boot to marker: vmvault %.2f s, qemu-nbd %.2f s, ratio %.2f (target <= 1.2)" % (g("boot", "vmvault"), g("boot", "qemu"), g("boot", "vmvault") / g("boot", "qemu")))
 EOF
