@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/vmvault/vmvault/repo/format"
 )
@@ -135,4 +136,22 @@ func FuzzOpenSealed(f *testing.F) {
 			t.Fatal("a changed object opened to other content")
 		}
 	})
+}
+
+// TestCalibrateBounds: the passes stay within what DeriveKey accepts,
+// whatever the target.
+func TestCalibrateBounds(t *testing.T) {
+	for _, tc := range []struct {
+		target     time.Duration
+		wantPasses func(uint32) bool
+	}{
+		{time.Nanosecond, func(p uint32) bool { return p == 2 }},
+		{24 * time.Hour, func(p uint32) bool { return p == 256 }},
+		{50 * time.Millisecond, func(p uint32) bool { return p >= 2 && p <= 256 }},
+	} {
+		k := Calibrate(tc.target)
+		if k.Alg != "argon2id" || k.Memory != 64<<10 || k.Threads == 0 || !tc.wantPasses(k.Time) {
+			t.Errorf("Calibrate(%v) = %+v", tc.target, k)
+		}
+	}
 }
