@@ -964,3 +964,53 @@ func TestVerifyReportsEveryDamagedChunk(t *testing.T) {
 		}
 	}
 }
+
+// costlyReads reports its backend as one where every request pays a round
+// trip (object storage), so readers take their batched paths.
+type costlyReads struct{ backend.Backend }
+
+func (c costlyReads) Properties() backend.Properties {
+	p := c.Backend.Properties()
+	p.CheapRangedReads = false
+	return p
+}
+
+// TestRestoreBatched: where requests are costly a restore asks for
+// neighbouring chunks together (a request per run of frames, not per
+// chunk), writes chunks that repeat wherever they are, leaves zero chunks
+// as holes when sparse, and names the offset of a damaged chunk.
+func TestRestoreBatched(t *testing.T) {
+	ctx := context.Background()
+	inner := faulty.New(mem.New(), 1)
+	r, err := Init(ctx, costlyReads{inner}, InitOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := 300*cs + 4321
+	img := testImage(7, size)
+	copy(img[200*cs:210*cs], img[10*cs:20*cs]) // chunks that repeat
+	rp := capture(t, r, "vm", nil, DiskSource{Name: "disk0", Reader: bytes.NewReader(img), Size: int64(size)})
+	d, err := r.OpenDisk(ctx, rp, "disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sparse := range []bool{false, true} {
+		inner.ResetCalls()
+		out := &memWriterAt{}
+		if err := d.Restore(ctx, out, RestoreOptions{Sparse: sparse}); err != nil {
+			t.Fatalf("sparse %v: %v", sparse, err)
+		}
+		if !bytes.Equal(out.bytes(int64(size)), img) {
+			t.Fatalf("sparse %v: restore differs", sparse)
+		}
+		if loads := inner.Calls(faulty.Load, backend.PackFile); loads > 300/8 {
+			t.Fatalf("sparse %v: %d pack loads for about 225 data chunks", sparse, loads)
+		}
+	}
+	inner.AddRule(faulty.Rule{Method: faulty.Load, Type: backend.PackFile, Effect: faulty.FlipByte(100)})
+	err = d.Restore(ctx, &memWriterAt{}, RestoreOptions{})
+	var ce *ChunkError
+	if !errors.As(err, &ce) || ce.Disk != "disk0" || ce.Offset%cs != 0 || ce.Offset >= int64(size) {
+		t.Fatalf("restore of a damaged pack: %v", err)
+	}
+}

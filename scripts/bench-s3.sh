@@ -92,7 +92,7 @@ run() {
 	vmvault-minio | vmvault-minio+20ms)
 		local p=$PROXY_M c=M
 		[ $tool = vmvault-minio+20ms ] && p=$PROXY_L c=L
-		repo=s3:http://$p/vv-$rep-$c/repo
+		repo=s3:http://$p/vv-$rep-${c,,}/repo
 		export VMVAULT_CACHE_DIR=$W/vv-cache-$rep
 		rm -rf "$VMVAULT_CACHE_DIR"
 		vmvault init -q --repo "$repo"
@@ -119,7 +119,7 @@ run() {
 	restic-minio | restic-minio+20ms)
 		local p=$PROXY_M c=M
 		[ $tool = restic-minio+20ms ] && p=$PROXY_L c=L
-		repo=s3:http://$p/rs-$rep-$c/repo
+		repo=s3:http://$p/rs-$rep-${c,,}/repo
 		restic init -q --repo "$repo" >/dev/null
 		counts $c >/dev/null
 		(cd "$W" && timed $tool full restic -q --repo "$repo" backup work.img)

@@ -22,6 +22,7 @@ func main() {
 	control := flag.String("control", "", "address of the counts endpoint")
 	target := flag.String("target", "", "the S3 server, HOST:PORT")
 	latency := flag.Duration("latency", 0, "delay added to every request")
+	verbose := flag.Bool("v", false, "log every request's method, path and query")
 	flag.Parse()
 	if *target == "" || *control == "" {
 		log.Fatal("s3proxy: -target and -control are required")
@@ -60,6 +61,9 @@ func main() {
 		mu.Lock()
 		counts[r.Method]++
 		mu.Unlock()
+		if *verbose {
+			log.Printf("%s %s?%s", r.Method, r.URL.Path, r.URL.RawQuery)
+		}
 		if *latency > 0 {
 			time.Sleep(*latency)
 		}

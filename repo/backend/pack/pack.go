@@ -99,6 +99,12 @@ type Backend struct {
 	stale  time.Time       // last refresh
 	listed time.Time       // when the last refresh began listing indexes
 	refmu  sync.Mutex      // one refresh at a time
+
+	// Whether chunk objects stored one per object exist beside the packs
+	// (looked up once: this layer never writes one, so none appear later).
+	looseMu    sync.Mutex
+	looseKnown bool
+	looseAny   bool
 }
 
 var (
@@ -412,9 +418,9 @@ func (b *Backend) saveIndex(ctx context.Context, x *format.PackIndex) error {
 func (b *Backend) lookup(ctx context.Context, id format.ID) ([]location, error) {
 	b.rmu.RLock()
 	locs := b.view.find(id)
-	empty := b.view.empty()
+	never := b.stale.IsZero() // the view was never loaded (an empty one was)
 	b.rmu.RUnlock()
-	if len(locs) > 0 || !empty && !b.mayRefresh() {
+	if len(locs) > 0 || !never && !b.mayRefresh() {
 		return locs, nil
 	}
 	if err := b.refresh(ctx); err != nil {
@@ -661,6 +667,9 @@ func (b *Backend) load(ctx context.Context, h backend.Handle, off, length int64,
 }
 
 func (b *Backend) loadLoose(ctx context.Context, h backend.Handle, off, length int64, buf []byte) ([]byte, error) {
+	if any, err := b.anyLoose(ctx); err != nil || !any {
+		return nil, notFound("load", h, err)
+	}
 	if bl, ok := b.be.(backend.BufferLoader); ok && off == 0 && length < 0 {
 		return bl.LoadInto(ctx, h, buf)
 	}
@@ -723,7 +732,40 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 	if len(locs) > 0 {
 		return backend.FileInfo{Name: h.Name, Size: int64(locs[0].length), ModTime: locs[0].mtime}, nil
 	}
+	if any, err := b.anyLoose(ctx); err != nil || !any {
+		return backend.FileInfo{}, notFound("stat", h, err)
+	}
 	return b.be.Stat(ctx, h)
+}
+
+// anyLoose says whether any chunk is stored as its own object. A capture
+// stats every chunk it has not seen: without loose chunks a miss in the
+// view is final, and costs no request (a HEAD each on object storage).
+func (b *Backend) anyLoose(ctx context.Context) (bool, error) {
+	b.looseMu.Lock()
+	defer b.looseMu.Unlock()
+	if b.looseKnown {
+		return b.looseAny, nil
+	}
+	errFound := errors.New("found")
+	err := b.be.List(ctx, backend.ChunkFile, func(backend.FileInfo) error { return errFound })
+	switch {
+	case errors.Is(err, errFound):
+		b.looseAny = true
+	case err != nil:
+		return false, fmt.Errorf("list chunk objects: %w", err)
+	}
+	b.looseKnown = true
+	return b.looseAny, nil
+}
+
+// notFound is the error for a chunk the view lacks and no object holds
+// (err, when the lookup for loose chunks failed).
+func notFound(op string, h backend.Handle, err error) error {
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%s %v: %w", op, h, backend.ErrNotFound)
 }
 
 // List implements backend.Backend: chunks in packs (once each, as of the
@@ -769,6 +811,9 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 		b.deadPack = append(b.deadPack, l.pack)
 	}
 	b.wmu.Unlock()
+	if any, err := b.anyLoose(ctx); err != nil || !any {
+		return err // removing what is not there succeeds
+	}
 	return b.be.Remove(ctx, h)
 }
 
@@ -829,9 +874,9 @@ func (b *Backend) LoadBatch(ctx context.Context, t backend.FileType, names []str
 		// The view may never have been loaded (nothing looked a chunk up
 		// yet): load it, or every frame would be read on its own.
 		b.rmu.RLock()
-		empty := b.view.empty()
+		never := b.stale.IsZero()
 		b.rmu.RUnlock()
-		if empty {
+		if never {
 			if err := b.refresh(ctx); err != nil {
 				return err
 			}

@@ -279,6 +279,57 @@ func TestLooseChunksStillRead(t *testing.T) {
 	}
 }
 
+// TestMissesCostNoRequests: a capture stats every chunk it has not seen;
+// where no chunk is stored as its own object, a chunk the view lacks is
+// not found without a request per chunk (a HEAD each on object storage),
+// and removing a packed chunk deletes no object.
+func TestMissesCostNoRequests(t *testing.T) {
+	ctx := context.Background()
+	inner := faulty.New(mem.New(), 1)
+	w := New(inner, Options{PackSize: 1 << 20})
+	// A new repository's first capture: the view is loaded (empty) once.
+	for i := range 200 {
+		h, _ := chunk(2000+i, 1000)
+		if _, err := w.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) {
+			t.Fatalf("stat in an empty repository: %v", err)
+		}
+	}
+	if n := inner.Calls(faulty.List, backend.PackIndexFile); n != 1 {
+		t.Fatalf("%d listings of pack indexes for 200 misses in an empty repository", n)
+	}
+	var stored []backend.Handle
+	for i := range 10 {
+		h, d := chunk(i, 50<<10)
+		if err := w.Save(ctx, h, d); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, h)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := New(inner, Options{})
+	inner.ResetCalls()
+	for i := range 500 {
+		h, _ := chunk(1000+i, 1000)
+		if _, err := r.Stat(ctx, h); !errors.Is(err, backend.ErrNotFound) {
+			t.Fatalf("stat of a chunk stored nowhere: %v", err)
+		}
+	}
+	if n := inner.Calls(faulty.Stat, backend.ChunkFile); n != 0 {
+		t.Fatalf("%d stats of chunk objects for 500 misses", n)
+	}
+	if n := inner.Calls(faulty.List, backend.ChunkFile); n != 1 {
+		t.Fatalf("%d listings of chunk objects, want 1", n)
+	}
+	if err := r.Remove(ctx, stored[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := inner.Calls(faulty.Remove, backend.ChunkFile); n != 0 {
+		t.Fatalf("removing a packed chunk made %d requests for a chunk object", n)
+	}
+}
+
 func BenchmarkLookup(b *testing.B) {
 	v := newView()
 	x := &format.PackIndex{Packs: []format.ID{{1}}}

@@ -39,8 +39,6 @@ type location struct {
 
 func newView() *view { return &view{packNo: map[format.ID]uint32{}} }
 
-func (v *view) empty() bool { return len(v.entries) == 0 && len(v.packs) == 0 }
-
 func (v *view) packRef(name format.ID, mtime time.Time) uint32 {
 	if n, ok := v.packNo[name]; ok {
 		return n
