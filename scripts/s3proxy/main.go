@@ -62,7 +62,7 @@ func main() {
 		counts[r.Method]++
 		mu.Unlock()
 		if *verbose {
-			log.Printf("%s %s?%s", r.Method, r.URL.Path, r.URL.RawQuery)
+			log.Printf("%s %s?%s %s", r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Range"))
 		}
 		if *latency > 0 {
 			time.Sleep(*latency)

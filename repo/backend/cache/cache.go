@@ -42,8 +42,9 @@ import (
 type Options struct {
 	Dir  string
 	Size int64 // bytes kept at most (default 4 GiB)
-	// Fetchers is how many background fetches run at once (default: the
-	// inner backend's ReadParallelism).
+	// Fetchers is how many loads background fetching keeps in flight
+	// (default: the inner backend's ReadParallelism); they go out as
+	// Fetchers/4 batches at once, each of up to 64 objects.
 	Fetchers int
 	Log      *slog.Logger
 }
@@ -112,9 +113,12 @@ func New(be backend.Backend, opts Options) (*Backend, error) {
 	if err := c.scan(); err != nil {
 		return nil, err
 	}
-	for range max(1, opts.Fetchers/8) {
+	batches := make(chan []key)
+	c.workers.Add(1)
+	go c.gatherer(batches)
+	for range max(1, opts.Fetchers/4) {
 		c.workers.Add(1)
-		go c.fetcher()
+		go c.fetcher(batches)
 	}
 	return c, nil
 }
@@ -385,7 +389,9 @@ func (c *Backend) whole(ctx context.Context, h backend.Handle) ([]byte, error) {
 
 // Prefetch implements backend.Prefetcher: a hinted object is fetched in
 // the background unless it is cached or on its way; hints beyond the
-// queue's capacity are dropped.
+// queue's capacity are dropped. A queued object counts as on its way from
+// the hint on: a read of it waits for its batch instead of loading it on
+// its own (one request per chunk on object storage).
 func (c *Backend) Prefetch(h backend.Handle) {
 	if !cached(h.Type) {
 		if p, ok := c.be.(backend.Prefetcher); ok {
@@ -396,21 +402,29 @@ func (c *Backend) Prefetch(h backend.Handle) {
 	k := key{h.Type, h.Name}
 	c.mu.Lock()
 	_, have := c.entries[k]
-	_, going := c.inflight[k]
 	c.mu.Unlock()
-	if have || going {
+	if have || c.begin(k) != nil {
 		return
 	}
 	select {
 	case c.queue <- k:
 	default:
+		c.end(k)
 	}
 }
 
-// fetcher takes hinted objects off the queue in batches and fetches them.
-func (c *Backend) fetcher() {
+// gatherer takes hinted objects off the queue in batches for the
+// fetchers. A reader's hints arrive one by one, microseconds apart: a batch
+// takes what comes until the queue has been quiet for gather, so a window
+// of hints becomes one batch (a ranged read or two) rather than many.
+func (c *Backend) gatherer(batches chan<- []key) {
 	defer c.workers.Done()
-	const batch = 64
+	defer close(batches)
+	const (
+		batch  = 64
+		gather = time.Millisecond
+	)
+	quiet := time.NewTimer(gather)
 	for {
 		var ks []key
 		select {
@@ -419,28 +433,42 @@ func (c *Backend) fetcher() {
 		case k := <-c.queue:
 			ks = append(ks, k)
 		}
+		quiet.Reset(gather)
 	drain:
 		for len(ks) < batch {
 			select {
 			case k := <-c.queue:
 				ks = append(ks, k)
-			default:
+			case <-quiet.C:
 				break drain
 			}
 		}
+		quiet.Stop()
+		select {
+		case batches <- ks:
+		case <-c.stop:
+			for _, k := range ks {
+				c.end(k)
+			}
+			return
+		}
+	}
+}
+
+// fetcher fetches the gatherer's batches.
+func (c *Backend) fetcher(batches <-chan []key) {
+	defer c.workers.Done()
+	for ks := range batches {
 		c.fetch(ks)
 	}
 }
 
-// fetch loads ks (claimed against concurrent fetches) with one batch call
-// per type where the inner backend batches, else one by one.
+// fetch loads ks (claimed by Prefetch) with one batch call per type where
+// the inner backend batches, else one by one, and ends every claim.
 func (c *Backend) fetch(ks []key) {
 	ctx := context.Background()
 	byType := map[backend.FileType][]string{}
 	for _, k := range ks {
-		if c.begin(k) != nil {
-			continue // someone fetches it already
-		}
 		byType[k.t] = append(byType[k.t], k.name)
 	}
 	for t, names := range byType {
@@ -550,6 +578,15 @@ func (c *Backend) Close() error {
 		close(c.stop)
 	}
 	c.workers.Wait()
+	for { // hints left queued: their claims end unfetched
+		select {
+		case k := <-c.queue:
+			c.end(k)
+			continue
+		default:
+		}
+		break
+	}
 	return c.be.Close()
 }
 
