@@ -54,22 +54,32 @@ type skipReader struct {
 
 const readGap = 64 << 10
 
-// ReadAt implements io.ReaderAt.
-func (s *skipReader) ReadAt(p []byte, off int64) (int, error) {
-	end := off + int64(len(p))
+// pieces returns what ReadAt(p, off) reads of the source for len(p) == n:
+// the used parts of [off, off+n), joined across gaps under readGap.
+func (s *skipReader) pieces(off, n int64) (reads, holes []extent.Range) {
+	end := off + n
 	i := sort.Search(len(s.skip), func(i int) bool { return s.skip[i].End() > off })
-	var holes []extent.Range // skipped parts of [off, end), relative to off
 	for ; i < len(s.skip) && s.skip[i].Offset < end; i++ {
 		lo, hi := max(s.skip[i].Offset, off), min(s.skip[i].End(), end)
-		holes = append(holes, extent.Range{Offset: lo - off, Length: hi - lo})
+		holes = append(holes, extent.Range{Offset: lo, Length: hi - lo})
 	}
-	used := extent.Subtract([]extent.Range{{Offset: 0, Length: int64(len(p))}}, holes)
+	used := extent.Subtract([]extent.Range{{Offset: off, Length: n}}, holes)
 	for k := 0; k < len(used); {
 		lo, hi := used[k].Offset, used[k].End()
 		for k++; k < len(used) && used[k].Offset-hi < readGap; k++ {
 			hi = used[k].End()
 		}
-		if n, err := s.r.ReadAt(p[lo:hi], off+lo); int64(n) < hi-lo {
+		reads = append(reads, extent.Range{Offset: lo, Length: hi - lo})
+	}
+	return reads, holes
+}
+
+// ReadAt implements io.ReaderAt.
+func (s *skipReader) ReadAt(p []byte, off int64) (int, error) {
+	reads, holes := s.pieces(off, int64(len(p)))
+	for _, r := range reads {
+		lo, hi := r.Offset-off, r.End()-off
+		if n, err := s.r.ReadAt(p[lo:hi], r.Offset); int64(n) < hi-lo {
 			if err == nil {
 				err = io.ErrUnexpectedEOF
 			}
@@ -77,9 +87,34 @@ func (s *skipReader) ReadAt(p []byte, off int64) (int, error) {
 		}
 	}
 	for _, h := range holes {
-		clear(p[h.Offset:h.End()])
+		clear(p[h.Offset-off : h.End()-off])
 	}
 	return len(p), nil
+}
+
+// PlanReads implements repo.ReadPlanner: the source is told the pieces
+// ReadAt will read of each block of rs.
+func (s *skipReader) PlanReads(rs []extent.Range, align int64) {
+	pl, ok := s.r.(repo.ReadPlanner)
+	if !ok {
+		return
+	}
+	var out []extent.Range
+	for _, r := range rs {
+		for off := r.Offset; off < r.End(); {
+			n := min(r.End(), (off/align+1)*align) - off
+			reads, _ := s.pieces(off, n)
+			for _, x := range reads {
+				if k := len(out); k > 0 && out[k-1].End() == x.Offset {
+					out[k-1].Length += x.Length
+				} else {
+					out = append(out, x)
+				}
+			}
+			off += n
+		}
+	}
+	pl.PlanReads(out, align)
 }
 
 // skipUnused narrows a disk's capture to what its filesystems use (see

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -80,6 +81,49 @@ func TestSkipReader(t *testing.T) {
 	s := &skipReader{r: bytes.NewReader(src[:1000]), skip: skip}
 	if _, err := s.ReadAt(make([]byte, 4000), 0); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("short source: %v", err)
+	}
+}
+
+// planRecorder is a recorder that also records the plan it was given.
+type planRecorder struct {
+	recorder
+	plan  []extent.Range
+	align int64
+}
+
+func (c *planRecorder) PlanReads(rs []extent.Range, align int64) { c.plan, c.align = rs, align }
+
+// TestSkipReaderPlan: the plan a skipReader hands on is exactly what its
+// reads of the planned blocks then read, joined where they touch.
+func TestSkipReaderPlan(t *testing.T) {
+	src := make([]byte, 1<<20)
+	skip := []extent.Range{{Offset: 1000, Length: 100}, {Offset: 4096, Length: 4096}, {Offset: 200 << 10, Length: 300 << 10}, {Offset: 1000 << 10, Length: 24 << 10}}
+	const align = 64 << 10
+	plan := []extent.Range{{Offset: 0, Length: 192 << 10}, {Offset: 256 << 10, Length: 128 << 10}, {Offset: 448 << 10, Length: 576 << 10}}
+	rec := &planRecorder{recorder: recorder{r: bytes.NewReader(src)}}
+	s := &skipReader{r: rec, skip: skip}
+	var _ repo.ReadPlanner = s
+	s.PlanReads(plan, align)
+	if rec.align != align {
+		t.Errorf("align %d handed on as %d", align, rec.align)
+	}
+	for _, r := range plan {
+		for off := r.Offset; off < r.End(); off += align {
+			if _, err := s.ReadAt(make([]byte, align), off); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var read []extent.Range
+	for _, r := range rec.read {
+		if k := len(read); k > 0 && read[k-1].End() == r.Offset {
+			read[k-1].Length += r.Length
+		} else {
+			read = append(read, r)
+		}
+	}
+	if fmt.Sprint(read) != fmt.Sprint(rec.plan) {
+		t.Errorf("planned %v\nread    %v", rec.plan, read)
 	}
 }
 

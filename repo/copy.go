@@ -39,9 +39,10 @@ import (
 // Commit order at the destination is its own: chunks (made durable), then
 // indexes, then the manifest, per restore point, oldest first. An
 // interrupted copy leaves no partial restore point; the destination's pack
-// layer writes a pack index after every pack's worth of uploads, so a copy
+// layer writes a pack index after every four packs uploaded, so a copy
 // run again finds the chunks that reached durable packs and sends only
-// the rest (what was in open or uploading packs goes again).
+// the rest (what was in open, uploading or not yet indexed packs goes
+// again).
 //
 // The copy holds a reader lock on the source pinning the restore points
 // it copies, and a writer lock on the destination: gc on either side runs

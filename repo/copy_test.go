@@ -292,8 +292,8 @@ func TestCopyInterrupted(t *testing.T) {
 	}
 	// In flight when a copy stops: the open pack, two sealed packs
 	// waiting for the one upload slot, the one uploading, and up to
-	// IndexEvery (one pack) uploaded but not yet indexed.
-	window := int64(5 * (packSize + chunk))
+	// indexEveryPacks uploaded but not yet indexed.
+	window := int64((4 + indexEveryPacks) * (packSize + chunk))
 	sentBefore := map[format.ID]bool{}
 	for run := range 11 {
 		d := open()

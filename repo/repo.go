@@ -293,6 +293,12 @@ func hostname(h string) string {
 	return h
 }
 
+// indexEveryPacks is how many uploaded packs a writer names in one pack
+// index before the end of its work: an interrupted writer that runs again
+// stores again at most these packs besides those open or in flight, and
+// writing one uses 1 + 1/indexEveryPacks requests per pack.
+const indexEveryPacks = 4
+
 func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts Options) *Repository {
 	if opts.CacheSize <= 0 {
 		opts.CacheSize = DefaultCacheSize
@@ -303,7 +309,7 @@ func newRepository(be backend.Backend, cfg *format.Config, set *keys.Set, opts O
 	}
 	var packs *pack.Backend
 	if cfg.PackSize > 0 {
-		po := pack.Options{PackSize: cfg.PackSize, IndexEvery: cfg.PackSize}
+		po := pack.Options{PackSize: cfg.PackSize, IndexEvery: indexEveryPacks * cfg.PackSize}
 		if set != nil {
 			po.SealTrailer = func(t []byte) []byte { return set.Seal("pack", "trailer", t) }
 		}

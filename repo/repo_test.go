@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -1015,5 +1016,64 @@ func TestRestoreBatched(t *testing.T) {
 	var ce *ChunkError
 	if !errors.As(err, &ce) || ce.Disk != "disk0" || ce.Offset%cs != 0 || ce.Offset >= int64(size) {
 		t.Fatalf("restore of a damaged pack: %v", err)
+	}
+}
+
+// planReader records the plan a writer hands it and the reads it makes.
+type planReader struct {
+	r     io.ReaderAt
+	mu    sync.Mutex
+	plan  []extent.Range
+	align int64
+	read  []extent.Range
+}
+
+func (p *planReader) PlanReads(rs []extent.Range, align int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.read != nil {
+		panic("PlanReads after a read")
+	}
+	p.plan, p.align = rs, align
+}
+
+func (p *planReader) ReadAt(b []byte, off int64) (int, error) {
+	p.mu.Lock()
+	p.read = append(p.read, extent.Range{Offset: off, Length: int64(len(b))})
+	p.mu.Unlock()
+	return p.r.ReadAt(b, off)
+}
+
+// TestWriterPlansReads: a ReadPlanner source is told, before the first
+// read, exactly the chunks a capture reads (not those outside its data
+// ranges, not unchanged ones of an extents incremental), in order.
+func TestWriterPlansReads(t *testing.T) {
+	r := newRepo(t)
+	img := bytes.Repeat([]byte("0123456789abcdef"), 40*cs/16+100) // 40 chunks and a partial one
+	data := []extent.Range{{Offset: 0, Length: 3 * cs}, {Offset: 10*cs + 5, Length: 4 * cs}, {Offset: 40 * cs, Length: 1600}}
+	changed := []extent.Range{{Offset: cs + 1, Length: 10}, {Offset: 12 * cs, Length: cs + 1}, {Offset: 30 * cs, Length: 1}}
+	var base *RestorePoint
+	for _, tt := range []struct {
+		name    string
+		changed []extent.Range
+		want    []extent.Range
+	}{
+		{"full", nil, []extent.Range{{Offset: 0, Length: 3 * cs}, {Offset: 10 * cs, Length: 5 * cs}, {Offset: 40 * cs, Length: 1600}}},
+		{"extents", changed, []extent.Range{{Offset: cs, Length: cs}, {Offset: 12 * cs, Length: 2 * cs}}},
+	} {
+		pr := &planReader{r: bytes.NewReader(img)}
+		ds := DiskSource{Name: "d", Reader: pr, Size: int64(len(img)), Data: data, Changed: tt.changed}
+		base = capture(t, r, "vm", base, ds)
+		var read []extent.Range
+		for _, x := range pr.read {
+			if k := len(read); k > 0 && read[k-1].End() == x.Offset {
+				read[k-1].Length += x.Length
+			} else {
+				read = append(read, x)
+			}
+		}
+		if fmt.Sprint(pr.plan) != fmt.Sprint(tt.want) || fmt.Sprint(read) != fmt.Sprint(tt.want) || pr.align != cs {
+			t.Errorf("%s: planned %v (align %d), read %v; want %v", tt.name, pr.plan, pr.align, read, tt.want)
+		}
 	}
 }

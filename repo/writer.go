@@ -58,6 +58,15 @@ type DiskSource struct {
 	Skipped *format.SkipStats
 }
 
+// ReadPlanner is implemented by disk readers that read ahead (an NBD
+// export): before its first read the writer hands PlanReads every range
+// it will read, in the order it reads them, each read lying within one
+// block of align bytes (a chunk), so the reader can ask its server for
+// large pieces of exactly those ranges.
+type ReadPlanner interface {
+	PlanReads(rs []extent.Range, align int64)
+}
+
 // Progress counts bytes a capture has to process and has processed; safe
 // to read while the capture runs.
 type Progress struct {
@@ -357,6 +366,22 @@ func (r *Repository) writeDisk(ctx context.Context, p *diskPlan, opts *CaptureOp
 	g, gctx := errgroup.WithContext(ctx)
 
 	hasData := dataMap(p.src.Data, cs, len(p.ids))
+	if pl, ok := p.src.Reader.(ReadPlanner); ok {
+		var rs []extent.Range
+		for _, i := range p.read {
+			if hasData != nil && !hasData[i] {
+				continue
+			}
+			off := int64(i) * cs
+			n := min(cs, p.src.Size-off)
+			if k := len(rs); k > 0 && rs[k-1].End() == off {
+				rs[k-1].Length += n
+			} else {
+				rs = append(rs, extent.Range{Offset: off, Length: n})
+			}
+		}
+		pl.PlanReads(rs, cs)
+	}
 	g.Go(func() error { // reader
 		defer close(reads)
 		for _, i := range p.read {

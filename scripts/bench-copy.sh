@@ -66,6 +66,10 @@ echo "sources: vmvault $(du -sh "$C/S1" | cut -f1) + incremental storing $NEW by
 
 minio_start
 proxy_start M 0s
+# rclone 1.60's AWS SDK fails on AWS_CA_BUNDLE (set system-wide on some
+# hosts: "LoadCustomCABundleError ... unsupported transport"); the
+# endpoint here is plain HTTP on loopback and needs no CA.
+unset AWS_CA_BUNDLE
 export RCLONE_CONFIG_M_TYPE=s3 RCLONE_CONFIG_M_PROVIDER=Minio RCLONE_CONFIG_M_ENDPOINT=http://$PROXY_M \
 	RCLONE_CONFIG_M_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_M_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 

@@ -38,25 +38,46 @@ type Export struct {
 	ctx    context.Context // ends read-ahead on Close
 	cancel context.CancelFunc
 	read   atomic.Int64
+	reqs   atomic.Int64 // read requests sent
 
 	mu      sync.Mutex
-	want    []extent.Range // what the capture will read, when known
+	plan    []extent.Range // what the capture reads, in order (PlanReads)
+	align   int64          // reads lie within blocks of align bytes
+	planAt  int            // plan[planAt:] holds what no fetch covers yet
+	planOff int64          // ... from this offset on in plan[planAt]
 	lastEnd int64
-	ahead   map[int64]*fetch
+	ahead   []*fetch // ascending by offset
+	free    [][]byte // buffers of dropped fetches, for the next ones
 	wg      sync.WaitGroup
 }
 
-// fetch is one read-ahead request.
+// fetch is one read-ahead request: [off, off+len(buf)). Its buffer is
+// reused once it is dropped (the reader passed it), done, and no ReadAt
+// is copying from it.
 type fetch struct {
-	buf  []byte
-	n    int
-	err  error
-	done chan struct{}
+	off     int64
+	buf     []byte
+	n       int
+	err     error
+	done    chan struct{}
+	fin     bool // done, under Export.mu
+	users   int  // ReadAt calls copying from buf
+	dropped bool
 }
 
-// readAheadWindow is how many requests ReadAt keeps in flight ahead of
-// the reader.
-const readAheadWindow = 8
+func (f *fetch) end() int64 { return f.off + int64(len(f.buf)) }
+
+// Read-ahead: the capture reads chunk by chunk, and one request per chunk
+// costs the server far more than large ones (QEMU's NBD server in a
+// running VM spent 4.2 CPU-s on 64 KiB requests where 2 MiB requests of
+// the same 4 GiB took 1.3). ReadAt keeps up to readAheadWindow requests
+// of up to readUnit bytes in flight for what the capture reads next, and
+// serves its reads from them.
+const (
+	readAheadWindow = 8
+	readUnit        = 2 << 20
+	freeBuffers     = readAheadWindow + 2
+)
 
 // Open connects to an NBD URI (nbd://HOST[:PORT]/EXPORT,
 // nbd+unix:///EXPORT?socket=PATH); export, when set, overrides the name
@@ -75,7 +96,7 @@ func Open(ctx context.Context, uri, export, bitmap string) (*Export, error) {
 		c.Close()
 		return nil, fmt.Errorf("NBD export %s offers no dirty bitmap %q (qemu-nbd --bitmap %s, or an export with that bitmap)", uri, bitmap, bitmap)
 	}
-	e := &Export{uri: uri, c: c, bitmap: bitmap, ahead: map[int64]*fetch{}, lastEnd: -1}
+	e := &Export{uri: uri, c: c, bitmap: bitmap, lastEnd: -1}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e, nil
 }
@@ -106,12 +127,7 @@ func (e *Export) DataRanges(ctx context.Context) ([]extent.Range, error) {
 	if !e.c.HasMetaContext(proto.MetaBaseAllocation) {
 		return nil, nil
 	}
-	rs, err := e.ranges(ctx, proto.MetaBaseAllocation, func(b client.Block) bool { return !b.Zero() })
-	if err != nil {
-		return nil, err
-	}
-	e.setWant(rs)
-	return rs, nil
+	return e.ranges(ctx, proto.MetaBaseAllocation, func(b client.Block) bool { return !b.Zero() })
 }
 
 // DirtyRanges returns the ranges the export's dirty bitmap marks as
@@ -120,12 +136,7 @@ func (e *Export) DirtyRanges(ctx context.Context) ([]extent.Range, error) {
 	if e.bitmap == "" {
 		return nil, fmt.Errorf("NBD export %s: no dirty bitmap was asked for", e.uri)
 	}
-	rs, err := e.ranges(ctx, proto.MetaQemuDirtyBitmap+e.bitmap, func(b client.Block) bool { return b.Flags&proto.StateDirty != 0 })
-	if err != nil {
-		return nil, err
-	}
-	e.setWant(rs)
-	return rs, nil
+	return e.ranges(ctx, proto.MetaQemuDirtyBitmap+e.bitmap, func(b client.Block) bool { return b.Flags&proto.StateDirty != 0 })
 }
 
 func (e *Export) ranges(ctx context.Context, meta string, keep func(client.Block) bool) ([]extent.Range, error) {
@@ -150,42 +161,76 @@ func (e *Export) ranges(ctx context.Context, meta string, keep func(client.Block
 	return rs, nil
 }
 
-func (e *Export) setWant(rs []extent.Range) {
+// PlanReads implements repo.ReadPlanner: rs (ascending, in the order they
+// are read) are the only ranges ReadAt is asked for from now on, each
+// read within one block of align bytes. Read-ahead then asks for exactly
+// these ranges, joining neighbours into requests of up to readUnit bytes
+// that end on block boundaries, and for nothing outside them.
+func (e *Export) PlanReads(rs []extent.Range, align int64) {
 	e.mu.Lock()
-	e.want = rs
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	for _, f := range e.ahead { // reads before the plan (allocation maps)
+		f.dropped = true
+		e.recycleLocked(f)
+	}
+	clear(e.ahead)
+	e.ahead = e.ahead[:0]
+	e.plan, e.align, e.planAt, e.planOff = rs, max(align, 1), 0, 0
+	if len(rs) > 0 {
+		e.planOff = rs[0].Offset
+	}
+	e.fillPlanLocked(-1)
 }
 
-// ReadAt implements io.ReaderAt. When the ranges the capture reads are
-// known (the last DataRanges or DirtyRanges answer), it keeps up to
-// readAheadWindow requests of the same size in flight for the next blocks
-// that touch them; otherwise only for blocks that continue a sequential
-// run.
+// ReadAt implements io.ReaderAt. After PlanReads it is served from the
+// read-ahead of the plan; without a plan, reads that continue a
+// sequential run are read ahead.
 func (e *Export) ReadAt(p []byte, off int64) (int, error) {
 	e.mu.Lock()
-	f := e.ahead[off]
-	if f != nil {
-		delete(e.ahead, off)
+	var f *fetch
+	for _, a := range e.ahead {
+		if a.off <= off && off+int64(len(p)) <= a.end() {
+			f = a
+			f.users++
+			break
+		}
 	}
 	e.mu.Unlock()
 	var n int
 	var err error
 	if f != nil {
 		<-f.done
-		if len(f.buf) >= len(p) && f.err == nil && f.n >= len(p) {
-			n = copy(p, f.buf)
-		} else {
-			f = nil
+		ok := f.err == nil && f.n == len(f.buf)
+		if ok {
+			n = copy(p, f.buf[off-f.off:])
+		}
+		e.mu.Lock()
+		f.users--
+		e.recycleLocked(f)
+		e.mu.Unlock()
+		if !ok {
+			f = nil // read again: the error names this read's range
 		}
 	}
 	if f == nil {
 		n, err = e.c.ReadAtContext(e.ctx, p, off)
 		e.read.Add(int64(n))
+		e.reqs.Add(1)
 	}
 	if err == nil || err == io.EOF {
 		e.schedule(off, int64(len(p)))
 	}
 	return n, err
+}
+
+// recycleLocked keeps the buffer of a fetch that nothing uses any more.
+func (e *Export) recycleLocked(f *fetch) {
+	if f.dropped && f.fin && f.users == 0 && f.buf != nil {
+		if len(e.free) < freeBuffers {
+			e.free = append(e.free, f.buf[:0])
+		}
+		f.buf = nil
+	}
 }
 
 // schedule starts read-ahead after a read of [off, off+n).
@@ -194,39 +239,109 @@ func (e *Export) schedule(off, n int64) {
 	defer e.mu.Unlock()
 	sequential := off == e.lastEnd
 	e.lastEnd = off + n
-	for o := range e.ahead { // behind the reader: never read
-		if o < off {
-			delete(e.ahead, o)
+	kept := e.ahead[:0]
+	for _, f := range e.ahead { // behind the reader: never read again
+		if f.end() <= off {
+			f.dropped = true
+			e.recycleLocked(f)
+			continue
 		}
+		kept = append(kept, f)
 	}
-	if n <= 0 || e.ctx.Err() != nil || (e.want == nil && !sequential) {
+	clear(e.ahead[len(kept):])
+	e.ahead = kept
+	if n <= 0 || e.ctx.Err() != nil {
+		return
+	}
+	if e.plan != nil {
+		e.fillPlanLocked(off + n)
+		return
+	}
+	if !sequential {
 		return
 	}
 	size := e.c.Size()
-	i := sort.Search(len(e.want), func(i int) bool { return e.want[i].End() > off+n })
-	for o := off + n; o < size && len(e.ahead) < readAheadWindow; o += n {
-		if e.want != nil {
-			for i < len(e.want) && e.want[i].End() <= o {
-				i++
-			}
-			if i == len(e.want) {
-				return
-			}
-			if e.want[i].Offset >= o+n { // jump to the block holding the next wanted range
-				o += (e.want[i].Offset - o) / n * n
-			}
+	unit := max(n, readUnit/n*n)
+	o := off + n // the first byte no fetch covers
+	for _, f := range e.ahead {
+		if f.off <= o && f.end() > o {
+			o = f.end()
 		}
-		if _, ok := e.ahead[o]; ok {
-			continue
-		}
-		f := &fetch{buf: make([]byte, min(n, size-o)), done: make(chan struct{})}
-		e.ahead[o] = f
-		e.wg.Add(1)
-		go func(o int64) {
-			defer e.wg.Done()
-			defer close(f.done)
-			f.n, f.err = e.c.ReadAtContext(e.ctx, f.buf, o)
-			e.read.Add(int64(f.n))
-		}(o)
 	}
+	for ; o < size && len(e.ahead) < readAheadWindow; o = min(o+unit, size) {
+		if !e.coveredLocked(o) {
+			e.start(o, min(o+unit, size))
+		}
+	}
+}
+
+func (e *Export) coveredLocked(o int64) bool {
+	for _, f := range e.ahead {
+		if f.off <= o && o < f.end() {
+			return true
+		}
+	}
+	return false
+}
+
+// fillPlanLocked starts fetches for the plan, from where the last one
+// ended (skipping what lies before from, where the reader already is),
+// until readAheadWindow are in flight.
+func (e *Export) fillPlanLocked(from int64) {
+	unit := max(e.align, readUnit/e.align*e.align)
+	for e.planAt < len(e.plan) && e.plan[e.planAt].End() <= from {
+		e.planAt++
+		if e.planAt < len(e.plan) {
+			e.planOff = e.plan[e.planAt].Offset
+		}
+	}
+	if e.planAt < len(e.plan) {
+		e.planOff = max(e.planOff, from)
+	}
+	for e.planAt < len(e.plan) && len(e.ahead) < readAheadWindow {
+		start := e.planOff
+		limit := start/e.align*e.align + unit
+		end := min(e.plan[e.planAt].End(), limit)
+		for end == e.plan[e.planAt].End() && e.planAt+1 < len(e.plan) && e.plan[e.planAt+1].Offset == end && end < limit {
+			e.planAt++
+			end = min(e.plan[e.planAt].End(), limit)
+		}
+		if end == e.plan[e.planAt].End() {
+			e.planAt++
+			if e.planAt < len(e.plan) {
+				e.planOff = e.plan[e.planAt].Offset
+			}
+		} else {
+			e.planOff = end
+		}
+		e.start(start, end)
+	}
+}
+
+// start sends a read-ahead request for [start, end); e.mu is held.
+func (e *Export) start(start, end int64) {
+	var buf []byte
+	if k := len(e.free); k > 0 && int64(cap(e.free[k-1])) >= end-start {
+		buf = e.free[k-1][:end-start]
+		e.free = e.free[:k-1]
+	} else {
+		buf = make([]byte, end-start, max(end-start, readUnit))
+	}
+	f := &fetch{off: start, buf: buf, done: make(chan struct{})}
+	at := sort.Search(len(e.ahead), func(k int) bool { return e.ahead[k].off > start })
+	e.ahead = append(e.ahead, nil)
+	copy(e.ahead[at+1:], e.ahead[at:])
+	e.ahead[at] = f
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		n, err := e.c.ReadAtContext(e.ctx, buf, start)
+		e.read.Add(int64(n))
+		e.reqs.Add(1)
+		e.mu.Lock()
+		f.n, f.err, f.fin = n, err, true
+		e.recycleLocked(f)
+		e.mu.Unlock()
+		close(f.done)
+	}()
 }

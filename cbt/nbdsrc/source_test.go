@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmvault/vmvault/cbt"
 	"github.com/vmvault/vmvault/repo"
+	"github.com/vmvault/vmvault/repo/extent"
 	"github.com/vmvault/vmvault/repo/repotest"
 )
 
@@ -196,8 +197,9 @@ func TestBitmapIncremental(t *testing.T) {
 }
 
 // TestReadAhead reads an export the way the writer does (chunks in order,
-// skipping those outside the wanted ranges) and checks the content and
-// that read-ahead fetched nothing outside them.
+// skipping those outside the wanted ranges) and checks the content, that
+// read-ahead fetched nothing outside them, and that it merged the chunks
+// of a range into few requests.
 func TestReadAhead(t *testing.T) {
 	needTools(t, "qemu-img", "qemu-nbd")
 	dir := t.TempDir()
@@ -215,17 +217,19 @@ func TestReadAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	const cs = 64 << 10
-	var read int64
+	var plan []extent.Range // the chunks touching data, as the writer plans them
 	for off := int64(0); off < e.Size(); off += cs {
-		touched := false
 		for _, r := range data {
 			if r.Offset < off+cs && off < r.End() {
-				touched = true
+				plan = append(plan, extent.Range{Offset: off, Length: min(cs, e.Size()-off)})
+				break
 			}
 		}
-		if !touched {
-			continue
-		}
+	}
+	e.PlanReads(plan, cs)
+	var read int64
+	for _, c := range plan {
+		off := c.Offset
 		buf := make([]byte, min(cs, e.Size()-off))
 		if _, err := e.ReadAt(buf, off); err != nil {
 			t.Fatal(err)
@@ -238,6 +242,11 @@ func TestReadAhead(t *testing.T) {
 	e.Close()
 	if got := e.BytesRead(); got != read {
 		t.Errorf("read %d bytes from the server for %d wanted (%d data ranges)", got, read, len(data))
+	}
+	// The blocks of each data range are asked for together (a request
+	// per block costs the server several times as much).
+	if got, chunks := e.reqs.Load(), read/cs; got > 2*int64(len(data))+1 {
+		t.Errorf("%d read requests for %d chunks in %d data ranges", got, chunks, len(data))
 	}
 	if read >= e.Size()/2 {
 		t.Errorf("base:allocation found little to skip: %d of %d", read, e.Size())

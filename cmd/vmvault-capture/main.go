@@ -7,6 +7,9 @@
 package main
 
 import (
+	"os"
+	"runtime/debug"
+
 	"github.com/spf13/cobra"
 
 	"github.com/vmvault/vmvault/cmd/internal/cli"
@@ -31,4 +34,15 @@ existing ones.
 	return root
 }
 
-func main() { cli.Main(newRootCommand()) }
+// memoryLimit is the soft limit of a capture's heap: what a capture holds
+// is bounded (packs being stored, the write-behind queue, read-ahead:
+// about 280 MiB at most), and the GC's default pacing would let the heap
+// grow to twice that between collections.
+const memoryLimit = 400 << 20
+
+func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
+	cli.Main(newRootCommand())
+}

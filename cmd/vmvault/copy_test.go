@@ -276,9 +276,10 @@ func TestCopyKilled(t *testing.T) {
 	})
 	need := c.Disks[0].BytesStored
 	// At a kill: the open pack, packs sealed and waiting for the four
-	// upload slots' (local: eight writes) and uploaded ones not yet in a
-	// pack index; the rate limit keeps the queue short.
-	window := int64(4 * packSize)
+	// upload slots' (local: eight writes), and up to four uploaded ones
+	// not yet in a pack index (a writer indexes every four packs); the
+	// rate limit keeps the queue short.
+	window := int64(8 * packSize)
 	t.Logf("%d kills: the destination holds %d bytes for %d needed (%.1f%% more)", killed, stored, need, 100*float64(stored-need)/float64(need))
 	if stored > need+int64(killed)*window {
 		t.Fatalf("the destination holds %d bytes, %d more than needed: over %d kills × %d in flight", stored, stored-need, killed, window)

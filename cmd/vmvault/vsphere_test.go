@@ -157,3 +157,59 @@ func TestCaptureVSphereCLI(t *testing.T) {
 		t.Errorf("cleanup: %q", out)
 	}
 }
+
+// TestCaptureVSphereCaptureKey: a capture host holding only a capture key
+// captures a vSphere VM full and then incrementally (CBT) into an encrypted
+// repository, cannot restore it, and a full key restores the VM's disk.
+func TestCaptureVSphereCaptureKey(t *testing.T) {
+	h := vcsimtest.New(t, 1)
+	dir := t.TempDir()
+	full, capture := filepath.Join(dir, "full.pw"), filepath.Join(dir, "capture.pw")
+	os.WriteFile(full, []byte("full secret\n"), 0o600)
+	os.WriteFile(capture, []byte("capture secret\n"), 0o600)
+	t.Setenv("VMVAULT_PASSWORD_FILE", full)
+	e := newEnv(t, "--encrypt", "--insecure-kdf-for-tests")
+	e.ok("vmvault", "key", "add", "--capture-only", "--insecure-kdf-for-tests", "--new-password-file", capture)
+	vm := h.VMNames()[0]
+	rng := rand.New(rand.NewPCG(6, 6))
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	if err := h.WriteGuest(vm, 204, 3<<20, buf); err != nil {
+		t.Fatal(err)
+	}
+	cred := filepath.Join(dir, "cred")
+	os.WriteFile(cred, []byte("VMVAULT_VSPHERE_USER="+h.User+"\nVMVAULT_VSPHERE_PASSWORD="+h.Password+"\n"), 0o600)
+	args := []string{"vsphere", "--url", h.URL.String(), "--credentials-file", cred, "--insecure", "--transport", "https", "--enable-cbt", "--json", vm}
+	type result struct {
+		RestorePoint string `json:"restore_point"`
+		Disks        []struct{ Mode string }
+	}
+	t.Setenv("VMVAULT_PASSWORD_FILE", capture)
+	var rs []result
+	for i := range 2 {
+		if i == 1 {
+			if err := h.WriteGuest(vm, 204, 2<<30, buf[:64<<10]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var r result
+		if err := json.Unmarshal([]byte(e.ok("vmvault-capture", args...)), &r); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	if rs[0].Disks[0].Mode != "full" || rs[1].Disks[0].Mode != "incremental" {
+		t.Fatalf("capture key: %+v then %+v", rs[0], rs[1])
+	}
+	img := filepath.Join(dir, "restored.raw")
+	if _, errs, code := e.run("vmvault", "restore", rs[1].RestorePoint[:8], "--disk", "scsi0-0", "--to", img); code == 0 || !strings.Contains(errs, "capture key") {
+		t.Fatalf("restore with a capture key: exit %d: %s", code, errs)
+	}
+	t.Setenv("VMVAULT_PASSWORD_FILE", full)
+	e.ok("vmvault", "restore", rs[1].RestorePoint[:8], "--disk", "scsi0-0", "--to", img)
+	if !sparseEqual(t, img, h.LocalPath("[LocalDS_0] "+vm+"/disk1.vmdk")) {
+		t.Error("restore differs from the snapshot's disk")
+	}
+}

@@ -80,6 +80,7 @@ type Backend struct {
 	wmu           sync.Mutex
 	done          *sync.Cond // on wmu: an upload ended
 	cur           *openPack
+	maxFrame      int64 // the largest chunk frame saved, for sizing packs
 	slots         chan struct{} // uploads in flight, at most its capacity
 	inflight      int
 	upErr         error       // the first upload error, reported by Save and Flush
@@ -185,8 +186,13 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, data []byte) error
 	if b.upErr != nil {
 		return fmt.Errorf("save %v: an earlier pack upload failed: %w", h, b.upErr)
 	}
+	b.maxFrame = max(b.maxFrame, int64(len(data)))
 	if b.cur == nil {
-		b.cur = &openPack{data: make([]byte, 0, b.opts.PackSize+int64(len(data))), byID: map[format.ID]int{}}
+		// Room for the frames (the last one crosses PackSize), the nonce
+		// and a trailer of 40-byte entries for frames of 2.5 KiB on
+		// average: the pack is not copied while it grows.
+		room := b.opts.PackSize + b.maxFrame + packNonceSize + b.opts.PackSize/64
+		b.cur = &openPack{data: make([]byte, 0, room), byID: map[format.ID]int{}}
 	}
 	p := b.cur
 	p.byID[id] = len(p.entries)
