@@ -80,7 +80,7 @@ type Backend struct {
 	wmu           sync.Mutex
 	done          *sync.Cond // on wmu: an upload ended
 	cur           *openPack
-	maxFrame      int64 // the largest chunk frame saved, for sizing packs
+	maxFrame      int64         // the largest chunk frame saved, for sizing packs
 	slots         chan struct{} // uploads in flight, at most its capacity
 	inflight      int
 	upErr         error       // the first upload error, reported by Save and Flush
