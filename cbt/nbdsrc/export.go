@@ -45,7 +45,8 @@ type Export struct {
 	align   int64          // reads lie within blocks of align bytes
 	planAt  int            // plan[planAt:] holds what no fetch covers yet
 	planOff int64          // ... from this offset on in plan[planAt]
-	lastEnd int64
+	streams [4]stream      // sequential runs of reads without a plan
+	tick    uint64
 	ahead   []*fetch // ascending by offset
 	free    [][]byte // buffers of dropped fetches, for the next ones
 	wg      sync.WaitGroup
@@ -55,6 +56,7 @@ type Export struct {
 // reused once it is dropped (the reader passed it), done, and no ReadAt
 // is copying from it.
 type fetch struct {
+	stream  int // index in Export.streams, -1 for the plan
 	off     int64
 	buf     []byte
 	n       int
@@ -70,14 +72,26 @@ func (f *fetch) end() int64 { return f.off + int64(len(f.buf)) }
 // Read-ahead: the capture reads chunk by chunk, and one request per chunk
 // costs the server far more than large ones (QEMU's NBD server in a
 // running VM spent 4.2 CPU-s on 64 KiB requests where 2 MiB requests of
-// the same 4 GiB took 1.3). ReadAt keeps up to readAheadWindow requests
-// of up to readUnit bytes in flight for what the capture reads next, and
-// serves its reads from them.
+// the same 4 GiB took 1.3). Given the capture's plan, ReadAt keeps up to
+// readAheadWindow requests of up to readUnit bytes in flight for what it
+// reads next, and serves its reads from them. Without a plan (the
+// allocation-map analysis reading a filesystem's metadata), each of up to
+// four interleaved sequential runs gets streamAhead requests ahead of it,
+// starting at minStreamUnit and doubling up to readUnit.
 const (
 	readAheadWindow = 8
 	readUnit        = 2 << 20
+	streamAhead     = 2
+	minStreamUnit   = 64 << 10
 	freeBuffers     = readAheadWindow + 2
 )
+
+// stream is a sequential run of reads without a plan.
+type stream struct {
+	end  int64  // where its next read starts
+	unit int64  // the size of its next read-ahead request
+	used uint64 // Export.tick of its last read
+}
 
 // Open connects to an NBD URI (nbd://HOST[:PORT]/EXPORT,
 // nbd+unix:///EXPORT?socket=PATH); export, when set, overrides the name
@@ -96,7 +110,7 @@ func Open(ctx context.Context, uri, export, bitmap string) (*Export, error) {
 		c.Close()
 		return nil, fmt.Errorf("NBD export %s offers no dirty bitmap %q (qemu-nbd --bitmap %s, or an export with that bitmap)", uri, bitmap, bitmap)
 	}
-	e := &Export{uri: uri, c: c, bitmap: bitmap, lastEnd: -1}
+	e := &Export{uri: uri, c: c, bitmap: bitmap}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e, nil
 }
@@ -169,12 +183,7 @@ func (e *Export) ranges(ctx context.Context, meta string, keep func(client.Block
 func (e *Export) PlanReads(rs []extent.Range, align int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, f := range e.ahead { // reads before the plan (allocation maps)
-		f.dropped = true
-		e.recycleLocked(f)
-	}
-	clear(e.ahead)
-	e.ahead = e.ahead[:0]
+	e.dropLocked(func(*fetch) bool { return true }) // read-ahead of the allocation maps
 	e.plan, e.align, e.planAt, e.planOff = rs, max(align, 1), 0, 0
 	if len(rs) > 0 {
 		e.planOff = rs[0].Offset
@@ -183,8 +192,8 @@ func (e *Export) PlanReads(rs []extent.Range, align int64) {
 }
 
 // ReadAt implements io.ReaderAt. After PlanReads it is served from the
-// read-ahead of the plan; without a plan, reads that continue a
-// sequential run are read ahead.
+// read-ahead of the plan; without a plan, from the read-ahead of the
+// sequential run it continues.
 func (e *Export) ReadAt(p []byte, off int64) (int, error) {
 	e.mu.Lock()
 	var f *fetch
@@ -237,11 +246,58 @@ func (e *Export) recycleLocked(f *fetch) {
 func (e *Export) schedule(off, n int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	sequential := off == e.lastEnd
-	e.lastEnd = off + n
+	if e.plan != nil {
+		e.dropLocked(func(f *fetch) bool { return f.end() <= off }) // behind the reader
+		if n > 0 && e.ctx.Err() == nil {
+			e.fillPlanLocked(off + n)
+		}
+		return
+	}
+	e.tick++
+	si := -1
+	for i, st := range e.streams {
+		if n > 0 && st.used > 0 && st.end == off {
+			si = i
+		}
+	}
+	if si < 0 { // a new run replaces the least recently used one
+		si = 0
+		for i, st := range e.streams {
+			if st.used < e.streams[si].used {
+				si = i
+			}
+		}
+		e.dropLocked(func(f *fetch) bool { return f.stream == si })
+		e.streams[si] = stream{end: off + n, unit: max(4*n, minStreamUnit), used: e.tick}
+		return
+	}
+	st := &e.streams[si]
+	st.end, st.used = off+n, e.tick
+	e.dropLocked(func(f *fetch) bool { return f.stream == si && f.end() <= off })
+	if e.ctx.Err() != nil {
+		return
+	}
+	o, ahead := off+n, 0 // o: the first byte of the run no fetch covers
+	for _, f := range e.ahead {
+		if f.stream == si {
+			ahead++
+			if f.off <= o && f.end() > o {
+				o = f.end()
+			}
+		}
+	}
+	for size := e.c.Size(); ahead < streamAhead && o < size; ahead++ {
+		end := min(o+st.unit, size)
+		e.start(o, end, si)
+		o, st.unit = end, min(2*st.unit, readUnit)
+	}
+}
+
+// dropLocked forgets the fetches drop says no read will use.
+func (e *Export) dropLocked(drop func(*fetch) bool) {
 	kept := e.ahead[:0]
-	for _, f := range e.ahead { // behind the reader: never read again
-		if f.end() <= off {
+	for _, f := range e.ahead {
+		if drop(f) {
 			f.dropped = true
 			e.recycleLocked(f)
 			continue
@@ -250,38 +306,6 @@ func (e *Export) schedule(off, n int64) {
 	}
 	clear(e.ahead[len(kept):])
 	e.ahead = kept
-	if n <= 0 || e.ctx.Err() != nil {
-		return
-	}
-	if e.plan != nil {
-		e.fillPlanLocked(off + n)
-		return
-	}
-	if !sequential {
-		return
-	}
-	size := e.c.Size()
-	unit := max(n, readUnit/n*n)
-	o := off + n // the first byte no fetch covers
-	for _, f := range e.ahead {
-		if f.off <= o && f.end() > o {
-			o = f.end()
-		}
-	}
-	for ; o < size && len(e.ahead) < readAheadWindow; o = min(o+unit, size) {
-		if !e.coveredLocked(o) {
-			e.start(o, min(o+unit, size))
-		}
-	}
-}
-
-func (e *Export) coveredLocked(o int64) bool {
-	for _, f := range e.ahead {
-		if f.off <= o && o < f.end() {
-			return true
-		}
-	}
-	return false
 }
 
 // fillPlanLocked starts fetches for the plan, from where the last one
@@ -314,12 +338,12 @@ func (e *Export) fillPlanLocked(from int64) {
 		} else {
 			e.planOff = end
 		}
-		e.start(start, end)
+		e.start(start, end, -1)
 	}
 }
 
 // start sends a read-ahead request for [start, end); e.mu is held.
-func (e *Export) start(start, end int64) {
+func (e *Export) start(start, end int64, stream int) {
 	var buf []byte
 	if k := len(e.free); k > 0 && int64(cap(e.free[k-1])) >= end-start {
 		buf = e.free[k-1][:end-start]
@@ -327,7 +351,7 @@ func (e *Export) start(start, end int64) {
 	} else {
 		buf = make([]byte, end-start, max(end-start, readUnit))
 	}
-	f := &fetch{off: start, buf: buf, done: make(chan struct{})}
+	f := &fetch{stream: stream, off: start, buf: buf, done: make(chan struct{})}
 	at := sort.Search(len(e.ahead), func(k int) bool { return e.ahead[k].off > start })
 	e.ahead = append(e.ahead, nil)
 	copy(e.ahead[at+1:], e.ahead[at:])

@@ -252,3 +252,35 @@ func TestReadAhead(t *testing.T) {
 		t.Errorf("base:allocation found little to skip: %d of %d", read, e.Size())
 	}
 }
+
+// TestReadAheadStreams: without a plan, interleaved sequential runs of
+// small reads (a filesystem's metadata) are each read ahead in growing
+// requests instead of one request per read.
+func TestReadAheadStreams(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-nbd")
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk.raw")
+	want := rawImage(t, raw, 16<<20)
+	e, err := Open(context.Background(), qemuNBD(t, raw, "raw"), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const n, reads = 4096, 64
+	starts := []int64{0, 3 << 20, 9 << 20}
+	for i := range reads {
+		for _, s := range starts {
+			off := s + int64(i)*n
+			buf := make([]byte, n)
+			if _, err := e.ReadAt(buf, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf, want[off:off+n]) {
+				t.Fatalf("content differs at %d", off)
+			}
+		}
+	}
+	if got := e.reqs.Load(); got > 8*int64(len(starts)) {
+		t.Errorf("%d read requests for %d interleaved runs of %d reads", got, len(starts), reads)
+	}
+}

@@ -225,9 +225,8 @@ func (s *session) prepare(ctx context.Context) error {
 	}
 	for _, d := range s.disks {
 		d.ovlFile = filepath.Join(s.tmp, d.ovl+".qcow2")
-		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", d.ovlFile, strconv.FormatInt(d.size, 10)).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("disk %s: qemu-img create %s: %v: %s", d.name, d.ovlFile, err, out)
+		if err := createOverlay(ctx, s.m, d.job+"-create", d.ovlFile, d.size); err != nil {
+			return fmt.Errorf("disk %s: %w", d.name, err)
 		}
 	}
 	for _, d := range s.disks {
@@ -472,4 +471,54 @@ func (src *source) ChangedRanges(ctx context.Context, cd cbt.Disk, base cbt.Base
 		return nil, cbt.NoChangeInfo("the bitmap on node %s (%s) is not the one restore point %s recorded (%s)", d.node, d.prev, base.RestorePoint.ID.Short(), tok)
 	}
 	return d.e.DirtyRanges(ctx)
+}
+
+// createOverlay makes an empty qcow2 image of size bytes at file, for a
+// temporary overlay: QEMU formats it (blockdev-create, a job named id), so
+// no qemu-img process is started (that cost 60 ms of a 0.35 s
+// incremental); a QEMU without blockdev-create gets qemu-img.
+func createOverlay(ctx context.Context, m *Monitor, id, file string, size int64) error {
+	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("create overlay file: %w", err)
+	}
+	f.Close()
+	done := m.Expect("JOB_STATUS_CHANGE", func(d json.RawMessage) bool {
+		return field(d, "id") == id && field(d, "status") == "concluded"
+	})
+	err = m.Execute(ctx, "blockdev-create", map[string]any{"job-id": id, "options": map[string]any{
+		"driver": "qcow2", "size": size, "file": map[string]any{"driver": "file", "filename": file},
+	}}, nil)
+	if IsCommandNotFound(err) {
+		m.forget(done)
+		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", file, strconv.FormatInt(size, 10)).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("qemu-img create %s: %v: %s", file, err, out)
+		}
+		return nil
+	}
+	if err != nil {
+		m.forget(done)
+		return fmt.Errorf("format overlay %s: %w", file, err)
+	}
+	if _, err := done.Wait(ctx, m); err != nil {
+		return fmt.Errorf("format overlay %s: %w", file, err)
+	}
+	var jobs []struct {
+		ID    string `json:"id"`
+		Error string `json:"error"`
+	}
+	err = m.Execute(ctx, "query-jobs", nil, &jobs)
+	if derr := m.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil); err == nil {
+		err = derr
+	}
+	if err != nil {
+		return fmt.Errorf("format overlay %s: %w", file, err)
+	}
+	for _, j := range jobs {
+		if j.ID == id && j.Error != "" {
+			return fmt.Errorf("format overlay %s: %s", file, j.Error)
+		}
+	}
+	return nil
 }
