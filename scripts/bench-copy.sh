@@ -88,8 +88,7 @@ sent_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["byt
 puts_of() { sed -n 's/.*PUT \([0-9]*\).*/\1/p' <<<"$1"; }
 
 bucket=0
-dest() { # dest TARGET NAME -> a fresh location
-	bucket=$((bucket + 1))
+dest() { # dest TARGET NAME -> a fresh location (run bumps $bucket: this runs in a subshell)
 	case $1 in
 	local) rm -rf "$C/dst-$2"; echo "$C/dst-$2" ;;
 	minio) echo "s3:http://$PROXY_M/b$bucket-$2/repo" ;;
@@ -98,6 +97,7 @@ dest() { # dest TARGET NAME -> a fresh location
 
 run() {
 	local tool=$1 target=$2 d
+	bucket=$((bucket + 1))
 	warm_dir "$C"
 	case $tool in
 	vmvault)
