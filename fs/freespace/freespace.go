@@ -14,11 +14,9 @@
 // metadata, unallocated extents), volumes without a recognised filesystem,
 // filesystems without an allocation map or whose map is refused (an
 // unreplayed ext journal, an unclean or hibernated NTFS volume, a dirty
-// FAT, recorded errors) are read in full, and so is XFS: fs/xfs does not
-// yet tell whether its log needs replaying, and a log to replay can
-// allocate blocks the free-space btrees still call free. A byte two
-// volumes claim (overlapping partitions, or logical volumes mapped onto
-// the same extents) is read in full. Each volume records what was decided
+// FAT, recorded errors, an XFS log that needs replaying) are read in full.
+// A byte two volumes claim (overlapping partitions, or logical volumes
+// mapped onto the same extents) is read in full. Each volume records what was decided
 // and why.
 package freespace
 
@@ -158,11 +156,6 @@ func volume(ctx context.Context, d *image.Disk, p image.Partition, opts Options)
 		return []extent.Range{{Offset: swapKeep, Length: p.Size - swapKeep}}, "swap partition", ""
 	case "LVM2_member":
 		return nil, "", "LVM physical volume: its logical volumes are volumes of their own; the rest is read"
-	case "xfs":
-		if opts.FreeSpace {
-			return nil, "", "XFS: whether its log needs replaying is not known yet, and a log to replay can allocate blocks the free-space btrees call free"
-		}
-		return nil, "", "nothing to skip"
 	case "":
 		return nil, "", "no filesystem recognised"
 	}

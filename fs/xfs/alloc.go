@@ -20,8 +20,13 @@ const (
 // so AG headers, btree blocks, inodes and the internal log count as
 // allocated. An AG whose
 // header or btree cannot be read or does not add up is counted as wholly
-// allocated (and named in Warnings).
+// allocated (and named in Warnings). The map is refused unless the log is
+// clean (LogClean): replaying a log can allocate blocks the btrees on disk
+// still call free.
 func (f *FS) Allocated(ctx context.Context) ([]extent.Range, error) {
+	if err := f.LogClean(ctx); err != nil {
+		return nil, err
+	}
 	total := int64(f.dblocks) * f.blockSize
 	var free []extent.Range
 	for ag := uint64(0); ag < f.agCount; ag++ {
