@@ -20,9 +20,9 @@ const (
 // so AG headers, btree blocks, inodes and the internal log count as
 // allocated. An AG whose
 // header or btree cannot be read or does not add up is counted as wholly
-// allocated (and named in Warnings). The map is refused unless the log is
-// clean (LogClean): replaying a log can allocate blocks the btrees on disk
-// still call free.
+// allocated (and named in Warnings). The map is refused unless a replay
+// of the log would change nothing but the superblock (LogClean): replaying
+// a log can allocate blocks the btrees on disk still call free.
 func (f *FS) Allocated(ctx context.Context) ([]extent.Range, error) {
 	if err := f.LogClean(ctx); err != nil {
 		return nil, err
