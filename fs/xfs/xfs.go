@@ -26,7 +26,8 @@
 // errors wrapping fs.ErrCorrupt.
 //
 // The log is not replayed: a filesystem that was not unmounted cleanly is
-// read as it is on disk. Files on a realtime device (another disk) cannot
+// read as it is on disk. LogClean reads the log to tell whether a replay
+// would change more than the superblock (Allocated refuses its map then). Files on a realtime device (another disk) cannot
 // be read and say so.
 //
 // Invariants: every on-disk length, block and inode number is checked
