@@ -7,11 +7,23 @@
 #   proxy_start NAME LAT   a proxy with latency LAT (e.g. 0s, 20ms): sets
 #                          PROXY_<NAME> (HOST:PORT) and CONTROL_<NAME>
 #   counts NAME            "PUT n GET n ..." since the last call (resets)
+#   servers_cpu            CPU seconds MinIO and the proxies used so far
 export AWS_ACCESS_KEY_ID=vmvault-bench AWS_SECRET_ACCESS_KEY=vmvault-bench-not-a-secret
 export MINIO_ROOT_USER=$AWS_ACCESS_KEY_ID MINIO_ROOT_PASSWORD=$AWS_SECRET_ACCESS_KEY MINIO_CI_CD=1
 BENCH_PIDS=()
 bench_cleanup() { for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap bench_cleanup EXIT
+
+servers_cpu() {
+	local t=0 p f
+	for p in "${BENCH_PIDS[@]}"; do
+		# utime and stime, fields 14 and 15 of /proc/PID/stat (after the
+		# command name in parentheses), in clock ticks.
+		f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+		t=$((t + $(awk '{print $12 + $13}' <<<"$f")))
+	done
+	python3 -c "print($t / $(getconf CLK_TCK))"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
