@@ -190,7 +190,9 @@ func TestQEMUGuestCapture(t *testing.T) {
 			started := g.m.Expect("JOB_STATUS_CHANGE", func(d json.RawMessage) bool {
 				var j struct{ ID, Status string }
 				json.Unmarshal(d, &j)
-				return strings.HasPrefix(j.ID, "vmvault-") && j.Status == "running"
+				// the backup job, not the job formatting its overlay
+				// (…-create), which runs before the transaction
+				return strings.HasPrefix(j.ID, "vmvault-") && !strings.HasSuffix(j.ID, "-create") && j.Status == "running"
 			})
 			res := make(chan qemuCaptureJSON, 1)
 			go func() { res <- capture() }()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 )
 
 // The internal log is a circular sequence of 512-byte basic blocks (BBs).
@@ -20,7 +21,11 @@ const (
 	logMagic       = 0xFEEDBABE // xlog_rec_header.h_magicno
 	logHeaderCycle = 32 << 10   // XLOG_HEADER_CYCLE_SIZE: bytes one header BB covers
 	logScanBytes   = 1 << 20
-	maxLogBytes    = 2 << 30 // the largest internal log XFS makes
+	maxRecordBytes = 256 << 10 // the largest record (in-core log buffer) XFS writes
+	recHeaderSize  = 328       // sizeof(xlog_rec_header), the part its CRC covers
+	extHeaderSize  = 256       // sizeof(xlog_rec_ext_header)
+	sbGeometryEnd  = 100       // superblock bytes holding dblocks, logstart, agcount, logblocks
+	maxLogBytes    = 2 << 30   // the largest internal log XFS makes
 
 	// xlog_op_header.oh_flags
 	opStart    = 0x01
@@ -175,8 +180,10 @@ type recordInfo struct {
 }
 
 // record reads and checks the record whose header is at r: its LSN must be
-// its place, and it must end before the next pass's data or the log's
-// end (a record wrapping around the end is refused).
+// its place, it must end before the next pass's data or the log's end (a
+// record wrapping around the end is refused), and on v5 filesystems its
+// CRC must match when it has one (the kernel replays from an earlier
+// record when the last one's does not).
 func (l *xlog) record(r logRecord) (recordInfo, error) {
 	h := make([]byte, bbSize)
 	if err := readFull(l.f.r, h, l.base+r.bb*bbSize); err != nil {
@@ -205,43 +212,73 @@ func (l *xlog) record(r logRecord) (recordInfo, error) {
 	if end > limit {
 		return info, fmt.Errorf("xfs: the log record at BB %d (%d bytes) runs past BB %d: the log needs replaying", r.bb, length, limit)
 	}
-	if length > logHeaderCycle {
+	if length > maxRecordBytes {
 		return info, nil // neither an unmount record nor one logging the superblock alone
 	}
-	data := make([]byte, (length+bbSize-1)/bbSize*bbSize)
-	if err := readFull(l.f.r, data, l.base+(r.bb+hblks)*bbSize); err != nil {
-		return info, fmt.Errorf("xfs: read log record at BB %d: %w", r.bb+hblks, err)
+	// The extended headers (v2 records over 32 KiB) and the data, as on disk.
+	raw := make([]byte, (hblks-1)*bbSize+(length+bbSize-1)/bbSize*bbSize)
+	if err := readFull(l.f.r, raw, l.base+(r.bb+1)*bbSize); err != nil {
+		return info, fmt.Errorf("xfs: read log record at BB %d: %w", r.bb+1, err)
 	}
-	// Put back the first word of each data BB, which the cycle displaced.
-	for i := 0; i < len(data); i += bbSize {
-		copy(data[i:i+4], h[44+i/bbSize*4:])
+	ext, data := raw[:(hblks-1)*bbSize], raw[(hblks-1)*bbSize:][:length]
+	// mkfs.xfs writes its unmount record with no CRC (zero).
+	if l.f.v5 && binary.LittleEndian.Uint32(h[32:]) != 0 && !recordCRC(h, ext, data) {
+		return info, fmt.Errorf("xfs: the log record at BB %d fails its checksum: the log needs replaying", r.bb)
 	}
-	data = data[:length]
-	if ops == 1 && length >= 12 && data[9]&opUnmount != 0 {
+	// Put back the first word of each data BB, which the cycle displaced,
+	// for the BBs the header keeps them for; operations past those are not
+	// parsed (a record logging the superblock alone is far shorter).
+	parsed := append([]byte(nil), data[:min(length, logHeaderCycle)]...)
+	for i := 0; i < len(parsed); i += bbSize {
+		copy(parsed[i:min(i+4, len(parsed))], h[44+i/bbSize*4:])
+	}
+	if ops == 1 && len(parsed) >= 12 && parsed[9]&opUnmount != 0 {
 		info.unmount = true
 		return info, nil
 	}
-	info.superblockOnly = l.superblockOnly(data, ops)
+	info.superblockOnly = l.superblockOnly(parsed, ops)
 	return info, nil
 }
 
+// recordCRC checks a v5 record's CRC-32C (h_crc, little-endian at 32):
+// over the header structure with h_crc as zero, the extended headers' and
+// the data as written.
+func recordCRC(h, ext, data []byte) bool {
+	var zero [4]byte
+	c := crc32.Update(0, castagnoli, h[:32])
+	c = crc32.Update(c, castagnoli, zero[:])
+	c = crc32.Update(c, castagnoli, h[36:recHeaderSize])
+	for i := 0; i+extHeaderSize <= len(ext); i += bbSize {
+		c = crc32.Update(c, castagnoli, ext[i:i+extHeaderSize])
+	}
+	c = crc32.Update(c, castagnoli, data)
+	return c == binary.LittleEndian.Uint32(h[32:])
+}
+
 // superblockOnly reports whether the operations of one record are whole
-// transactions whose items are all buffer items of the superblock (as
-// the kernel's log covering writes them).
+// transactions whose items are all buffer items of the superblock, each
+// logging it from its start with the geometry this FS read (as the
+// kernel's log covering writes them: a growfs logs a superblock with more
+// blocks, and a replay of that changes what is allocated).
 func (l *xlog) superblockOnly(data []byte, ops uint32) bool {
 	sbBBs := uint16(l.f.sectSize / bbSize)
-	regions := 0 // data regions still to come for the current buffer item
+	regions := 0   // data regions still to come for the current buffer item
+	first := false // the next region is the superblock's first bytes
+	var tid uint32
 	inTrans, sawTrans := false, false
 	for i := uint32(0); i < ops; i++ {
 		if len(data) < 12 {
 			return false
 		}
-		n, flags := int(be.Uint32(data[4:])), data[9]
-		if n < 0 || 12+n > len(data) {
+		opTid, n, flags := be.Uint32(data), be.Uint32(data[4:]), data[9]
+		if n > uint32(len(data)-12) {
 			return false
 		}
 		p := data[12 : 12+n]
 		data = data[12+n:]
+		if inTrans && opTid != tid {
+			return false
+		}
 		switch {
 		case flags&(opContinue|opWasCont|opUnmount) != 0:
 			return false
@@ -249,7 +286,7 @@ func (l *xlog) superblockOnly(data []byte, ops uint32) bool {
 			if inTrans || n != 0 {
 				return false
 			}
-			inTrans, sawTrans = true, false
+			inTrans, sawTrans, tid = true, false, opTid
 		case flags&opCommit != 0:
 			if !inTrans || !sawTrans || regions != 0 || n != 0 {
 				return false
@@ -265,9 +302,14 @@ func (l *xlog) superblockOnly(data []byte, ops uint32) bool {
 			}
 			sawTrans = true
 		case regions > 0:
+			if first && (n < sbGeometryEnd || be.Uint64(p[8:]) != l.f.dblocks || uint64(be.Uint32(p[88:])) != l.f.agCount ||
+				be.Uint64(p[48:]) != l.f.logStart || uint64(be.Uint32(p[96:])) != l.f.logBlocks) {
+				return false
+			}
 			regions--
+			first = false
 		default:
-			if n < 16 {
+			if n < 24 {
 				return false
 			}
 			bo := binary.ByteOrder(binary.LittleEndian)
@@ -278,10 +320,13 @@ func (l *xlog) superblockOnly(data []byte, ops uint32) bool {
 				return false
 			}
 			size, length, blkno := bo.Uint16(p[2:]), bo.Uint16(p[6:]), int64(bo.Uint64(p[8:]))
-			if blkno != 0 || length != sbBBs || size < 1 {
+			mapSize, map0 := bo.Uint32(p[16:]), bo.Uint32(p[20:])
+			// The first region must be the superblock's first 128 bytes
+			// (bit 0 of the dirty map) onwards.
+			if blkno != 0 || length != sbBBs || size < 2 || mapSize < 1 || map0&1 == 0 {
 				return false
 			}
-			regions = int(size) - 1
+			regions, first = int(size)-1, true
 		}
 	}
 	return !inTrans // what follows the operations pads the record to its BBs
