@@ -321,12 +321,13 @@ func (n *vmNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return nil, syscall.EIO
 	}
 	if name == "latest" && len(rps) > 0 {
-		newest := rps[len(rps)-1]
-		ln := &linkNode{target: DirName(newest), t: newest.Time}
+		ln := &linkNode{vm: n}
 		ino := n.m.ino("latest/" + n.vm)
-		ln.attr(&out.Attr, ino)
+		attr(&out.Attr, ino, rps[len(rps)-1])
 		out.SetEntryTimeout(ListTTL)
 		out.SetAttrTimeout(ListTTL)
+		// go-fuse keeps the first node made for an inode number: the link
+		// reads the newest restore point whenever it is asked.
 		return n.NewInode(ctx, ln, gofs.StableAttr{Mode: fuse.S_IFLNK, Ino: ino}), 0
 	}
 	for _, rp := range rps {
@@ -341,29 +342,52 @@ func (n *vmNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	return nil, syscall.ENOENT
 }
 
-// linkNode is a fixed symlink (latest) with the time of its target.
+// linkNode is a VM's latest: a symlink to its newest restore point, with
+// that restore point's time, looked up in the listing on every call (the
+// listing refreshes; the inode stays).
 type linkNode struct {
 	gofs.Inode
-	target string
-	t      time.Time
+	vm *vmNode
 }
 
 var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
 var _ = (gofs.NodeGetattrer)((*linkNode)(nil))
 
-func (n *linkNode) attr(out *fuse.Attr, ino uint64) {
-	*out = fuse.Attr{Ino: ino, Mode: fuse.S_IFLNK | 0o777, Size: uint64(len(n.target)), Nlink: 1}
-	setTimes(out, n.t, n.t, n.t)
+// attr describes a link to rp.
+func attr(out *fuse.Attr, ino uint64, rp *repo.RestorePoint) {
+	*out = fuse.Attr{Ino: ino, Mode: fuse.S_IFLNK | 0o777, Size: uint64(len(DirName(rp))), Nlink: 1}
+	setTimes(out, rp.Time, rp.Time, rp.Time)
+}
+
+// target is the newest restore point of the VM, or ENOENT when it has
+// none left.
+func (n *linkNode) target(ctx context.Context) (*repo.RestorePoint, syscall.Errno) {
+	rps, err := n.vm.points(ctx)
+	if err != nil {
+		return nil, syscall.EIO
+	}
+	if len(rps) == 0 {
+		return nil, syscall.ENOENT
+	}
+	return rps[len(rps)-1], 0
 }
 
 func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.attr(&out.Attr, n.StableAttr().Ino)
+	rp, errno := n.target(ctx)
+	if errno != 0 {
+		return errno
+	}
+	attr(&out.Attr, n.StableAttr().Ino, rp)
 	out.SetTimeout(ListTTL)
 	return 0
 }
 
 func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	return []byte(n.target), 0
+	rp, errno := n.target(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	return []byte(DirName(rp)), 0
 }
 
 // ---- restore point: manifest.json, disks/, one directory per disk ----

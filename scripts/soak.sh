@@ -147,6 +147,7 @@ if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
 	vmvault mount "$W/mnt" 2>"$W/log/mount" &
 	pids+=($!)
 	for _ in $(seq 100); do mountpoint -q "$W/mnt" && break; sleep 0.1; done
+	mountpoint -q "$W/mnt" || { cat "$W/log/mount" >&2; echo "soak: the mount did not come up" >&2; exit 1; }
 	fuse=yes
 else
 	echo "soak: not root or no /dev/fuse: the FUSE reader is left out"
@@ -178,4 +179,8 @@ errors=$(count "$W/log/errors")
 echo "soak: ${SECS}s; captures $(count "$W/log/captures"), prune+gc runs $(count "$W/log/swept"), chunks swept $swept," \
 	"verify runs $(count "$W/log/verifies"), NBD reads $(count "$W/log/nbdreads") (+$(count "$W/log/nbdreads-forgotten") forgotten before open)," \
 	"FUSE reads $(count "$W/log/fusereads") (mount: $fuse); restore points left $n, all byte-identical; errors: $errors"
+# A reader that never read tested nothing.
+for what in captures nbdreads $([ $fuse = yes ] && echo fusereads); do
+	[ "$(count "$W/log/$what")" -gt 0 ] || { echo "soak: FAIL: no $what in ${SECS}s" >&2; errors=$((errors + 1)); }
+done
 [ "$errors" = 0 ]

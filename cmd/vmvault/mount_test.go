@@ -524,3 +524,36 @@ func getXattr(p, name string) ([]byte, error) {
 	}
 	return buf[:n], nil
 }
+
+// TestMountLatestFollows: a VM's latest link in a running mount follows
+// the captures and forgets made after it was first read (go-fuse keeps
+// the first node made for an inode number, so a link that held its target
+// pointed at the first restore point forever).
+func TestMountLatestFollows(t *testing.T) {
+	e := newEnv(t)
+	raw := filepath.Join(e.dir, "a.img")
+	makeImage(t, raw, 1<<20, 1)
+	first := e.capture("--vm", "web01", "--disk", "disk0="+raw)
+	m := e.mount(t)
+	link := filepath.Join(m.dir, "web01", "latest")
+	waitLatest := func(id string) {
+		t.Helper()
+		var got string
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			got, _ = os.Readlink(link)
+			if strings.HasSuffix(got, "_"+id[:8]) {
+				if _, err := os.Stat(filepath.Join(link, "disks", "disk0.raw")); err != nil {
+					t.Fatalf("latest -> %s, which does not open: %v", got, err)
+				}
+				return
+			}
+		}
+		t.Fatalf("latest -> %q, want the restore point %.8s", got, id)
+	}
+	waitLatest(first.ID)
+	makeImage(t, raw, 1<<20, 2)
+	second := e.capture("--vm", "web01", "--disk", "disk0="+raw)
+	waitLatest(second.ID)
+	e.ok("vmvault", "forget", second.ID)
+	waitLatest(first.ID)
+}
