@@ -125,7 +125,10 @@ fuse_loop() {
 			local d short id
 			d=$(readlink "$W/mnt/$vm/latest" 2>>"$W/log/fuse") || continue
 			short=${d##*_}
-			id=$(cd "$W/sha" && ls | grep "^$short" | head -1)
+			# (|| true: under pipefail a grep that finds nothing, for a
+			# restore point whose capture has not reported yet, would end
+			# this loop)
+			id=$(cd "$W/sha" && ls | grep "^$short" | head -1 || true)
 			[ -n "$id" ] || { echo "no record for $vm/$short" >>"$W/log/fuse"; continue; }
 			if cat "$W/mnt/$vm/$d/disks/disk0.raw" >"$W/fuse.out" 2>>"$W/log/fuse"; then
 				check fuse "$id" "$W/fuse.out"
