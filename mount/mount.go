@@ -323,7 +323,7 @@ func (n *vmNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if name == "latest" && len(rps) > 0 {
 		ln := &linkNode{vm: n}
 		ino := n.m.ino("latest/" + n.vm)
-		attr(&out.Attr, ino, rps[len(rps)-1])
+		linkAttr(&out.Attr, ino, rps[len(rps)-1])
 		out.SetEntryTimeout(ListTTL)
 		out.SetAttrTimeout(ListTTL)
 		// go-fuse keeps the first node made for an inode number: the link
@@ -353,8 +353,8 @@ type linkNode struct {
 var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
 var _ = (gofs.NodeGetattrer)((*linkNode)(nil))
 
-// attr describes a link to rp.
-func attr(out *fuse.Attr, ino uint64, rp *repo.RestorePoint) {
+// linkAttr describes a link to rp.
+func linkAttr(out *fuse.Attr, ino uint64, rp *repo.RestorePoint) {
 	*out = fuse.Attr{Ino: ino, Mode: fuse.S_IFLNK | 0o777, Size: uint64(len(DirName(rp))), Nlink: 1}
 	setTimes(out, rp.Time, rp.Time, rp.Time)
 }
@@ -377,7 +377,7 @@ func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if errno != 0 {
 		return errno
 	}
-	attr(&out.Attr, n.StableAttr().Ino, rp)
+	linkAttr(&out.Attr, n.StableAttr().Ino, rp)
 	out.SetTimeout(ListTTL)
 	return 0
 }

@@ -1,9 +1,9 @@
 package xfs
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,21 +38,7 @@ func TestLogClean(t *testing.T) {
 func logStates(t *testing.T, size int64, minCycle uint32, mkfsArgs ...string) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "xfs.img")
-	run := func(name string, args ...string) string {
-		t.Helper()
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	run("mkfs.xfs", append(append([]string{"-q", "-f"}, mkfsArgs...), img)...)
+	mkfsXFS(t, img, size, mkfsArgs...)
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
@@ -60,13 +46,13 @@ func logStates(t *testing.T, size int64, minCycle uint32, mkfsArgs ...string) {
 	mounted := ""
 	unmount := func() {
 		if mounted != "" {
-			run("umount", mounted)
+			runCmd(t, "umount", mounted)
 			mounted = ""
 		}
 	}
 	t.Cleanup(unmount)
 	mountIt := func(p string) {
-		run("mount", "-o", "loop,nouuid", p, mnt)
+		runCmd(t, "mount", "-o", "loop,nouuid", p, mnt)
 		mounted = mnt
 	}
 	copyImage := func(from, name string) string {
@@ -88,12 +74,12 @@ func logStates(t *testing.T, size int64, minCycle uint32, mkfsArgs ...string) {
 				t.Fatal(err)
 			}
 		}
-		run("sync")
+		runCmd(t, "sync")
 	}
 	open := func(p string) *FS {
 		t.Helper()
 		b := mustRead(t, p)
-		fsys, err := Open(byteReader(b), int64(len(b)))
+		fsys, err := Open(bytes.NewReader(b), int64(len(b)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,9 +108,9 @@ func logStates(t *testing.T, size int64, minCycle uint32, mkfsArgs ...string) {
 	}
 	write("d", 300)
 	dirty := copyImage(img, "dirty.img") // taken with the filesystem mounted: the log holds the writes
-	run("xfs_freeze", "-f", mnt)
+	runCmd(t, "xfs_freeze", "-f", mnt)
 	frozen := copyImage(img, "frozen.img")
-	run("xfs_freeze", "-u", mnt)
+	runCmd(t, "xfs_freeze", "-u", mnt)
 	write("e", 50)
 	unmount()
 	unmounted := copyImage(img, "unmounted.img")
@@ -184,19 +170,11 @@ func logStates(t *testing.T, size int64, minCycle uint32, mkfsArgs ...string) {
 func TestLogCleanDamaged(t *testing.T) {
 	fstest.NeedTools(t, "mkfs.xfs")
 	img := filepath.Join(t.TempDir(), "xfs.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 320<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.xfs", "-q", "-f", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
-	}
+	mkfsXFS(t, img, 320<<20)
 	orig := mustRead(t, img)
 	open := func(b []byte) *FS {
 		t.Helper()
-		fsys, err := Open(byteReader(b), int64(len(b)))
+		fsys, err := Open(bytes.NewReader(b), int64(len(b)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,7 +206,7 @@ func TestLogCleanDamaged(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b := append([]byte(nil), orig...)
 			c.edit(b)
-			fsys, err := Open(byteReader(b), int64(len(b)))
+			fsys, err := Open(bytes.NewReader(b), int64(len(b)))
 			if err != nil {
 				return // refused outright: never called clean
 			}
@@ -241,17 +219,26 @@ func TestLogCleanDamaged(t *testing.T) {
 	}
 }
 
-type byteReader []byte
+// runCmd runs a command and fails the test with its output when it fails.
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
 
-func (b byteReader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, io.EOF
+// mkfsXFS makes a sparse file of size bytes at p holding a new XFS.
+func mkfsXFS(t *testing.T, p string, size int64, args ...string) {
+	t.Helper()
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
 	}
-	return n, nil
+	runCmd(t, "mkfs.xfs", append(append([]string{"-q", "-f"}, args...), p)...)
 }
 
 func mustRead(t *testing.T, p string) []byte {
@@ -272,33 +259,19 @@ func TestLogCleanGrowfs(t *testing.T) {
 	fstest.NeedTools(t, "mkfs.xfs", "xfs_growfs", "losetup", "mount", "umount")
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "xfs.img"), filepath.Join(dir, "mnt")
-	run := func(name string, args ...string) string {
-		t.Helper()
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 512<<20); err != nil {
-		t.Fatal(err)
-	}
-	run("mkfs.xfs", "-q", "-f", img)
+	mkfsXFS(t, img, 512<<20)
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dev := run("losetup", "-f", "--show", img)
+	dev := runCmd(t, "losetup", "-f", "--show", img)
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	run("mount", dev, mnt)
+	runCmd(t, "mount", dev, mnt)
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	if err := os.Truncate(img, 1<<30); err != nil {
 		t.Fatal(err)
 	}
-	run("losetup", "-c", dev)
-	run("xfs_growfs", mnt)
+	runCmd(t, "losetup", "-c", dev)
+	runCmd(t, "xfs_growfs", mnt)
 	grown := filepath.Join(dir, "grown.img")
 	if err := os.WriteFile(grown, mustRead(t, img), 0o600); err != nil {
 		t.Fatal(err)
@@ -311,12 +284,12 @@ func TestLogCleanGrowfs(t *testing.T) {
 	if err := os.Mkdir(m2, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	run("mount", "-o", "loop,nouuid", replayed, m2)
-	run("umount", m2)
+	runCmd(t, "mount", "-o", "loop,nouuid", replayed, m2)
+	runCmd(t, "umount", m2)
 
 	alloc := func(p string) ([]extent.Range, error) {
 		b := mustRead(t, p)
-		fsys, err := Open(byteReader(b), int64(len(b)))
+		fsys, err := Open(bytes.NewReader(b), int64(len(b)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package xfs
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"testing"
@@ -15,7 +16,7 @@ func logFS(b []byte) *FS {
 	img := make([]byte, 4096+testLogBBs*bbSize)
 	copy(img[4096:], b)
 	return &FS{
-		r: byteReader(img), blockSize: 4096, sectSize: 512,
+		r: bytes.NewReader(img), blockSize: 4096, sectSize: 512,
 		agBlocks: 1 << 10, agBlkLog: 10, agCount: 1, dblocks: uint64(len(img) / 4096),
 		logStart: 1, logBlocks: testLogBBs * bbSize / 4096,
 		dirCache: nil,
